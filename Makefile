@@ -1,0 +1,56 @@
+# adamp-repro: every target sets up .venv from pyproject.toml when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+TABLE ?= default
+SCALE ?= mini
+SEEDS ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+.PHONY: venv
+venv: $(STAMP) ## create .venv and install the package with its dev extra
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+.PHONY: test
+test: $(STAMP) ## run the fast test suite (what CI runs)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+.PHONY: test-full
+test-full: $(STAMP) ## run every test, the slow ones included
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: $(STAMP) ## ruff check and format check
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
+
+.PHONY: reproduce-table
+reproduce-table: $(STAMP) ## run the runs of TABLE at SCALE (SEEDS=n), then rebuild the tables
+	$(PY) scripts/reproduce_table.py --table $(TABLE) --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),)
+
+.PHONY: tables
+tables: $(STAMP) ## rebuild results/tables from the run records alone
+	$(PY) scripts/build_tables.py
+
+.PHONY: figures
+figures: $(STAMP) ## rebuild results/figures from the run records and the toy experiments
+	$(PY) scripts/make_figures.py
+
+.PHONY: bench
+bench: $(STAMP) ## run the benchmarks (writes results/bench/)
+	$(PY) scripts/bench_optim.py
+	$(PY) scripts/bench_trainer.py

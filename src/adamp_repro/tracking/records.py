@@ -1,0 +1,143 @@
+"""Run records on disk: the source of truth for every reproduced number.
+
+One folder per run (``results/runs/<experiment>/<scale>/<run_name>/``) with a fixed contract:
+
+- ``config.yaml``      the resolved Hydra config of the run
+- ``provenance.json``  git commit and dirty flag, package versions, device, seed, torch determinism settings
+- ``metrics.csv``      one row per epoch, prefixed columns (``train_loss``, ``eval_top1``, ``lr``, ...)
+- ``diagnostics.csv``  optional: per-epoch weight-norm diagnostics of the scale-invariant weights
+- ``summary.json``     the final state: ``status`` (running / completed / failed / diverged / interrupted),
+                       final and best metrics, wall time, images/s, and identifying keys
+
+Every file is written to a temporary name in the same folder and renamed, so a crash never leaves a
+half-written file behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
+CONFIG_FILE = "config.yaml"
+PROVENANCE_FILE = "provenance.json"
+METRICS_FILE = "metrics.csv"
+DIAGNOSTICS_FILE = "diagnostics.csv"
+SUMMARY_FILE = "summary.json"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def rows_to_csv(rows: Iterable[Mapping[str, Any]]) -> str:
+    """Render rows as CSV; the header is the union of keys in first-seen order."""
+    rows = list(rows)
+    header: list[str] = []
+    for row in rows:
+        header.extend(k for k in row if k not in header)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def read_csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+class RunRecord:
+    """Writer for one run folder. Only rank 0 of a distributed job creates one.
+
+    Per-epoch rows are kept in memory and the whole CSV is rewritten atomically on each append: a few
+    hundred rows at most, and a reader never sees a torn line.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self.metrics: list[dict[str, Any]] = []
+        self.diagnostics: list[dict[str, Any]] = []
+
+    def start(self, config_yaml: str, provenance: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
+        """Write config and provenance, mark the run ``running`` (kept rows survive a resume)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / CONFIG_FILE, config_yaml)
+        atomic_write_json(self.run_dir / PROVENANCE_FILE, dict(provenance))
+        self.write_summary({**summary, "status": "running"})
+
+    def restore_rows(self, up_to_epoch: int) -> None:
+        """On resume: keep the rows of epochs ``< up_to_epoch`` already on disk, drop later ones."""
+        for name, rows in ((METRICS_FILE, self.metrics), (DIAGNOSTICS_FILE, self.diagnostics)):
+            path = self.run_dir / name
+            rows.clear()
+            if path.exists():
+                rows.extend(
+                    r for r in read_csv_rows(path) if r.get("epoch") is None or int(r["epoch"]) < up_to_epoch
+                )
+
+    def log_epoch(self, row: Mapping[str, Any], diagnostics: Iterable[Mapping[str, Any]] = ()) -> None:
+        self.metrics.append(dict(row))
+        atomic_write_text(self.run_dir / METRICS_FILE, rows_to_csv(self.metrics))
+        diagnostics = list(diagnostics)
+        if diagnostics:
+            self.diagnostics.extend(dict(d) for d in diagnostics)
+            atomic_write_text(self.run_dir / DIAGNOSTICS_FILE, rows_to_csv(self.diagnostics))
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        status = summary.get("status")
+        if status not in STATUSES:
+            raise ValueError(f"Invalid run status: {status!r}; expected one of {STATUSES}")
+        atomic_write_json(self.run_dir / SUMMARY_FILE, dict(summary))
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The summary of a run folder; raises FileNotFoundError / ValueError on a missing or broken file."""
+    path = Path(run_dir) / SUMMARY_FILE
+    with open(path) as handle:
+        summary = json.load(handle)
+    if not isinstance(summary, dict) or summary.get("status") not in STATUSES:
+        raise ValueError(f"{path}: not a run summary (missing or unknown 'status')")
+    return summary
+
+
+def is_completed(run_dir: str | os.PathLike) -> bool:
+    try:
+        return read_summary(run_dir)["status"] == "completed"
+    except (OSError, ValueError):
+        return False
