@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
+SHARED_DATA ?= ../shared/data
 TABLE ?= default
 SCALE ?= mini
 SEEDS ?=
@@ -40,7 +41,7 @@ lint: $(STAMP) ## ruff check and format check
 
 .PHONY: reproduce-table
 reproduce-table: $(STAMP) ## run the runs of TABLE at SCALE (SEEDS=n), then rebuild the tables
-	$(PY) scripts/reproduce_table.py --table $(TABLE) --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),)
+	$(PY) scripts/reproduce_table.py --table $(TABLE) --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(ARGS),-- $(ARGS),)
 
 .PHONY: tables
 tables: $(STAMP) ## rebuild results/tables from the run records alone
@@ -54,3 +55,26 @@ figures: $(STAMP) ## rebuild results/figures from the run records and the toy ex
 bench: $(STAMP) ## run the benchmarks (writes results/bench/)
 	$(PY) scripts/bench_optim.py
 	$(PY) scripts/bench_trainer.py
+
+.PHONY: data-cifar10
+data-cifar10: $(STAMP) ## put CIFAR-10 in data/cifar10: link the shared offline JPEG copy if present, else download
+	@mkdir -p data/cifar10
+	@if [ -f $(SHARED_DATA)/cifar10/train_jpeg.npz ]; then \
+		ln -sf $(abspath $(SHARED_DATA))/cifar10/train_jpeg.npz $(abspath $(SHARED_DATA))/cifar10/test_jpeg.npz data/cifar10/ && \
+		echo "data/cifar10 -> $(SHARED_DATA)/cifar10 (JPEG copy)"; \
+	else \
+		$(PY) -c "import torchvision; torchvision.datasets.CIFAR10('data/cifar10', download=True)"; \
+	fi
+
+.PHONY: data-imagenette
+data-imagenette: ## extract the shared 96-px Imagenette copy into data/imagenette2-96
+	@if [ ! -f $(SHARED_DATA)/imagenette/imagenette2-96.tar ]; then \
+		echo "no $(SHARED_DATA)/imagenette/imagenette2-96.tar: download imagenette2-160 from fast.ai" \
+		     "(github.com/fastai/imagenette), extract it and set dataset.root"; exit 1; fi
+	cd $(SHARED_DATA)/imagenette && sha256sum --check --quiet SHA256SUMS
+	@mkdir -p data
+	tar xf $(SHARED_DATA)/imagenette/imagenette2-96.tar -C data
+
+.PHONY: paper-numbers
+paper-numbers: $(STAMP) ## regenerate results/paper/*.csv from ../shared/paper/reference.csv
+	$(PY) -m adamp_repro.results.reference

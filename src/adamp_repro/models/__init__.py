@@ -1,0 +1,18 @@
+"""Networks: any timm model by name, plus the CIFAR networks the paper's tables need.
+
+Importing this package registers ``cifar_resnet20/32/56``, ``cifar_resnet18``,
+``wide_resnet34_10_madry`` and ``wide_resnet10_2_madry`` with timm, so ``timm.create_model`` finds them.
+"""
+
+from adamp_repro.models.cifar_resnet import CifarResNet
+from adamp_repro.models.factory import NormalizedModel, build_model, close_model_names, set_channels_last
+from adamp_repro.models.wide_resnet_madry import MadryWideResNet
+
+__all__ = [
+    "CifarResNet",
+    "MadryWideResNet",
+    "NormalizedModel",
+    "build_model",
+    "close_model_names",
+    "set_channels_last",
+]

@@ -1,0 +1,9 @@
+"""Results pipeline: run records -> one DataFrame -> paper-vs-ours tables (md, LaTeX, CSV) and figures.
+
+- ``reference``: the paper's printed numbers (``results/paper/*.csv``)
+- ``collect``: run records on disk (and optionally a W&B project) -> one row per completed run
+- ``compare``: cells (mean, std, n over seeds beside the paper value) and paired gains with a seed-noise test
+- ``stats``: Welch's t-test, with or without scipy
+- ``findings`` / ``tables``: the words and grids of a table, and its Markdown / LaTeX / CSV renderings
+- ``build``: everything above, written to ``results/tables`` (and optionally logged to W&B)
+"""

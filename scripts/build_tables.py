@@ -1,0 +1,61 @@
+"""Rebuild every table in results/tables from the run records alone (no network needed).
+
+python scripts/build_tables.py                       # results/runs -> results/tables
+python scripts/build_tables.py --wandb               # also log the tables to W&B (job_type "tables")
+ADAMP_REPRO_TABLES_WANDB=1 python scripts/build_tables.py   # same, from the environment
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from adamp_repro.results.build import build_tables, log_tables_to_wandb
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    env_wandb = os.environ.get("ADAMP_REPRO_TABLES_WANDB", "").lower() in ("1", "true", "yes")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=Path, default=REPO / "results/runs", help="run records root")
+    parser.add_argument("--out", type=Path, default=REPO / "results/tables", help="where tables are written")
+    parser.add_argument("--paper", type=Path, default=REPO / "results/paper", help="the paper's numbers")
+    parser.add_argument(
+        "--figures", type=Path, default=REPO / "results/figures", help="PNGs logged with --wandb"
+    )
+    parser.add_argument(
+        "--wandb",
+        action=argparse.BooleanOptionalAction,
+        default=env_wandb,
+        help="log the tables to W&B (default: $ADAMP_REPRO_TABLES_WANDB)",
+    )
+    parser.add_argument("--wandb-project", default=os.environ.get("WANDB_PROJECT", "adamp-repro"))
+    parser.add_argument("--wandb-entity", default=os.environ.get("WANDB_ENTITY"))
+    parser.add_argument(
+        "--read-wandb",
+        metavar="ENTITY/PROJECT",
+        default=None,
+        help="also read completed runs mirrored in this W&B project but missing on disk",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    result = build_tables(args.runs, args.out, args.paper, wandb_project=args.read_wandb)
+    print(f"{len(result.runs)} completed runs -> {len(result.written)} files in {args.out}")
+    for problem in result.problems:
+        print(f"  not counted: {problem}")
+    if args.wandb:
+        where = log_tables_to_wandb(
+            result.docs, project=args.wandb_project, entity=args.wandb_entity, figures_dir=args.figures
+        )
+        print(f"logged {len(result.docs)} tables to W&B ({where})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

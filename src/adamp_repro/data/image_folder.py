@@ -1,0 +1,338 @@
+"""ImageNet family: ImageFolder trees at ``root/train`` and ``root/val`` read by a DataLoader.
+
+Train: RandomResizedCrop(crop_size) + horizontal flip; eval: Resize(resize_size) + CenterCrop(crop_size);
+both end in ToTensor, so x is in [0, 1]: the mean/std Normalize lives inside the model.
+
+Determinism: the sampler, iterated in the main process, yields ``(index, sample_seed)`` pairs; the
+worker applies the random transform under a torch RNG seeded with ``sample_seed`` (saved and restored
+around it). The augmentation of a sample is thus a function of (seed, epoch, sample) alone: the same
+with 0 or 8 workers, persistent or not, and after a resume.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import transforms as T
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from adamp_repro.data.base import (
+    Batch,
+    ClassificationData,
+    DataInfo,
+    channel_stats,
+    positive_int,
+    require,
+    resolve_root,
+)
+from adamp_repro.data.sharding import (
+    STREAM_SAMPLE_SEEDS,
+    balanced_subset,
+    epoch_permutation,
+    eval_shard,
+    make_generator,
+    steps_per_epoch,
+    train_shard,
+)
+
+TRAIN_DIR, EVAL_DIR = "train", "val"
+INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+GENERIC_HOW_TO_OBTAIN = "point dataset.root at a folder holding train/<class>/* and val/<class>/* images"
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open an image file as RGB (some ImageNet and Imagenette images are greyscale or CMYK)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def train_transform(
+    crop_size: int, scale: tuple[float, float], ratio: tuple[float, float], hflip: bool, interpolation: str
+) -> Callable[[Image.Image], torch.Tensor]:
+    """RandomResizedCrop(crop_size, scale, ratio) [+ RandomHorizontalFlip] + ToTensor -> (3, crop, crop)."""
+    steps = [T.RandomResizedCrop(crop_size, scale=scale, ratio=ratio, interpolation=_mode(interpolation))]
+    if hflip:
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose([*steps, T.ToTensor()])
+
+
+def eval_transform(
+    resize_size: int, crop_size: int, interpolation: str
+) -> Callable[[Image.Image], torch.Tensor]:
+    """Resize(short side -> resize_size) + CenterCrop(crop_size) + ToTensor -> float32 (3, crop, crop)."""
+    return T.Compose(
+        [T.Resize(resize_size, interpolation=_mode(interpolation)), T.CenterCrop(crop_size), T.ToTensor()]
+    )
+
+
+def _mode(name: str) -> T.InterpolationMode:
+    if name not in INTERPOLATIONS:
+        raise ValueError(f"dataset.interpolation={name!r} is not one of {sorted(INTERPOLATIONS)}")
+    return INTERPOLATIONS[name]
+
+
+class SeededImageDataset(Dataset):
+    """Image files transformed under a per-sample seed: ``dataset[(index, seed)] -> (x, label)``."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform: Callable[[Image.Image], torch.Tensor]):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, sample_seed = key
+        path, label = self.samples[index]
+        image = load_rgb(path)
+        # fork_rng restores the RNG afterwards: with num_workers=0 this runs in the trainer's process.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            return self.transform(image), label
+
+
+class SeededShardSampler(Sampler):
+    """This rank's ``(dataset index, sample seed)`` pairs for one epoch (call ``set_epoch`` first).
+
+    ``indices`` are the dataset indices in use (after subsetting). Train: the shared epoch permutation,
+    strided per rank, cut to ``steps * batch_size``. Eval: a strided shard, no shuffle, no padding.
+    """
+
+    def __init__(
+        self,
+        indices: np.ndarray,
+        *,
+        train: bool,
+        seed: int,
+        rank: int,
+        world_size: int,
+        steps: int = 0,
+        batch_size: int = 0,
+    ) -> None:
+        self.indices = indices
+        self.train = train
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.steps, self.batch_size = steps, batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.train:
+            return self.steps * self.batch_size
+        return len(eval_shard(len(self.indices), self.rank, self.world_size))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        n = len(self.indices)
+        if not self.train:
+            for position in eval_shard(n, self.rank, self.world_size).tolist():
+                yield int(self.indices[position]), 0
+            return
+        permutation = epoch_permutation(n, self.seed, self.epoch)
+        # One seed per sample, drawn for all samples so it does not depend on rank or world size.
+        generator = make_generator(self.seed, self.epoch, STREAM_SAMPLE_SEEDS)
+        sample_seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
+        positions = train_shard(permutation, self.rank, self.world_size, self.steps, self.batch_size)
+        for position in positions.tolist():
+            yield int(self.indices[position]), sample_seeds[position]
+
+
+class LoaderData(ClassificationData):
+    """Batches from two DataLoaders (train, eval), moved to ``device``."""
+
+    def __init__(
+        self,
+        info: DataInfo,
+        train_loader: DataLoader,
+        eval_loader: DataLoader,
+        *,
+        num_train: int,
+        num_eval: int,
+        batch_size: int,
+        eval_batch_size: int,
+        steps: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+    ) -> None:
+        super().__init__(
+            info,
+            num_train=num_train,
+            num_eval=num_eval,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            steps_per_epoch=steps,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            device=device,
+        )
+        self.train_loader = train_loader
+        self.eval_loader = eval_loader
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        """See :meth:`ClassificationData.train_batches`; x is float32 (B, 3, crop, crop) in [0, 1]."""
+        self.train_loader.sampler.set_epoch(epoch)
+        for images, labels in self.train_loader:
+            yield self._to_device(images, labels)
+
+    def eval_batches(self) -> Iterator[Batch]:
+        """See :meth:`ClassificationData.eval_batches`."""
+        for images, labels in self.eval_loader:
+            yield self._to_device(images, labels)
+
+    def _to_device(self, images: torch.Tensor, labels: torch.Tensor) -> Batch:
+        return (
+            images.to(self.device, non_blocking=True),
+            labels.to(self.device, dtype=torch.int64, non_blocking=True),
+        )
+
+
+def build_loader_data(
+    cfg: Mapping[str, Any],
+    *,
+    seed: int,
+    train_subset: int | None,
+    eval_subset: int | None,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> LoaderData:
+    """Build the ImageNet-family data of ``cfg`` (keys: see configs/dataset/imagenet.yaml)."""
+    root = _checked_root(cfg)
+    classes, train_samples, eval_samples = _read_trees(root, positive_int(cfg, "num_classes"))
+    train_index = _subset_index(train_samples, train_subset, "train_subset")
+    eval_index = _subset_index(eval_samples, eval_subset, "eval_subset")
+    batch_size, eval_batch_size = positive_int(cfg, "batch_size"), positive_int(cfg, "eval_batch_size")
+    steps = steps_per_epoch(len(train_index), batch_size, world_size)
+    crop_size, interpolation = positive_int(cfg, "crop_size"), str(require(cfg, "interpolation"))
+    augment = train_transform(
+        crop_size,
+        _pair(cfg, "rrc_scale"),
+        _pair(cfg, "rrc_ratio"),
+        bool(require(cfg, "hflip")),
+        interpolation,
+    )
+    center = eval_transform(positive_int(cfg, "resize_size"), crop_size, interpolation)
+    shard = dict(seed=seed, rank=rank, world_size=world_size)
+    # The loaders draw their workers' base seed from this generator, not from the global RNG, which they
+    # would otherwise advance at every epoch.
+    loader = functools.partial(
+        _make_loader,
+        num_workers=_num_workers(cfg),
+        device=device,
+        generator=make_generator(seed, rank, world_size),
+    )
+    train_sampler = SeededShardSampler(train_index, train=True, steps=steps, batch_size=batch_size, **shard)
+    info = DataInfo(
+        num_classes=len(classes),
+        mean=channel_stats(cfg, "mean"),
+        std=channel_stats(cfg, "std"),
+        label=str(require(cfg, "label")),
+        class_names=tuple(classes),
+        source=f"ImageFolder trees at {root}/{{{TRAIN_DIR},{EVAL_DIR}}}",
+    )
+    return LoaderData(
+        info,
+        loader(SeededImageDataset(train_samples, augment), train_sampler, batch_size, drop_last=True),
+        loader(
+            SeededImageDataset(eval_samples, center),
+            SeededShardSampler(eval_index, train=False, **shard),
+            eval_batch_size,
+            drop_last=False,
+        ),
+        num_train=len(train_index),
+        num_eval=len(eval_index),
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        steps=steps,
+        **shard,
+        device=device,
+    )
+
+
+def _checked_root(cfg: Mapping[str, Any]) -> Path:
+    """The absolute ``dataset.root``, or an error saying what it must hold and how to obtain the data."""
+    root = require(cfg, "root")
+    how_to_obtain = cfg.get("how_to_obtain") or GENERIC_HOW_TO_OBTAIN
+    if root is None:
+        raise ValueError(
+            f"dataset {cfg.get('name')!r} needs a dataset.root; to obtain the data: {how_to_obtain}"
+        )
+    root = resolve_root(root)
+    if not (root / TRAIN_DIR).is_dir() or not (root / EVAL_DIR).is_dir():
+        raise FileNotFoundError(
+            f"dataset.root={str(root)!r} must hold ImageFolder trees {TRAIN_DIR}/<class>/* and "
+            f"{EVAL_DIR}/<class>/* ({'incomplete' if root.exists() else 'does not exist'}). "
+            f"To obtain the data: {how_to_obtain}"
+        )
+    return root
+
+
+def _read_trees(
+    root: Path, num_classes: int
+) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
+    """Class names (sorted folder names) and the (path, label) samples of the train and eval trees."""
+    classes, class_to_idx = find_classes(str(root / TRAIN_DIR))
+    eval_classes, _ = find_classes(str(root / EVAL_DIR))
+    if classes != eval_classes:
+        raise ValueError(
+            f"class folders differ between {root / TRAIN_DIR} ({len(classes)}) and {root / EVAL_DIR} "
+            f"({len(eval_classes)})"
+        )
+    if len(classes) != num_classes:
+        raise ValueError(
+            f"dataset.num_classes={num_classes}, but {root / TRAIN_DIR} has {len(classes)} class folders"
+        )
+    train = make_dataset(str(root / TRAIN_DIR), class_to_idx, extensions=IMG_EXTENSIONS)
+    return classes, train, make_dataset(str(root / EVAL_DIR), class_to_idx, extensions=IMG_EXTENSIONS)
+
+
+def _subset_index(samples: list[tuple[str, int]], subset: int | None, which: str) -> np.ndarray:
+    index = balanced_subset(np.array([label for _, label in samples]), subset, which)
+    return np.arange(len(samples)) if index is None else index
+
+
+def _pair(cfg: Mapping[str, Any], key: str) -> tuple[float, float]:
+    value = require(cfg, key)
+    if len(value) != 2 or not 0 < float(value[0]) <= float(value[1]):
+        raise ValueError(f"dataset.{key} must be [low, high] with 0 < low <= high, got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def _num_workers(cfg: Mapping[str, Any]) -> int:
+    value = require(cfg, "num_workers")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"dataset.num_workers must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _make_loader(
+    dataset: Dataset,
+    sampler: Sampler,
+    batch_size: int,
+    *,
+    drop_last: bool,
+    num_workers: int,
+    device: torch.device,
+    generator: torch.Generator,
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,  # restarting workers every epoch costs seconds on ImageNet
+        generator=generator,
+    )

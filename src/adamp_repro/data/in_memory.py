@@ -1,0 +1,174 @@
+"""CIFAR family: the whole data set as uint8 tensors on the device, augmented a batch at a time.
+
+No DataLoader and no worker processes: a CIFAR batch is a gather from a tensor that already sits on
+the device, so the input pipeline costs a few milliseconds per batch even on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+
+from adamp_repro.data.augment import crop_flip, draw_crop_flip
+from adamp_repro.data.base import (
+    Batch,
+    ClassificationData,
+    DataInfo,
+    channel_stats,
+    positive_int,
+    require,
+    resolve_root,
+)
+from adamp_repro.data.cifar_sources import CifarArrays, load_cifar_arrays
+from adamp_repro.data.sharding import (
+    STREAM_AUGMENTATION,
+    balanced_subset,
+    epoch_permutation,
+    eval_shard,
+    make_generator,
+    steps_per_epoch,
+    train_shard,
+)
+
+GENERIC_HOW_TO_OBTAIN = (
+    "set dataset.download=true (with internet) to fetch torchvision's copy into "
+    "dataset.root, or point dataset.root at one of the allowed layouts"
+)
+
+
+class InMemoryData(ClassificationData):
+    """Batches drawn from uint8 image tensors held on ``device``.
+
+    Training batches: the epoch permutation (shared by all ranks) is split into strided per-rank
+    shards; each batch is randomly cropped from the image zero-padded by ``crop_padding`` pixels and
+    flipped left-right with probability 1/2 when ``hflip`` (see :mod:`adamp_repro.data.augment`).
+
+    Attributes (besides :class:`ClassificationData`'s):
+        train_images, eval_images: uint8 (N, 3, H, W) on ``device``, after subsetting, in the
+            class-interleaved order when subset; read-only by convention (they may be a shared cache).
+        train_labels, eval_labels: int64 (N,) on ``device``.
+    """
+
+    def __init__(
+        self,
+        info: DataInfo,
+        arrays: CifarArrays,
+        *,
+        train_index: torch.Tensor | None,
+        eval_index: torch.Tensor | None,
+        batch_size: int,
+        eval_batch_size: int,
+        crop_padding: int,
+        hflip: bool,
+        seed: int,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+    ) -> None:
+        def select(images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None):
+            if index is not None:
+                images, labels = images[index], labels[index]
+            return images.to(device), labels.to(device)
+
+        self.train_images, self.train_labels = select(arrays.train_images, arrays.train_labels, train_index)
+        self.eval_images, self.eval_labels = select(arrays.eval_images, arrays.eval_labels, eval_index)
+        num_train = len(self.train_labels)
+        super().__init__(
+            info,
+            num_train=num_train,
+            num_eval=len(self.eval_labels),
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            steps_per_epoch=steps_per_epoch(num_train, batch_size, world_size),
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            device=device,
+        )
+        self.crop_padding = crop_padding
+        self.hflip = hflip
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        """See :meth:`ClassificationData.train_batches`; x is float32 (B, 3, H, W) in [0, 1]."""
+        permutation = epoch_permutation(self.num_train, self.seed, epoch)
+        shard = train_shard(permutation, self.rank, self.world_size, self.steps_per_epoch, self.batch_size)
+        shard = shard.to(self.device)
+        generator = make_generator(self.seed, epoch, self.rank, self.world_size, STREAM_AUGMENTATION)
+        for step in range(self.steps_per_epoch):
+            index = shard[step * self.batch_size : (step + 1) * self.batch_size]
+            images = self.train_images[index]
+            offsets, flips = draw_crop_flip(len(index), self.crop_padding, self.hflip, generator)
+            images = crop_flip(images, offsets, flips, self.crop_padding)
+            yield images.float().div_(255), self.train_labels[index]
+
+    def eval_batches(self) -> Iterator[Batch]:
+        """See :meth:`ClassificationData.eval_batches`."""
+        shard = eval_shard(self.num_eval, self.rank, self.world_size).to(self.device)
+        for start in range(0, len(shard), self.eval_batch_size):
+            index = shard[start : start + self.eval_batch_size]
+            yield self.eval_images[index].float().div_(255), self.eval_labels[index]
+
+
+def build_in_memory_data(
+    cfg: Mapping[str, Any],
+    *,
+    seed: int,
+    train_subset: int | None,
+    eval_subset: int | None,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> InMemoryData:
+    """Build the CIFAR-family data of ``cfg`` (keys: see configs/dataset/cifar10.yaml)."""
+    root = require(cfg, "root")
+    torchvision_name = cfg.get("torchvision_name")
+    arrays = load_cifar_arrays(
+        cfg.get("format", "auto"),
+        None if root is None else resolve_root(root),
+        torchvision_name=torchvision_name,
+        download=bool(cfg.get("download", False)),
+        image_size=positive_int(cfg, "image_size"),
+        how_to_obtain=cfg.get("how_to_obtain") or GENERIC_HOW_TO_OBTAIN,
+    )
+    num_classes = positive_int(cfg, "num_classes")
+    if len(arrays.class_names) != num_classes:
+        raise ValueError(
+            f"dataset.num_classes={num_classes}, but {arrays.source} has "
+            f"{len(arrays.class_names)} classes {arrays.class_names[:12]}"
+        )
+    crop_padding = require(cfg, "crop_padding")
+    if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
+        raise ValueError(f"dataset.crop_padding must be a non-negative integer, got {crop_padding!r}")
+    label = str(require(cfg, "label"))
+    if arrays.jpeg_copy and "JPEG copy" not in label:
+        # Results on the lossy JPEG copy are not comparable with published CIFAR-10 numbers: say so.
+        label += " (JPEG copy)"
+    info = DataInfo(
+        num_classes=num_classes,
+        mean=channel_stats(cfg, "mean"),
+        std=channel_stats(cfg, "std"),
+        label=label,
+        class_names=arrays.class_names,
+        source=arrays.source,
+    )
+
+    def subset_index(labels: torch.Tensor, subset: int | None, which: str) -> torch.Tensor | None:
+        index = balanced_subset(labels.numpy(), subset, which)
+        return None if index is None else torch.from_numpy(index)
+
+    return InMemoryData(
+        info,
+        arrays,
+        train_index=subset_index(arrays.train_labels, train_subset, "train_subset"),
+        eval_index=subset_index(arrays.eval_labels, eval_subset, "eval_subset"),
+        batch_size=positive_int(cfg, "batch_size"),
+        eval_batch_size=positive_int(cfg, "eval_batch_size"),
+        crop_padding=crop_padding,
+        hflip=bool(require(cfg, "hflip")),
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+    )

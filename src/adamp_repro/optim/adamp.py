@@ -1,0 +1,345 @@
+"""AdamP: Adam with the scale-invariance projection and ratio-scaled decoupled weight decay.
+
+Provenance: Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+Weights", ICLR 2021, arXiv 2006.08217 (Algorithm 2). Checked against the official package ``adamp==0.3.0``
+(clovaai/AdamP, ``adamp.AdamP``), which tests/test_optim_parity.py runs as the oracle; the operation order of
+the reference form follows that code (notes: /work/shared/paper/optimizer_facts.md, sections 1.2, 1.4, 1.5).
+
+NOTE: [projection scope] (stated once in ``adamp_repro.optim.projection``): weights with ndim > 1 are tested
+against the gradient, in the channel view then the layer view; a passing weight has its update projected and
+its weight decay multiplied by ``wd_ratio``. Biases, norm gains and 0-dim parameters are never projected and
+get the full ``weight_decay`` of their group.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adamp_repro.optim.base import (
+    LOW_PRECISION,
+    ProjectedOptimizer,
+    check_range,
+    fused_kernels_support,
+    step_tensors,
+)
+from adamp_repro.optim.projection import (
+    RowLayout,
+    fold_projection,
+    has_row_blocks,
+    is_projection_candidate,
+    project_reference,
+    row_view,
+    view_thresholds,
+)
+
+__all__ = ["AdamP"]
+
+
+class AdamP(ProjectedOptimizer):
+    r"""AdamP (arXiv 2006.08217, Algorithm 2), numerically matching ``adamp==0.3.0``.
+
+    For each parameter :math:`w` with gradient :math:`g` at step :math:`t`:
+
+    .. math::
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \\
+        D_t &= \sqrt{v_t} / \sqrt{1-\beta_2^t} + \epsilon \\
+        u_t &= m_t / D_t \quad\text{or, with nesterov,}\quad (\beta_1 m_t + (1-\beta_1) g_t) / D_t \\
+        u_t &\leftarrow u_t - \hat w\,\langle \hat w, u_t\rangle,\ \ \hat w = w / (\lVert w\rVert + \epsilon),
+              \ \ r = \text{wd\_ratio} \quad \text{if } \max_{\text{rows}} |\cos(g_t, w)| < \delta/\sqrt{K}
+              \text{ (else } r = 1) \\
+        w &\leftarrow w \,(1 - \eta\,\lambda\,r) - \frac{\eta}{1-\beta_1^t}\, u_t
+
+    The test and the projection use the pre-decay weight, rows = output channels then the whole tensor
+    (NOTE: [projection scope] in ``projection.py``); decay is decoupled (AdamW style) and applied only when
+    :math:`\lambda > 0`.
+
+    Args:
+        params: iterable of parameters or param-group dicts (each group may override any option below).
+        lr: learning rate :math:`\eta` (default 1e-3), >= 0.
+        betas: :math:`(\beta_1, \beta_2)` of the first and second moment averages (default (0.9, 0.999)),
+            each in [0, 1).
+        eps: :math:`\epsilon`, >= 0 (default 1e-8); added to the denominator, to the row norm of
+            :math:`\hat w`, and the norm clamp of the cosine.
+        weight_decay: decoupled decay :math:`\lambda` in torch units (multiplied by lr; default 0), >= 0.
+        delta: threshold :math:`\delta` of the scale-invariance test (default 0.1), > 0.
+        wd_ratio: weight-decay multiplier for weights that pass the test (default 0.1), >= 0.
+        nesterov: use the Nesterov numerator :math:`\beta_1 m_t + (1-\beta_1) g_t` (default False; no
+            NAdam schedule, as in the official code).
+        foreach: None/True -> the multi-tensor fast form (default); False -> one parameter at a time in the
+            official operation order (bit-exact with adamp 0.3.0 in fp32).
+        compile: True -> per-parameter ``torch.compile`` kernels on CPU (a one-off compile of ~10-30 s, then
+            the fastest form); falls back to the fast form with a warning if the compiler fails.
+
+    State per parameter (same keys as the official package): ``step`` (Python int), ``exp_avg``,
+    ``exp_avg_sq`` (param dtype and strides). fp16/bf16 parameters: the update is computed in fp32 and rounded
+    once, so a zero gradient gives no NaN (the official code computes in fp16, where eps=1e-8 underflows and
+    a zero-gradient row becomes 0/0, facts 1.5.12). The fast form keeps one extra parameter-sized buffer
+    (two with nesterov) so that no weight-sized temporaries are allocated per step.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        delta: float = 0.1,
+        wd_ratio: float = 0.1,
+        nesterov: bool = False,
+        *,
+        foreach: bool | None = None,
+        compile: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            delta=delta,
+            wd_ratio=wd_ratio,
+            nesterov=nesterov,
+            foreach=foreach,
+            compile=compile,
+        )
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_range("learning rate", group["lr"], 0.0, None)
+        check_range("epsilon value", group["eps"], 0.0, None)
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"Invalid betas: {betas!r}; expected a pair (beta1, beta2), each in [0, 1)")
+        check_range("beta parameter at index 0", betas[0], 0.0, 1.0)
+        check_range("beta parameter at index 1", betas[1], 0.0, 1.0)
+        check_range("weight_decay value", group["weight_decay"], 0.0, None)
+        check_range("delta", group["delta"], 0.0, None, low_open=True)
+        check_range("wd_ratio", group["wd_ratio"], 0.0, None)
+        if group["foreach"] not in (None, True, False):
+            raise ValueError(f"Invalid foreach: {group['foreach']!r}; expected None, True or False")
+
+    def _init_state(self, group: dict[str, Any], p: Tensor) -> None:
+        state = self.state[p]
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _fast_eligible(self, group: dict[str, Any], p: Tensor, g: Tensor) -> bool:
+        # The foreach (nesterov) form divides in the param dtype, where eps underflows in fp16.
+        if group["nesterov"] and p.dtype in LOW_PRECISION:
+            return False
+        return super()._fast_eligible(group, p, g)
+
+    @staticmethod
+    def _decays(group: dict[str, Any]) -> tuple[float, float]:
+        """(projected, plain) decay factors in Python double, as the official code computes them."""
+        lr, wd = group["lr"], group["weight_decay"]
+        if wd > 0:
+            return 1 - lr * wd * group["wd_ratio"], 1 - lr * wd
+        return 1.0, 1.0
+
+    # --- reference form: official operation order, one parameter --------------------------------------
+
+    def _reference_update(self, group: dict[str, Any], p: Tensor, g: Tensor) -> None:
+        state = self.state[p]
+        state["step"] += 1
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        if p.dtype not in LOW_PRECISION:
+            self._reference_math(group, state["step"], p, g, m, v)
+            return
+        # fp16/bf16: compute in fp32 and round once (see class docstring).
+        p32, g32, m32, v32 = p.float(), g.float(), m.float(), v.float()
+        self._reference_math(group, state["step"], p32, g32, m32, v32)
+        p.copy_(p32), m.copy_(m32), v.copy_(v32)
+
+    def _reference_math(
+        self, group: dict[str, Any], step: int, p: Tensor, g: Tensor, m: Tensor, v: Tensor
+    ) -> None:
+        beta1, beta2 = group["betas"]
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        m.mul_(beta1).add_(g, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = (v.sqrt() / math.sqrt(bias_correction2)).add_(group["eps"])
+        step_size = group["lr"] / bias_correction1
+        if group["nesterov"]:
+            perturb = (beta1 * m + (1 - beta1) * g) / denom
+        else:
+            perturb = m / denom
+        decay_projected, decay_plain = self._decays(group)
+        if is_projection_candidate(p):
+            projected = project_reference(p, g, perturb, group["delta"], group["eps"])
+            if group["weight_decay"] > 0:
+                factor = torch.full((), decay_projected, dtype=p.dtype, device=p.device)
+                p.mul_(torch.where(projected, factor, decay_plain))
+        elif group["weight_decay"] > 0:
+            p.mul_(decay_plain)
+        p.add_(perturb, alpha=-step_size)
+
+    # --- fast form: multi-tensor --------------------------------------------------------------------
+
+    def _fast_bucket(
+        self, group: dict[str, Any], layout: RowLayout | None, params: list[Tensor], grads: list[Tensor]
+    ) -> None:
+        states = [self.state[p] for p in params]
+        for state in states:
+            state["step"] += 1
+        beta1, beta2 = group["betas"]
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        device = params[0].device
+        if group["nesterov"] or not fused_kernels_support(device, params[0].dtype):
+            directions = self._scratch_for(params)
+            self._foreach_direction(
+                group,
+                [s["step"] for s in states],
+                grads,
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                directions,
+                self._scratch_for(params, 1),
+            )
+            self._apply_direction(group, layout, params, grads, directions, *self._decays(group))
+            return
+        fused_args = dict(beta1=beta1, beta2=beta2, eps=eps, amsgrad=False, maximize=False)
+        for candidates in (False, True):
+            picked = [i for i, p in enumerate(params) if is_projection_candidate(p) == candidates]
+            if not picked:
+                continue
+            part = [params[i] for i in picked]
+            tensors = (
+                [grads[i] for i in picked],
+                [states[i]["exp_avg"] for i in picked],
+                [states[i]["exp_avg_sq"] for i in picked],
+                [],
+                step_tensors([states[i]["step"] for i in picked], device),
+            )
+            if not candidates:
+                # Never projected: the official update is exactly AdamW's (decay, then step), so torch's
+                # fused AdamW kernel does it in one pass on the weights themselves.
+                torch._fused_adamw_(part, *tensors, lr=lr, weight_decay=wd, **fused_args)
+                continue
+            # Candidates: torch's fused Adam kernel run on a zeroed buffer in place of the weights leaves
+            # exactly -lr/bc1 * m_t/D_t there, with m_t, v_t updated in the same pass.
+            directions = self._scratch_for(part)
+            torch._foreach_zero_(directions)
+            torch._fused_adam_(directions, *tensors, lr=lr, weight_decay=0.0, **fused_args)
+            self._apply_direction(
+                group, layout, part, [grads[i] for i in picked], directions, *self._decays(group)
+            )
+
+    @staticmethod
+    def _foreach_direction(
+        group: dict[str, Any],
+        steps: list[int],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+        exp_avg_sqs: list[Tensor],
+        directions: list[Tensor],
+        denoms: list[Tensor],
+    ) -> None:
+        """directions <- -lr/bc1 * u_t with the official moment and denominator order, batched."""
+        beta1, beta2 = group["betas"]
+        torch._foreach_mul_(exp_avgs, beta1)
+        torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        for v, denom in zip(exp_avg_sqs, denoms):
+            torch.sqrt(v, out=denom)
+        torch._foreach_div_(denoms, [math.sqrt(1 - beta2**s) for s in steps])
+        torch._foreach_add_(denoms, group["eps"])
+        if group["nesterov"]:
+            for m, d in zip(exp_avgs, directions):
+                torch.mul(m, beta1, out=d)
+            torch._foreach_add_(directions, grads, alpha=1 - beta1)
+        else:
+            torch._foreach_copy_(directions, exp_avgs)
+        torch._foreach_div_(directions, denoms)
+        torch._foreach_mul_(directions, [-group["lr"] / (1 - beta1**s) for s in steps])
+
+    # --- compiled form: one fused kernel pair per parameter (CPU) -------------------------------------
+
+    def _compiled_update(self, group: dict[str, Any], p: Tensor, g: Tensor) -> None:
+        candidate = is_projection_candidate(p)
+        if not (has_row_blocks(p) if candidate else p.is_contiguous() and p.numel() > 0):
+            self._reference_update(group, p, g)  # the kernel writes through views; no copy allowed here
+            return
+        state = self.state[p]
+        step = state["step"] + 1
+        beta1, beta2 = group["betas"]
+        decay_projected, decay_plain = self._decays(group)
+        thresholds = view_thresholds(p.shape, group["delta"]) if candidate else (0.0, 0.0)
+        scalars = torch.tensor(
+            [
+                group["lr"] / (1 - beta1**step),
+                math.sqrt(1 - beta2**step),
+                decay_projected,
+                decay_plain,
+                *thresholds,
+            ],
+            dtype=torch.float64,
+        )
+        tensors = (p, g, state["exp_avg"], state["exp_avg_sq"])
+        kernel = _compiled_kernel("rows" if candidate else "flat")
+        views = [row_view(t) for t in tensors] if candidate else [t.view(-1) for t in tensors]
+        kernel(*views, scalars, beta1, beta2, group["eps"], bool(group["nesterov"]))
+        state["step"] = step
+
+
+def _adamp_kernel(
+    p: Tensor,
+    g: Tensor,
+    m: Tensor,
+    v: Tensor,
+    scalars: Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    nesterov: bool,
+    rows: bool,
+) -> None:
+    """One parameter's AdamP step in functional form for Inductor (p, g, m, v are (C, K) rows or flat).
+
+    ``scalars`` (float64): step size, sqrt(bc2), projected decay, plain decay, channel and layer thresholds.
+    Computed in fp32 at least; Inductor fuses it into a moments+row-reductions pass and an update pass.
+    """
+    acc = torch.promote_types(p.dtype, torch.float32)
+    p32, g32 = p.to(acc), g.to(acc)
+    m32 = m.to(acc) * beta1 + g32 * (1 - beta1)
+    v32 = v.to(acc) * beta2 + g32 * g32 * (1 - beta2)
+    m.copy_(m32)
+    v.copy_(v32)
+    denom = v32.sqrt() / scalars[1].to(acc) + eps
+    numerator = beta1 * m32 + (1 - beta1) * g32 if nesterov else m32
+    direction = -(scalars[0].to(acc)) * (numerator / denom)
+    if rows:
+        coef, projected = fold_projection(
+            p32, g32, direction, scalars[4].to(p.dtype), scalars[5].to(p.dtype), eps
+        )
+        decay = torch.where(projected, scalars[2], scalars[3]).to(acc)
+        p.copy_(p32 * (decay - coef) + direction)
+    else:
+        p.copy_(p32 * scalars[3].to(acc) + direction)
+
+
+_KERNELS: dict[str, Any] = {}
+
+
+def _compiled_kernel(kind: str) -> Any:
+    """Compiled lazily and shared by all AdamP instances; dynamic shapes, so one graph serves all sizes."""
+    if kind not in _KERNELS:
+        rows = kind == "rows"
+
+        def kernel(p, g, m, v, scalars, beta1, beta2, eps, nesterov):
+            _adamp_kernel(p, g, m, v, scalars, beta1, beta2, eps, nesterov, rows)
+
+        # Dynamic shapes: Inductor sizes its thread split from the first (often tiny) weight; without the
+        # small minimum chunk every later, large weight would run single-threaded.
+        _KERNELS[kind] = torch.compile(
+            kernel, dynamic=True, fullgraph=True, options={"cpp.min_chunk_size": 1}
+        )
+    return _KERNELS[kind]

@@ -1,0 +1,246 @@
+"""Run records -> one pandas DataFrame, one row per completed run.
+
+Reads only ``summary.json`` (and checks ``config.yaml`` parses) in each run folder of the record contract
+(``tracking/records.py``). Records that are broken or half-written are reported by path and skipped;
+runs that are not ``completed`` are reported and not counted. Nothing here raises on a bad record.
+
+W&B is an optional second source (a mirror, never the source of truth): the summary and config of each run
+of a project, read through ``wandb.Api()``; ``history()`` is never called because it samples (wandb#1783).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from adamp_repro.tracking.records import (
+    CONFIG_FILE,
+    DIAGNOSTICS_FILE,
+    METRICS_FILE,
+    PROVENANCE_FILE,
+    SUMMARY_FILE,
+    read_summary,
+)
+
+log = logging.getLogger(__name__)
+
+IDENTITY_COLUMNS = (
+    "run_name",
+    "experiment",
+    "scale",
+    "seed",
+    "model",
+    "dataset",
+    "dataset_label",
+    "optimizer",
+    "table_id",
+    "table_block",
+    "table_model",
+)
+NUMERIC_COLUMNS = (
+    "epochs",
+    "epochs_planned",
+    "final_eval_top1",
+    "final_eval_top5",
+    "best_eval_top1",
+    "final_eval_loss",
+    "final_train_loss",
+    "wall_time_s",
+    "images_per_s",
+    "final_eval_clean_top1",
+    "final_eval_robust_top1",
+    "initial_mean_weight_norm",
+    "final_mean_weight_norm",
+    "final_effective_step_size",
+)
+RUN_COLUMNS = ("run_dir", "source", "status", *IDENTITY_COLUMNS, *NUMERIC_COLUMNS, "attacks")
+# Without these a completed run cannot be placed in any table.
+REQUIRED_KEYS = ("table_id", "optimizer", "scale", "seed")
+_RECORD_FILES = (SUMMARY_FILE, CONFIG_FILE, PROVENANCE_FILE, METRICS_FILE, DIAGNOSTICS_FILE)
+# W&B run states -> record statuses, used only when a mirrored summary lacks our own ``status`` key.
+_WANDB_STATES = {
+    "finished": "completed",
+    "running": "running",
+    "crashed": "failed",
+    "failed": "failed",
+    "killed": "interrupted",
+}
+
+
+@dataclass(frozen=True, order=True)
+class RunProblem:
+    """A run that was not counted: ``kind`` is ``not_completed``, ``broken``, ``duplicate`` or ``wandb``."""
+
+    path: str
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.detail}"
+
+
+def collect_runs(
+    root: str | os.PathLike, *, wandb_project: str | None = None
+) -> tuple[pd.DataFrame, list[RunProblem]]:
+    """Read every run folder under ``root`` (and optionally a W&B project) into one row per completed run.
+
+    Returns the frame (columns ``RUN_COLUMNS``, sorted by ``run_dir``; ``run_dir`` is relative to ``root``,
+    or ``wandb:<entity>/<project>/<id>``) and the sorted list of runs not counted, with the reason.
+    A missing ``root`` gives an empty frame.
+    """
+    root = Path(root)
+    rows: list[dict[str, Any]] = []
+    problems: list[RunProblem] = []
+    for run_dir in find_run_dirs(root):
+        rel = run_dir.relative_to(root).as_posix() if run_dir != root else "."
+        row, problem = _read_disk_run(run_dir, rel)
+        _keep(row, problem, rows, problems)
+    if wandb_project:
+        wandb_rows, wandb_problems = _read_wandb_runs(wandb_project)
+        problems.extend(wandb_problems)
+        on_disk = {_identity(r) for r in rows}
+        for row, problem in wandb_rows:
+            if row is not None and _identity(row) in on_disk:
+                continue  # the record on disk is the source of truth; the mirror only fills gaps
+            _keep(row, problem, rows, problems)
+    frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    frame = frame.sort_values("run_dir", kind="stable", ignore_index=True)
+    for column in NUMERIC_COLUMNS:
+        frame[column] = frame[column].astype(float)
+    frame["seed"] = frame["seed"].astype("Int64")
+    return frame, sorted(problems)
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Folders holding any record file, without descending into a run folder or hidden / wandb folders."""
+    found: list[Path] = []
+    if not root.is_dir():
+        return found
+    for current, dirs, files in os.walk(root):
+        if any(name in files for name in _RECORD_FILES):
+            found.append(Path(current))
+            dirs[:] = []  # checkpoints, .hydra/ and wandb/ inside a run are not runs of their own
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "wandb")
+    return sorted(found)
+
+
+def _keep(row, problem, rows, problems) -> None:
+    if problem is not None:
+        problems.append(problem)
+        if problem.kind == "broken":
+            log.warning("Skipping broken run record %s", problem)
+        else:
+            log.info("Not counting run %s", problem)
+    if row is not None:
+        rows.append(row)
+
+
+def _read_disk_run(run_dir: Path, rel: str) -> tuple[dict[str, Any] | None, RunProblem | None]:
+    if not (run_dir / SUMMARY_FILE).exists():
+        return None, RunProblem(rel, "broken", f"no {SUMMARY_FILE} (half-written or never started)")
+    try:
+        summary = read_summary(run_dir)
+    except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+        return None, RunProblem(rel, "broken", f"unreadable {SUMMARY_FILE}: {_without_path(err, run_dir)}")
+    if summary["status"] != "completed":
+        return None, RunProblem(rel, "not_completed", f"status {summary['status']!r}")
+    if not (run_dir / CONFIG_FILE).exists():
+        return None, RunProblem(rel, "broken", f"no {CONFIG_FILE}")
+    try:
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        return None, RunProblem(rel, "broken", f"unreadable {CONFIG_FILE}: {_without_path(err, run_dir)}")
+    if not isinstance(config, Mapping):
+        return None, RunProblem(rel, "broken", f"{CONFIG_FILE} is not a mapping but {type(config).__name__}")
+    return _summary_to_row(summary, rel, "disk")
+
+
+def _without_path(err: Exception, run_dir: Path) -> str:
+    """The error text without the absolute folder, so reports do not depend on where the runs live."""
+    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return " ".join(text.replace(f"{run_dir}{os.sep}", "").split())
+
+
+def _summary_to_row(
+    summary: Mapping[str, Any], run_dir: str, source: str
+) -> tuple[dict[str, Any] | None, RunProblem | None]:
+    """One frame row from a completed run's summary; a bad key makes it a ``broken`` problem naming it."""
+    missing = [k for k in REQUIRED_KEYS if summary.get(k) in (None, "")]
+    if missing:
+        return None, RunProblem(run_dir, "broken", f"completed summary lacks {missing}")
+    seed = summary["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return None, RunProblem(run_dir, "broken", f"seed must be an int, got {seed!r}")
+    row: dict[str, Any] = {"run_dir": run_dir, "source": source, "status": "completed"}
+    for key in IDENTITY_COLUMNS:
+        value = summary.get(key)
+        row[key] = value if key == "seed" or value is None else str(value)
+    # Older or non-table runs may lack the table placement; fall back to what the run itself says.
+    row["table_block"] = row["table_block"] or "-"
+    row["table_model"] = row["table_model"] or row["model"] or "-"
+    for key in NUMERIC_COLUMNS:
+        value = summary.get(key)
+        if value is None:
+            row[key] = math.nan
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            row[key] = float(value)
+        else:
+            return None, RunProblem(run_dir, "broken", f"{key} must be a number or null, got {value!r}")
+    attacks = summary.get("attacks")
+    row["attacks"] = None if attacks is None else json.dumps(attacks, sort_keys=True)
+    return row, None
+
+
+def _identity(row: Mapping[str, Any]) -> tuple:
+    return tuple(row.get(k) for k in ("experiment", "scale", "run_name"))
+
+
+def _read_wandb_runs(project: str) -> tuple[list[tuple[dict | None, RunProblem | None]], list[RunProblem]]:
+    """Rows from a W&B project's run summaries; any failure (offline, no login, no network) is a problem."""
+    where = f"wandb:{project}"
+    mode = os.environ.get("WANDB_MODE", "")
+    if mode in ("offline", "disabled"):
+        return [], [
+            RunProblem(where, "wandb", f"not read: WANDB_MODE={mode} (tables use the records on disk)")
+        ]
+    try:
+        import wandb
+
+        runs = list(wandb.Api(timeout=30).runs(project))
+    except Exception as err:  # any API failure must degrade to "not read", never crash
+        return [], [RunProblem(where, "wandb", f"not read: {type(err).__name__}: {err}")]
+    return [_wandb_run_to_row(run) for run in runs], []
+
+
+def _wandb_run_to_row(run: Any) -> tuple[dict[str, Any] | None, RunProblem | None]:
+    path = "wandb:" + "/".join(run.path)
+    try:
+        summary = dict(run.summary_metrics)
+        config = dict(run.config)
+    except Exception as err:  # a half-synced run must not stop the build
+        return None, RunProblem(path, "broken", f"unreadable W&B summary/config: {err}")
+    status = summary.get("status") or _WANDB_STATES.get(run.state, run.state)
+    if status != "completed":
+        return None, RunProblem(path, "not_completed", f"status {status!r}")
+    # Identity keys the mirror did not copy into the summary may still be in the run's config.
+    merged = {**{k: config.get(k) for k in IDENTITY_COLUMNS if k in config}, **summary}
+    return _summary_to_row(merged, path, "wandb")
+
+
+def count_statuses(problems: Iterable[RunProblem]) -> dict[str, int]:
+    """How many runs were not counted, by reason (``status 'failed'``, ``broken``, ...), for summaries."""
+    counts: dict[str, int] = {}
+    for problem in problems:
+        key = problem.detail if problem.kind == "not_completed" else problem.kind
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))

@@ -1,0 +1,331 @@
+"""Figures of the mechanism: weight norms and effective step sizes from run records, and the paper's toys.
+
+- ``mechanism_<experiment>_<scale>.{png,pdf}``: per epoch, the mean norm of the weights followed by a
+  normalisation layer, their mean effective step size lr / ||w||^2 and eval top-1, for SGD vs SGDP and
+  Adam(W) vs AdamP; the line is the mean over seeds, the band the min-max over seeds. The paper's
+  counterpart is the ResNet-18 / ImageNet analysis on the project page (tables.md §4.3).
+- ``toy_2d.{png,pdf}``: the project page's 2D cosine toy (paths on the plane, ||w|| over iterations);
+  ``toy_2d_adam.{png,pdf}``: Adam vs AdamP on the same toy; ``toy_3d.{png,pdf}``: the Rosenbrock-on-hemisphere
+  toy.
+
+Every figure is written as PNG and PDF through a temporary file and a rename, with no creation date in the
+PDF, so rebuilding from the same records gives the same files. Matplotlib's object API with the Agg canvas is
+used (no pyplot state), so importing this module never changes the caller's backend.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+from adamp_repro.results.collect import collect_runs
+from adamp_repro.toy.circle2d import METHOD_LABELS, CircleRun
+from adamp_repro.toy.hemisphere3d import HEMISPHERE_LABELS, OPTIMUM, HemisphereRun, rosenbrock
+from adamp_repro.tracking.records import (
+    DIAGNOSTICS_FILE,
+    METRICS_FILE,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_csv_rows,
+    rows_to_csv,
+)
+from adamp_repro.train.diagnostics import summarise_rows
+
+CURVE_COLUMNS = ("mean_weight_norm", "effective_step_size", "eval_top1")
+CURVE_LABELS = {
+    "mean_weight_norm": "mean ||w|| (weights before a norm layer)",
+    "effective_step_size": "effective step size lr / ||w||^2",
+    "eval_top1": "eval top-1 (%)",
+}
+# Baseline and projected optimizer of each panel row; a row is drawn when any of its optimizers has runs.
+OPTIMIZER_PAIRS = (("SGD vs SGDP", ("sgd", "sgdp")), ("Adam(W) vs AdamP", ("adam", "adamw", "adamp")))
+OPTIMIZER_STYLE = {
+    "sgd": ("tab:blue", "-"),
+    "sgdp": ("tab:orange", "-"),
+    "adam": ("tab:green", "--"),
+    "adamw": ("tab:blue", "-"),
+    "adamp": ("tab:orange", "-"),
+}
+TOY_COLORS = {
+    "gd": "tab:gray",
+    "gd_momentum": "tab:blue",
+    "gd_momentum_projection": "tab:orange",
+    "sgdp": "tab:red",
+    "adam": "tab:blue",
+    "adamp": "tab:orange",
+}
+
+
+def save_figure(fig: Figure, stem: str | os.PathLike) -> list[Path]:
+    """Write ``fig`` to ``<stem>.png`` and ``<stem>.pdf`` atomically; returns the two paths."""
+    FigureCanvasAgg(fig)
+    paths = []
+    for fmt, metadata in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, dpi=150, bbox_inches="tight", metadata=metadata)
+        path = Path(f"{stem}.{fmt}")
+        atomic_write_bytes(path, buffer.getvalue())
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- run records
+
+
+def read_epoch_curves(runs_root: str | os.PathLike) -> pd.DataFrame:
+    """Per-epoch curves of every completed run under ``runs_root``, one row per (run, epoch).
+
+    Columns: ``experiment``, ``scale``, ``optimizer``, ``seed``, ``table_id``, ``run_dir``, ``epoch`` and
+    ``CURVE_COLUMNS``. The curves come from ``metrics.csv``; where a run's metrics lack the diagnostics
+    columns they are recomputed from its ``diagnostics.csv`` rows (``summarise_rows``). Missing values: NaN.
+    """
+    root = Path(runs_root)
+    runs, _ = collect_runs(root)
+    frames = []
+    for run in runs.itertuples(index=False):
+        metrics_path = root / run.run_dir / METRICS_FILE
+        if not metrics_path.exists():
+            continue
+        metrics = pd.DataFrame(read_csv_rows(metrics_path))
+        if metrics.empty or "epoch" not in metrics:
+            continue
+        metrics = metrics.apply(pd.to_numeric, errors="coerce")
+        diagnostics_path = root / run.run_dir / DIAGNOSTICS_FILE
+        if diagnostics_path.exists() and metrics.reindex(columns=CURVE_COLUMNS[:2]).isna().all().any():
+            metrics = _merge_diagnostics(metrics, read_csv_rows(diagnostics_path))
+        frame = metrics.reindex(columns=["epoch", *CURVE_COLUMNS]).astype(float)
+        for key in ("experiment", "scale", "optimizer", "seed", "table_id", "run_dir"):
+            frame[key] = getattr(run, key)
+        frames.append(frame)
+    columns = ["experiment", "scale", "optimizer", "seed", "table_id", "run_dir", "epoch", *CURVE_COLUMNS]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def _merge_diagnostics(metrics: pd.DataFrame, diag_rows: list[dict[str, str]]) -> pd.DataFrame:
+    by_epoch: dict[int, list[dict]] = {}
+    for row in diag_rows:
+        parsed = {k: _to_float(v) for k, v in row.items() if k != "param"}
+        by_epoch.setdefault(int(parsed["epoch"]), []).append(parsed)
+    summaries = pd.DataFrame([{"epoch": e, **summarise_rows(rows)} for e, rows in sorted(by_epoch.items())])
+    merged = metrics.drop(columns=[c for c in CURVE_COLUMNS[:2] if c in metrics], errors="ignore")
+    return merged.merge(summaries[["epoch", *CURVE_COLUMNS[:2]]], on="epoch", how="left")
+
+
+def _to_float(text: str) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def seed_bands(curves: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Mean, min, max and seed count of ``column`` per (experiment, scale, optimizer, epoch)."""
+    keys = ["experiment", "scale", "optimizer", "epoch"]
+    grouped = curves.dropna(subset=[column]).groupby(keys)[column]
+    return grouped.agg(mean="mean", low="min", high="max", n="count").reset_index()
+
+
+def plot_mechanism(curves: pd.DataFrame, title: str) -> Figure | None:
+    """One figure for the curves of one (experiment, scale): a row per optimizer pair, a column per curve."""
+    pairs = [(label, opts) for label, opts in OPTIMIZER_PAIRS if curves["optimizer"].isin(opts).any()]
+    if not pairs:
+        return None
+    fig = Figure(figsize=(4.2 * len(CURVE_COLUMNS), 3.2 * len(pairs)), layout="constrained")
+    axes = fig.subplots(len(pairs), len(CURVE_COLUMNS), squeeze=False)
+    for row, (pair_label, optimizers) in enumerate(pairs):
+        for col, column in enumerate(CURVE_COLUMNS):
+            ax = axes[row][col]
+            bands = seed_bands(curves[curves["optimizer"].isin(optimizers)], column)
+            for optimizer in optimizers:
+                band = bands[bands["optimizer"] == optimizer]
+                if band.empty:
+                    continue
+                color, style = OPTIMIZER_STYLE.get(optimizer, (None, "-"))
+                label = f"{optimizer.upper() if optimizer.startswith('sgd') else _adam_label(optimizer)}"
+                label += f" (n={int(band['n'].max())})"
+                ax.plot(band["epoch"], band["mean"], style, color=color, label=label)
+                ax.fill_between(band["epoch"], band["low"], band["high"], color=color, alpha=0.2, linewidth=0)
+            if column == "effective_step_size" and ax.has_data():
+                ax.set_yscale("log")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(CURVE_LABELS[column])
+            ax.set_title(pair_label, fontsize=9)
+            if ax.has_data():
+                ax.legend(fontsize=7)
+    fig.suptitle(
+        f"{title}: mean over seeds, band = min-max over seeds; effective step lr/||w||^2 for every optimizer",
+        fontsize=9,
+    )
+    return fig
+
+
+def _adam_label(name: str) -> str:
+    return {"adam": "Adam", "adamw": "AdamW", "adamp": "AdamP"}.get(name, name)
+
+
+def mechanism_figures(runs_root: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """``mechanism_<experiment>_<scale>.{png,pdf}`` for every (experiment, scale) with completed runs."""
+    curves = read_epoch_curves(runs_root)
+    paths: list[Path] = []
+    for (experiment, scale), group in curves.groupby(["experiment", "scale"], sort=True):
+        fig = plot_mechanism(group, f"{experiment} ({scale})")
+        if fig is not None:
+            paths += save_figure(fig, Path(out_dir) / f"mechanism_{_safe(experiment)}_{_safe(scale)}")
+    return paths
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
+
+
+# ---------------------------------------------------------------------------------------------------- toys
+
+
+def plot_circle_toy(runs: Sequence[CircleRun], methods: Sequence[str], title: str) -> Figure:
+    """Top row: the paths of w on the plane, one panel per momentum, with the unit circle and w*.
+    Bottom row: ||w|| over iterations (log scale)."""
+    momenta = sorted({run.momentum for run in runs})
+    fig = Figure(figsize=(4.0 * len(momenta), 7.6), layout="constrained")
+    axes = fig.subplots(2, len(momenta), squeeze=False)
+    circle = np.linspace(0, 2 * np.pi, 400)
+    for col, momentum in enumerate(momenta):
+        path_ax, norm_ax = axes[0][col], axes[1][col]
+        path_ax.plot(np.cos(circle), np.sin(circle), color="0.8", linewidth=0.8)
+        for run in (r for r in runs if r.momentum == momentum and r.method in methods):
+            color = TOY_COLORS.get(run.method)
+            label = f"{METHOD_LABELS[run.method]}: ||w|| {run.norms[-1]:.2f}"
+            path_ax.plot(run.weights[:, 0], run.weights[:, 1], color=color, linewidth=1, label=label)
+            norm_ax.plot(run.norms, color=color, label=METHOD_LABELS[run.method])
+        path_ax.plot(*runs[0].target, "k*", markersize=10, label="w*")
+        path_ax.plot(*runs[0].weights[0], "ko", markersize=4, label="w_0")
+        path_ax.set_aspect("equal", adjustable="datalim")
+        path_ax.set_title(f"momentum {momentum}", fontsize=9)
+        path_ax.legend(fontsize=6, loc="lower left")
+        low, high = norm_ax.get_ylim()
+        if high / max(low, 1e-12) > 10:  # momentum 0.99 reaches ~28: log scale, with plain labels
+            norm_ax.set_yscale("log")
+            norm_ax.yaxis.set_major_formatter(ScalarFormatter())
+            norm_ax.yaxis.set_minor_formatter(NullFormatter())
+        norm_ax.set_xlabel("iteration")
+        norm_ax.set_ylabel("||w||")
+        norm_ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_hemisphere_toy(runs: Sequence[HemisphereRun], title: str) -> Figure:
+    """Top row: paths in (psi, phi) on log Rosenbrock contours; bottom row: r = ||w|| over iterations."""
+    fig = Figure(figsize=(4.0 * len(runs), 7.2), layout="constrained")
+    axes = fig.subplots(2, len(runs), squeeze=False)
+    psi, phi = np.meshgrid(np.linspace(-2.5, 2.0, 150), np.linspace(-1.0, 3.0, 150))
+    contours = np.log10(rosenbrock(psi, phi) + 1e-3)
+    for col, run in enumerate(runs):
+        path_ax, norm_ax = axes[0][col], axes[1][col]
+        path_ax.contour(psi, phi, contours, levels=15, cmap="Greys", linewidths=0.5)
+        path_ax.plot(run.chart[:, 0], run.chart[:, 1], color="tab:orange", linewidth=1)
+        path_ax.plot(*run.chart[0], "ko", markersize=4)
+        path_ax.plot(*OPTIMUM, "k*", markersize=10)
+        path_ax.set_xlabel("psi")
+        path_ax.set_ylabel("phi")
+        path_ax.set_title(HEMISPHERE_LABELS[run.method], fontsize=9)
+        norm_ax.plot(run.norms, color="tab:orange")
+        norm_ax.set_xlabel("iteration")
+        norm_ax.set_ylabel("r = ||w||")
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def _markdown_table(rows: Sequence[dict], columns: Sequence[str], digits: int = 4) -> str:
+    """Rows as a markdown table; floats fixed to ``digits`` decimals except settings such as the momentum."""
+
+    def cell(column: str, value) -> str:
+        if isinstance(value, float) and column not in ("momentum", "lr"):
+            return "-" if math.isnan(value) else f"{value:.{digits}f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(c, row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def toy_outputs(out_dir: str | os.PathLike) -> list[Path]:
+    """Run the toys and write their figures and number files under ``out_dir``.
+
+    Files: ``toy_2d``, ``toy_2d_adam``, ``toy_3d`` (PNG + PDF); ``toy_2d_final_norms.csv`` (ours beside the
+    project-page readings), ``toy_2d_lr_scan.csv`` (how the toy lr was fitted), ``toy_2d_adam.csv``,
+    ``toy_3d.csv`` and ``toy_numbers.md`` (the tables as markdown, with their settings).
+    """
+    from adamp_repro.toy import circle2d as c2
+    from adamp_repro.toy import hemisphere3d as h3
+    from adamp_repro.toy.optimizers import optimizer_source
+
+    out = Path(out_dir)
+    gd_methods = (*c2.METHODS, *c2.OFFICIAL_METHODS)
+    runs = c2.circle_toy_runs(methods=gd_methods)
+    adaptive = c2.circle_toy_runs(methods=c2.ADAPTIVE_METHODS)
+    hemisphere = [h3.run_hemisphere_toy(m) for m in h3.HEMISPHERE_METHODS]
+    settings = (
+        f"lr {c2.TOY_LR} on the loss -cos (fitted, see toy_2d_lr_scan.csv), {c2.TOY_STEPS} steps, "
+        f"w_0 at angle pi - {c2.TOY_OFFSET} rad from w*, float64; SGDP/AdamP from `{optimizer_source()}`"
+    )
+    adam_settings = f"beta1 = momentum, beta2 = 0.999, lr {c2.TOY_LR}"
+    hemi_settings = (
+        f"lr {h3.HEMISPHERE_LR}, momentum {h3.HEMISPHERE_MOMENTUM}, L2 weight decay {h3.HEMISPHERE_WD} "
+        f"(middle panel), {h3.HEMISPHERE_STEPS} steps"
+    )
+    paths = save_figure(plot_circle_toy(runs, gd_methods, f"2D cosine toy: {settings}"), out / "toy_2d")
+    adam_fig = plot_circle_toy(
+        adaptive, c2.ADAPTIVE_METHODS, f"2D cosine toy, Adam vs AdamP: {adam_settings}"
+    )
+    paths += save_figure(adam_fig, out / "toy_2d_adam")
+    hemi_fig = plot_hemisphere_toy(hemisphere, f"Rosenbrock on a hemisphere: {hemi_settings}")
+    paths += save_figure(hemi_fig, out / "toy_3d")
+
+    tables = {
+        "toy_2d_final_norms": c2.final_norm_rows(runs),
+        "toy_2d_lr_scan": c2.learning_rate_scan(),
+        "toy_2d_adam": [_without_paper(row) for row in c2.final_norm_rows(adaptive)],
+        "toy_3d": h3.hemisphere_rows(hemisphere),
+    }
+    for name, rows in tables.items():
+        atomic_write_text(out / f"{name}.csv", rows_to_csv(rows))
+        paths.append(out / f"{name}.csv")
+    norm_columns = ["momentum", "method", "final_norm", "paper_final_norm", "norm_rel_diff", "final_loss"]
+    sections = [
+        "# Toy numbers (generated by scripts/make_figures.py)\n",
+        "## 2D cosine toy: final ||w||, ours beside the project-page videos\n",
+        f"Settings: {settings}. `gd_momentum_projection` is the paper's Algorithm 1 (momentum buffer kept, "
+        "applied update projected); `sgdp` is the official SGDP(nesterov=False), which projects the buffer "
+        "in place.\n",
+        _markdown_table(tables["toy_2d_final_norms"], [*norm_columns, "paper_final_loss"]),
+        f"## 2D cosine toy: Adam vs AdamP (no paper numbers)\n\nSettings: {adam_settings}.\n",
+        _markdown_table(tables["toy_2d_adam"], ["momentum", "method", "final_norm", "final_loss"]),
+        "## 3D Rosenbrock on a hemisphere (the page: r ~3.1 / peak 2.5 then ~0.8 / 1.0-1.1)\n",
+        f"Settings (ours, not the paper's): {hemi_settings}.\n",
+        _markdown_table(tables["toy_3d"], list(tables["toy_3d"][0])),
+    ]
+    atomic_write_text(out / "toy_numbers.md", "\n".join(sections))
+    return [*paths, out / "toy_numbers.md"]
+
+
+def _without_paper(row: dict) -> dict:
+    return {k: v for k, v in row.items() if not k.startswith("paper") and k != "norm_rel_diff"}
+
+
+def make_figures(runs_root: str | os.PathLike, out_dir: str | os.PathLike, toys: bool = True) -> list[Path]:
+    """Every figure: the mechanism curves of the records under ``runs_root`` and, with ``toys``, the toys."""
+    paths = mechanism_figures(runs_root, out_dir)
+    if toys:
+        paths += toy_outputs(out_dir)
+    return paths

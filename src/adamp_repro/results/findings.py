@@ -1,0 +1,115 @@
+"""A table's findings in words: each measured gap against seed noise, the weight-norm mechanism, the notes.
+
+Kept apart from the grids (``tables``) because these sentences are what a reader of a small run needs most:
+a gap that is not beyond seed noise is said to be so, and never printed as a bare winner.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from adamp_repro.results.compare import paper_gain_range
+from adamp_repro.results.stats import ALPHA, NOT_APPLICABLE_ONE_SEED, TEST_DESCRIPTION
+
+MISSING = "—"
+METRIC_LABELS = {
+    "top1_acc": "top-1 (%)",
+    "standard_acc": "standard acc (%)",
+    "attacked_acc": "attacked acc (%)",
+}
+
+
+def gap_sentences(gains: pd.DataFrame, is_paper: bool, paper: pd.DataFrame) -> list[str]:
+    """Each measured gap in words, saying plainly when it is not beyond seed noise."""
+    sentences = []
+    for r in gains.to_dict("records"):
+        if math.isnan(r["ours_gain"]):
+            continue
+        where = " / ".join(str(r[c]) for c in ("model", "block") if r[c] not in ("-", ""))
+        lead = (
+            f"{r['proposed']} vs {r['baseline']} ({where}, {METRIC_LABELS.get(r['metric'], r['metric'])}): "
+            f"{r['ours_gain']:+.2f} points"
+        )
+        if r["test"] == NOT_APPLICABLE_ONE_SEED:
+            sentences.append(
+                f"{lead} from a single seed on at least one side: no noise estimate, so the gap "
+                "cannot be called either way."
+            )
+        elif r["beyond_noise"] is not pd.NA and bool(r["beyond_noise"]):
+            sentences.append(f"{lead}, beyond seed noise (Welch p = {r['p_value']:.3f} < {ALPHA}).")
+        else:
+            sentences.append(
+                f"{lead} is not beyond seed noise (Welch p = {r['p_value']:.3f} ≥ {ALPHA}, "
+                f"{r['n_proposed']} vs {r['n_baseline']} seeds): this run cannot tell "
+                f"{r['proposed']} and {r['baseline']} apart on accuracy."
+            )
+    if sentences and not is_paper:
+        low, high = paper_gain_range(paper, "P1")
+        sentences.append(
+            f"For scale: the paper's ImageNet gains (P1) are {low:+.2f} to {high:+.2f} points. A gap is called "
+            "here only when the test finds it beyond seed noise; otherwise no winner is read from it."
+        )
+    return sentences
+
+
+def mechanism_sentences(part: pd.DataFrame) -> list[str]:
+    """The weight-norm effect in words, per row: what a small run shows reliably (paper Sec. 2, norm growth)."""
+    sentences = []
+    for (block, model), group in part.groupby(["block", "model"], sort=False):
+        rows = group.drop_duplicates("optimizer")
+        rows = rows[rows["initial_mean_weight_norm"].notna() & rows["final_mean_weight_norm"].notna()]
+        where = " / ".join(str(x) for x in (model, block) if x not in ("-", ""))
+        if rows.empty:
+            sentences.append(
+                f"{where}: no run recorded weight-norm diagnostics (older records), so the "
+                f"mechanism columns are {MISSING}."
+            )
+            continue
+        growth = {
+            r.optimizer: r.final_mean_weight_norm / r.initial_mean_weight_norm - 1.0
+            for r in rows.itertuples()
+        }
+        text = (
+            f"{where}: mean norm of the scale-invariant weights, initial → final (mean over seeds), changed by "
+            + "; ".join(f"{opt} {g:+.1%}" for opt, g in growth.items())
+            + "."
+        )
+        adam_base = "AdamW" if "AdamW" in growth else "Adam"
+        for base, prop in (("SGD", "SGDP"), (adam_base, "AdamP")):
+            if base in growth and prop in growth:
+                word = "less" if growth[prop] < growth[base] else "not less"
+                text += (
+                    f" {prop}'s norm grew {word} than {base}'s ({growth[prop]:+.1%} vs {growth[base]:+.1%})."
+                )
+        sentences.append(text)
+    return sentences
+
+
+def table_notes(table_id: str, is_paper: bool, cells: pd.DataFrame) -> list[str]:
+    keys = sorted(set(cells["summary_key"].dropna()))
+    notes = [
+        f"Ours: mean ± sample std (ddof 1) over seeds of {', '.join(f'`{k}`' for k in keys) or 'the final metric'} "
+        "from each completed run's summary.json (final epoch, not the best); n = number of seeds; "
+        f"{MISSING} = no completed run (never filled in).",
+        f"Beyond seed noise: {TEST_DESCRIPTION}; with one seed on a side the test is `{NOT_APPLICABLE_ONE_SEED}`.",
+    ]
+    if is_paper:
+        notes += [
+            "Paper = the printed value; Diff = ours − paper; Paper gain = difference of the printed values "
+            "(a printed gain may differ by 0.01 by rounding, see shared/paper/tables.md).",
+            "Band = ± the tolerance in `results/paper`: 2 × the binomial sampling SE of the paper's accuracy on "
+            "the table's test set (the suite's choice; the paper gives no seed spread). In band is judged only "
+            "for runs at scale `paper`.",
+        ]
+        used = cells.loc[cells["optimizer"] == "Adam", "our_optimizer"].dropna()
+        if len(used):
+            notes.append(
+                "The paper's Adam column is our `adamw` where a row has adamw runs, else `adam`; used here: "
+                + ", ".join(sorted(set(used)))
+                + "."
+            )
+    else:
+        notes.append("Sign agrees: compared with +, the sign of every printed SGDP/AdamP gain in P1.")
+    return notes

@@ -1,0 +1,213 @@
+"""The paper's printed numbers: one CSV per table under ``results/paper/``.
+
+The CSVs are generated from the project's transcription of the paper (``shared/paper/reference.csv``, 84 cells
+read from the project page's table LaTeX; arXiv 2006.08217) by ``write_paper_csvs``; no number is retyped.
+Tables are named P1..P7 after the project page (clovaai.github.io/AdamP): the ICLR version (v3) numbers
+its tables differently and that mapping has not been read, so no "paper Table N" label is claimed here.
+
+Regenerate with ``python -m adamp_repro.results.reference --reference ../shared/paper/reference.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from adamp_repro.tracking.records import atomic_write_text
+
+REFERENCE_COLUMNS = ("table", "block", "model", "dataset", "optimizer", "metric", "value")
+PAPER_COLUMNS = (
+    "table",
+    "source",
+    "block",
+    "model",
+    "dataset",
+    "optimizer",
+    "metric",
+    "value",
+    "value_printed",
+    "tolerance",
+    "tolerance_basis",
+)
+STRING_COLUMNS = tuple(c for c in PAPER_COLUMNS if c not in ("value", "tolerance"))
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """What the suite knows about one printed table."""
+
+    table_id: str
+    title: str
+    source: str
+    run_by_suite: bool
+    # Test-set size behind the band (None: no band defined, the suite does not run this table).
+    test_set_size: int | None = None
+    test_set_name: str = ""
+
+
+_PAGE = "arXiv 2006.08217"
+# Image files and captions as listed in shared/paper/tables.md section 1 (project page, June 2020 tables).
+PAPER_TABLES: dict[str, PaperTable] = {
+    t.table_id: t
+    for t in (
+        PaperTable(
+            "P1",
+            "ImageNet classification",
+            f"project page P1 (table01); {_PAGE}",
+            True,
+            50_000,
+            "ImageNet validation set",
+        ),
+        PaperTable(
+            "P2",
+            "Effect of removing weight decay (ImageNet ResNet18, inferred)",
+            f"project page P2 (table02, in the page's repository, not shown on the page); {_PAGE}",
+            True,
+            50_000,
+            "ImageNet validation set",
+        ),
+        PaperTable("P3", "MS-COCO object detection", f"project page P3 (table03); {_PAGE}", False),
+        PaperTable(
+            "P4a",
+            "Adversarial training (Wide-ResNet, CIFAR-10, PGD-10)",
+            f"project page P4a (table04_0); {_PAGE}",
+            True,
+            10_000,
+            "CIFAR-10 test set",
+        ),
+        PaperTable(
+            "P4b",
+            "Robustness against real-world biases (Biased-MNIST, ReBias)",
+            f"project page P4b (table04_1); {_PAGE}",
+            False,
+        ),
+        PaperTable(
+            "P4c",
+            "Robustness against real-world biases (9-class ImageNet, ReBias)",
+            f"project page P4c (table04_2); {_PAGE}",
+            False,
+        ),
+        PaperTable("P5", "Audio classification (Harmonic CNN)", f"project page P5 (table05); {_PAGE}", False),
+        PaperTable("P6", "Image retrieval (Recall@1)", f"project page P6 (table06); {_PAGE}", False),
+        PaperTable(
+            "P7",
+            "Language modelling (WikiText-103 perplexity; lower is better)",
+            f"project page P7 (table07); {_PAGE}",
+            False,
+        ),
+    )
+}
+
+
+def tolerance_band(value: float, table: PaperTable) -> tuple[float, str]:
+    """Half-width (in accuracy points) of the band in which a paper-scale reproduction counts as matching.
+
+    The paper prints one number per cell with no seed spread, so the band is the suite's own choice: twice
+    the binomial sampling standard error of an accuracy of ``value`` percent on the table's test set,
+    ``2 * 100 * sqrt(p (1 - p) / N)``. Returns ``(nan, reason)`` for tables the suite does not run.
+    """
+    if table.test_set_size is None:
+        return math.nan, "none: not run by this suite"
+    p = value / 100.0
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(
+            f"Invalid accuracy for a tolerance band: {value!r} (expected 0..100) in {table.table_id}"
+        )
+    band = round(2.0 * 100.0 * math.sqrt(p * (1.0 - p) / table.test_set_size), 2)
+    basis = (
+        f"suite's choice: 2 x binomial SE of this accuracy on the {table.test_set_size:,}-image "
+        f"{table.test_set_name} (the paper gives no seed spread)"
+    )
+    return band, basis
+
+
+def read_reference_csv(path: str | Path) -> pd.DataFrame:
+    """The transcription ``reference.csv`` with every column as text (``value`` keeps its printed digits)."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if tuple(frame.columns) != REFERENCE_COLUMNS:
+        raise ValueError(f"{path}: columns {list(frame.columns)}; expected {list(REFERENCE_COLUMNS)}")
+    unknown = sorted(set(frame["table"]) - set(PAPER_TABLES))
+    if unknown:
+        raise ValueError(f"{path}: unknown table ids {unknown}; known: {list(PAPER_TABLES)}")
+    return frame
+
+
+def paper_frames(reference: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Split the transcription into one frame per table, adding source, float value and tolerance band."""
+    frames: dict[str, pd.DataFrame] = {}
+    for table_id, table in PAPER_TABLES.items():
+        part = reference[reference["table"] == table_id]
+        rows = []
+        for rec in part.to_dict("records"):
+            value = float(rec["value"])
+            band, basis = tolerance_band(value, table)
+            rows.append(
+                {
+                    **rec,
+                    "source": table.source,
+                    "value": value,
+                    "value_printed": rec["value"],
+                    "tolerance": band,
+                    "tolerance_basis": basis,
+                }
+            )
+        frames[table_id] = pd.DataFrame(rows, columns=list(PAPER_COLUMNS))
+    return frames
+
+
+def write_paper_csvs(reference_csv: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write ``<out_dir>/<table>.csv`` for P1..P7 from the transcription; returns the written paths."""
+    out_dir = Path(out_dir)
+    written = []
+    for table_id, frame in paper_frames(read_reference_csv(reference_csv)).items():
+        path = out_dir / f"{table_id}.csv"
+        atomic_write_text(path, frame.to_csv(index=False, lineterminator="\n"))
+        written.append(path)
+    return written
+
+
+def load_paper_numbers(paper_dir: str | Path) -> pd.DataFrame:
+    """All printed cells from ``results/paper/P*.csv``, in table order then file order.
+
+    String columns stay text (a block named ``-`` is not missing); ``value`` and ``tolerance`` are floats,
+    an empty tolerance is NaN.
+    """
+    paper_dir = Path(paper_dir)
+    frames = []
+    for table_id in PAPER_TABLES:
+        path = paper_dir / f"{table_id}.csv"
+        if not path.exists():
+            raise FileNotFoundError(f"Missing paper table {path}; regenerate with `python -m {__name__}`")
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        missing = sorted(set(PAPER_COLUMNS) - set(frame.columns))
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing}")
+        for column in ("value", "tolerance"):
+            frame[column] = [_to_float(v, path, column) for v in frame[column]]
+        frames.append(frame[list(PAPER_COLUMNS)])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _to_float(text: str, path: Path, column: str) -> float:
+    try:
+        return float(text) if text != "" else math.nan
+    except ValueError:
+        raise ValueError(f"{path}: column {column!r} has a non-number {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    repo_root = Path(__file__).resolve().parents[3]
+    parser = argparse.ArgumentParser(description="Write results/paper/P*.csv from the paper transcription.")
+    parser.add_argument("--reference", type=Path, default=repo_root.parent / "shared/paper/reference.csv")
+    parser.add_argument("--out", type=Path, default=repo_root / "results/paper")
+    args = parser.parse_args(argv)
+    for path in write_paper_csvs(args.reference, args.out):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""Paper-vs-ours tables: one layout (``TableDoc``) and one renderer per format (Markdown, LaTeX booktabs, CSV).
+
+``layout_table`` turns the numbers of ``compare.compare_table`` into display grids; rounding happens only
+here and in the sentences of ``findings``. The CSVs carry the unrounded floats (``render_csv``). Output never contains timestamps, so a rebuild
+from the same records gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from adamp_repro.results.compare import MECHANISM_KEYS, OWN_TABLES, Comparison
+from adamp_repro.results.findings import (
+    METRIC_LABELS,
+    MISSING,
+    gap_sentences,
+    mechanism_sentences,
+    table_notes,
+)
+from adamp_repro.results.reference import PAPER_TABLES
+from adamp_repro.results.stats import NOT_APPLICABLE_ONE_SEED
+
+
+@dataclass
+class Grid:
+    """One displayed table: header, rows of already-formatted text, and per-column alignment (l / r)."""
+
+    caption: str
+    header: list[str]
+    rows: list[list[str]]
+    align: str
+
+
+@dataclass
+class Section:
+    """The part of a table for one scale of our runs (a ``mini`` number is never mixed with a ``paper`` one)."""
+
+    heading: str
+    grids: list[Grid]
+    sentences: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TableDoc:
+    table_id: str
+    title: str
+    intro: list[str]
+    sections: list[Section]
+    notes: list[str]
+    cells: pd.DataFrame
+    gains: pd.DataFrame
+    one_line: str  # for the summary page
+
+
+def layout_table(comparison: Comparison, paper: pd.DataFrame) -> TableDoc:
+    table_id, cells, gains = comparison.table_id, comparison.cells, comparison.gains
+    paper_table = PAPER_TABLES.get(table_id)
+    is_paper = paper_table is not None
+    if is_paper:
+        title = paper_table.title
+        intro = [f"Paper's numbers: {paper_table.source} (`results/paper/{table_id}.csv`)."]
+        if not paper_table.run_by_suite:
+            intro.append("Not run by this suite: listed with the paper's numbers only.")
+    else:
+        title = OWN_TABLES.get(table_id, f"Runs tagged table_id={table_id!r} (our own table)")
+        intro = ["Our own table: no printed counterpart, so there is no paper value, band or diff."]
+    sections = [_section(table_id, is_paper, scale, cells, gains, paper) for scale in _scales(cells)]
+    if not sections:
+        sections = [Section(f"No completed runs tagged table_id={table_id!r} yet", [])]
+    notes = table_notes(table_id, is_paper, cells) + comparison.notes
+    return TableDoc(
+        table_id, title, intro, sections, notes, cells, gains, _one_line(table_id, is_paper, cells)
+    )
+
+
+def _scales(cells: pd.DataFrame) -> list:
+    return list(dict.fromkeys(cells["scale"].tolist()))
+
+
+def _section(table_id, is_paper, scale, cells, gains, paper) -> Section:
+    part = cells[_same(cells["scale"], scale)]
+    gain_part = gains[_same(gains["scale"], scale)]
+    if scale is None or (isinstance(scale, float) and math.isnan(scale)):
+        heading = "No completed runs of this table: ours shown as " + MISSING
+    else:
+        labels = sorted(set(part["dataset_label"].dropna()))
+        heading = f"Ours at scale `{scale}`; data: {'; '.join(labels) or MISSING}"
+        if is_paper and scale != "paper":
+            heading += f" (not the paper's protocol: a `{scale}` number is not a `paper` number)"
+    # Show a label column only where it varies; an own table's rows are its models, so Model always shows.
+    varying = [
+        c
+        for c in ("block", "model", "dataset", "metric")
+        if part[c].nunique() > 1 or (not is_paper and c == "model")
+    ]
+    mechanism = not is_paper and (table_id == "mini" or part[list(MECHANISM_KEYS)].notna().any().any())
+    grids = [_cell_grid(part, varying, is_paper, scale, mechanism)]
+    if len(gain_part):
+        grids.append(_gain_grid(gain_part, [c for c in varying if c != "dataset"], is_paper))
+    sentences = []
+    if not (scale is None or part["n_seeds"].sum() == 0):
+        sentences = gap_sentences(gain_part, is_paper, paper)
+        if mechanism:
+            sentences += mechanism_sentences(part)
+    return Section(heading, grids, sentences)
+
+
+def _same(column: pd.Series, value) -> pd.Series:
+    return (
+        column.isna()
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else column == value
+    )
+
+
+def _cell_grid(part, varying, is_paper, scale, mechanism) -> Grid:
+    header = [c.capitalize() for c in varying] + ["Optimizer"]
+    if is_paper:
+        header += ["Ours as"]
+    header += (
+        ["Paper", "Band", "Ours (mean ± std)", "n", "Diff", "In band"]
+        if is_paper
+        else ["Ours (mean ± std)", "n"]
+    )
+    if mechanism:
+        header += ["‖w‖ initial → final", "Eff. step (final)"]
+    rows = []
+    for r in part.to_dict("records"):
+        row = [_label(r, c) for c in varying] + [r["optimizer"]]
+        if is_paper:
+            row += [_text(r["our_optimizer"]), _text(r["paper_printed"]), _band(r["tolerance"])]
+        row += [_ours(r["ours_mean"], r["ours_std"], r["n_seeds"]), str(r["n_seeds"])]
+        if is_paper:
+            row += [_signed(r["diff"]), _in_band(r["within_tolerance"], scale, r["tolerance"])]
+        if mechanism:
+            row += [
+                _norms(r["initial_mean_weight_norm"], r["final_mean_weight_norm"]),
+                _sci(r["final_effective_step_size"]),
+            ]
+        rows.append(row)
+    align = "l" * (len(varying) + 1 + is_paper) + "r" * (len(header) - len(varying) - 1 - is_paper)
+    return Grid("Per optimizer", header, rows, align)
+
+
+def _gain_grid(part, varying, is_paper) -> Grid:
+    header = [c.capitalize() for c in varying] + ["Comparison"]
+    header += (["Paper gain"] if is_paper else []) + [
+        "Our gain",
+        "n",
+        "Sign agrees",
+        "p",
+        "Beyond seed noise",
+    ]
+    rows = []
+    for r in part.to_dict("records"):
+        row = [_label(r, c) for c in varying] + [f"{r['proposed']} − {r['baseline']}"]
+        row += [_signed(r["paper_gain"])] if is_paper else []
+        row += [
+            _signed(r["ours_gain"]),
+            f"{r['n_proposed']} vs {r['n_baseline']}",
+            _yes_no(r["sign_agrees"]),
+            _p(r["p_value"], r["test"]),
+            _yes_no(r["beyond_noise"], r["test"]),
+        ]
+        rows.append(row)
+    return Grid(
+        "Paired comparisons (proposed − baseline)",
+        header,
+        rows,
+        "l" * (len(varying) + 1) + "r" * (len(header) - len(varying) - 1),
+    )
+
+
+def _one_line(table_id: str, is_paper: bool, cells: pd.DataFrame) -> str:
+    filled = cells[cells["n_seeds"] > 0]
+    if is_paper and not PAPER_TABLES[table_id].run_by_suite and filled.empty:
+        return "not run by this suite (paper's numbers only)"
+    if filled.empty:
+        return "no completed runs yet"
+    scales = ", ".join(f"`{s}`" for s in dict.fromkeys(filled["scale"]))
+    seeds = (
+        f"{filled['n_seeds'].min()}–{filled['n_seeds'].max()}"
+        if filled["n_seeds"].nunique() > 1
+        else str(filled["n_seeds"].iloc[0])
+    )
+    total = len(cells) if not is_paper else int(cells.groupby("scale", dropna=False).size().max())
+    return f"{len(filled)} of {total} cells with runs (scale {scales}; {seeds} seed(s) per cell)"
+
+
+# --- formatting: the only place numbers are rounded ---------------------------------------------------------
+
+
+def _isnan(x) -> bool:
+    return x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x))
+
+
+def _text(x) -> str:
+    """Missing strings arrive as None or NaN (pandas' string dtype); both render as missing."""
+    return MISSING if _isnan(x) or x == "" else str(x)
+
+
+def _label(r, column) -> str:
+    return METRIC_LABELS.get(r[column], r[column]) if column == "metric" else _text(r[column])
+
+
+def _ours(mean, std, n) -> str:
+    if n == 0 or _isnan(mean):
+        return MISSING
+    return f"{mean:.2f}" if _isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def _signed(x) -> str:
+    return MISSING if _isnan(x) else f"{x:+.2f}"
+
+
+def _band(x) -> str:
+    return MISSING if _isnan(x) else f"±{x:.2f}"
+
+
+def _in_band(value, scale, tolerance) -> str:
+    if _isnan(tolerance):
+        return MISSING
+    if scale != "paper":
+        return f"n/a ({scale} scale)" if scale is not None else MISSING
+    return _yes_no(value)
+
+
+def _yes_no(value, test: str | None = None) -> str:
+    if test == NOT_APPLICABLE_ONE_SEED:
+        return test
+    return MISSING if _isnan(value) else ("yes" if value else "no")
+
+
+def _p(p, test) -> str:
+    if _isnan(p):
+        return test if test == NOT_APPLICABLE_ONE_SEED else MISSING
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _norms(initial, final) -> str:
+    return MISSING if _isnan(initial) or _isnan(final) else f"{initial:.3f} → {final:.3f}"
+
+
+def _sci(x) -> str:
+    return MISSING if _isnan(x) else f"{x:.2e}"
+
+
+# --- renderers -----------------------------------------------------------------------------------------------
+
+
+def render_markdown(doc: TableDoc) -> str:
+    out = [f"# {doc.table_id}: {doc.title}", "", *[f"{line}" for line in doc.intro], ""]
+    for section in doc.sections:
+        out += [f"## {section.heading}", ""]
+        for grid in section.grids:
+            out += [f"{grid.caption}:", "", _md_row(grid.header)]
+            out.append("|" + "|".join("---:" if a == "r" else "---" for a in grid.align) + "|")
+            out += [_md_row(row) for row in grid.rows] + [""]
+        out += [f"- {s}" for s in section.sentences] + ([""] if section.sentences else [])
+    out += ["## Notes", ""] + [f"{i}. {n}" for i, n in enumerate(doc.notes, 1)]
+    return "\n".join(out) + "\n"
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+_TEX_UNICODE = {
+    "±": r"$\pm$",
+    "−": r"$-$",
+    "—": "---",
+    "→": r"$\to$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "‖": r"$\|$",
+    "×": r"$\times$",
+    "–": "--",
+    "<": "$<$",
+    ">": "$>$",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX specials, map the few Unicode signs we print, and turn `code` into \\texttt{code}."""
+    out = "".join(_TEX_SPECIAL.get(ch, _TEX_UNICODE.get(ch, ch)) for ch in str(text))
+    out = re.sub(r"(?<![\w$])-(?=\d)", r"$-$", out)  # a minus sign, not a hyphen, before a number
+    return re.sub(r"`([^`]*)`", r"\\texttt{\1}", out)
+
+
+def render_latex(doc: TableDoc) -> str:
+    out = [
+        f"% {doc.table_id}: {doc.title}",
+        "% Generated by scripts/build_tables.py from results/runs and "
+        "results/paper; do not edit. Needs \\usepackage{booktabs}.",
+        "",
+    ]
+    for section in doc.sections:
+        for grid in section.grids:
+            caption = f"{doc.table_id}: {doc.title}. {section.heading}. {grid.caption}."
+            out += [
+                "\\begin{table}[t]",
+                "\\centering",
+                f"\\caption{{{latex_escape(caption)}}}",
+                f"\\begin{{tabular}}{{{grid.align}}}",
+                "\\toprule",
+                " & ".join(latex_escape(h) for h in grid.header) + " \\\\",
+                "\\midrule",
+            ]
+            out += [" & ".join(latex_escape(c) for c in row) + " \\\\" for row in grid.rows]
+            out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+        if section.sentences:
+            out += ["\\begin{itemize}"] + [f"\\item {latex_escape(s)}" for s in section.sentences]
+            out += ["\\end{itemize}", ""]
+    out += [latex_escape(line) for line in doc.intro] + [""]
+    out += ["\\begin{enumerate}"] + [f"\\item {latex_escape(n)}" for n in doc.notes] + ["\\end{enumerate}"]
+    return "\n".join(out) + "\n"
+
+
+def render_csv(frame: pd.DataFrame) -> str:
+    """Unrounded floats, one row per cell or comparison; internal list columns dropped."""
+    frame = frame[[c for c in frame.columns if not c.startswith("_")]]
+    return frame.to_csv(index=False, lineterminator="\n")
+
+
+def render_files(doc: TableDoc) -> dict[str, str]:
+    """File name -> text for one table: ``<id>.md``, ``<id>.tex``, ``<id>.csv`` (cells), ``<id>_gains.csv``."""
+    return {
+        f"{doc.table_id}.md": render_markdown(doc),
+        f"{doc.table_id}.tex": render_latex(doc),
+        f"{doc.table_id}.csv": render_csv(doc.cells),
+        f"{doc.table_id}_gains.csv": render_csv(doc.gains),
+    }

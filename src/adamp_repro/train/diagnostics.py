@@ -1,0 +1,373 @@
+"""Weight diagnostics: the mechanism of the paper, measured on the weights while a run trains.
+
+For a scale-invariant weight w (a conv or linear weight followed by a normalisation layer) the loss gradient
+is orthogonal to w, momentum grows ||w|| and the effective step size shrinks; SGDP/AdamP remove the radial
+part of the update and keep ||w|| flat (arXiv 2006.08217v3, Sec. 2-3). Measured per weight tensor:
+
+- ``weight_norm``: ||w||_2 over the whole tensor, at the end of the epoch.
+- ``effective_step_size``: lr / ||w||_2^2 with the lr of the weight's param group at its last measured step.
+  On a scale-invariant weight grad f(w) = grad f(w_hat) / ||w||, so one GD step turns w_hat by about lr ||grad
+  f(w_hat)|| / ||w||^2: lr / ||w||^2 is the step size that acts on the direction. The paper says the effective
+  step sizes are "inversely proportional to the weight norm" (project page; the v3 section text could not be
+  retrieved here to check its exact definition). Adam's update does not scale with the gradient, so its
+  angular step goes as lr / ||w||; we keep one definition for every optimizer so curves compare, and the
+  figures say so.
+- ``abs_cos_max``: max over output channels of |cos(grad, w)| (the channel view of the optimizer's test),
+  averaged over the epoch's measured steps.
+- ``detected``: the share of the epoch's measured steps in which the official SGDP/AdamP test passed
+  (channel view, then layer view: max |cos| < delta / sqrt(row length); adamp 0.3.0 ``_projection``).
+- ``followed_by_norm``: 1 when the weight's module feeds a normalisation layer (see ``normalised_weights``).
+
+NOTE: [which weights count as scale-invariant] The epoch summaries average the norm and the effective step
+size over the weights *followed by a normalisation layer*, a fixed set read from the module structure once.
+The optimizer's gradient test is noisy step to step and would make the averaged set change between steps and
+optimizers; the structural set does not. ``detected_share`` reports the gradient test separately, weighted by
+number of elements over all weights with ndim > 1 (the paper: "more than 90% of the weights in ResNet are
+scale-invariant due to BN", abstract of 2006.08217v3).
+
+Cost and purity: the gradient test runs every ``every_n_steps`` steps (and on the first step of each epoch);
+the other steps return at once. Everything runs under ``torch.no_grad`` on detached tensors, uses no RNG
+and edits nothing in place, so training numbers are bit-for-bit those of a run without diagnostics. Results
+stay on the device until ``epoch_end``, which does one host transfer.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORM_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm, timm BatchNormAct2d
+    nn.GroupNorm,
+    nn.LayerNorm,  # also timm LayerNorm2d (a subclass)
+)
+# Modules that may sit between a weight and its normalisation layer without breaking scale invariance: each
+# maps c*x to c*f(x) for c > 0 (identity, ReLU, pooling, dropout masks), so the composition stays invariant.
+PASS_THROUGH: tuple[type[nn.Module], ...] = (
+    nn.Identity,
+    nn.ReLU,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.modules.dropout._DropoutNd,
+)
+PASS_THROUGH_NAMES = frozenset({"DropBlock2d", "DropPath"})  # timm's stochastic-depth/drop-block modules
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.")  # DDP, torch.compile and the trainer's model wrapper
+ROW_KEYS = (
+    "epoch",
+    "step",
+    "param",
+    "numel",
+    "weight_norm",
+    "effective_step_size",
+    "abs_cos_max",
+    "detected",
+    "followed_by_norm",
+)
+
+
+def display_name(name: str) -> str:
+    """Parameter name without the wrapper prefixes (``module.net.layer1.0.conv1.weight`` -> ``layer1...``)."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix) :], True
+    return name
+
+
+def _passes_through(module: nn.Module) -> bool:
+    return isinstance(module, PASS_THROUGH) or type(module).__name__ in PASS_THROUGH_NAMES
+
+
+def normalised_weights(model: nn.Module) -> set[str]:
+    """Names (as in ``model.named_parameters()``) of the weights whose module output feeds a norm layer.
+
+    Rule, read from the registration order of each module's children (which mirrors the forward order in
+    timm, torchvision and the paper's CIFAR networks): a child owning a ``weight`` with ndim > 1 is followed,
+    after any pass-through siblings (ReLU, identity, pooling, dropout), by a sibling normalisation layer.
+    So ResNet's ``conv -> bn`` pairs count, the classifier does not, and in a pre-activation block
+    (``bn1 -> conv1 -> bn2 -> conv2`` then the residual sum) ``conv1`` counts and ``conv2`` does not.
+    A structural rule, not a proof, and a conservative one: it misses weights made scale-invariant through
+    longer paths (in the Madry WRN the stem conv and some residual-branch convs pass the gradient test while
+    only each block's ``conv1`` is counted, 33% of the elements). ``scale_invariance_report`` shows both.
+    """
+    names: set[str] = set()
+    for parent_name, parent in model.named_modules():
+        children = list(parent.named_children())
+        for index, (child_name, child) in enumerate(children):
+            weight = child._parameters.get("weight")
+            if weight is None or weight.ndim < 2:
+                continue
+            for _, sibling in children[index + 1 :]:
+                if _passes_through(sibling):
+                    continue
+                if isinstance(sibling, NORM_LAYERS):
+                    prefix = f"{parent_name}." if parent_name else ""
+                    names.add(f"{prefix}{child_name}.weight")
+                break
+    return names
+
+
+def scale_invariance_test(grad: torch.Tensor, weight: torch.Tensor, delta: float, eps: float = 1e-8):
+    """The official SGDP/AdamP test (adamp 0.3.0 ``_projection``), without the projection.
+
+    ``grad`` and ``weight`` have one shape, ndim > 1, dim 0 = output channels. Returns two 0-dim tensors on
+    the weight's device, with no host sync: the channel-view max |cos| (rows of length numel / shape[0]) and
+    a bool, True when the channel view or, failing that, the layer view passes max |cos| < delta / sqrt(len).
+    """
+    rows = weight.shape[0]
+    g, w = grad.reshape(rows, -1), weight.reshape(rows, -1)
+    channel_cos = F.cosine_similarity(g, w, dim=1, eps=eps).abs().max()
+    layer_cos = F.cosine_similarity(g.reshape(1, -1), w.reshape(1, -1), dim=1, eps=eps).abs()[0]
+    detected = (channel_cos < delta / math.sqrt(w.shape[1])) | (layer_cos < delta / math.sqrt(w.numel()))
+    return channel_cos, detected
+
+
+class WeightDiagnostics:
+    """Per-layer weight norms, effective step sizes and scale-invariance tests of a training run.
+
+    Args:
+        model: the trained module (the trainer's wrapper; wrapper prefixes are dropped from names).
+        optimizer: any ``torch.optim.Optimizer``; the lr of each weight is read from its param group.
+        every_n_steps: run the gradient test when ``step % every_n_steps == 0`` and on the first step after
+            each ``epoch_end`` (so every epoch has at least one measurement).
+        delta: the test threshold of the optimizers (adamp 0.3.0 default 0.1).
+        eps: the cosine-similarity eps of the optimizers (adamp 0.3.0 default 1e-8).
+
+    Call order per training step: backward, ``before_step(step)``, ``optimizer.step()``, ``after_step(step)``;
+    per epoch: ``epoch_end(epoch)``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        every_n_steps: int = 50,
+        delta: float = 0.1,
+        eps: float = 1e-8,
+    ):
+        if every_n_steps < 1:
+            raise ValueError(f"Invalid every_n_steps: {every_n_steps}; expected an integer >= 1")
+        if delta <= 0:
+            raise ValueError(f"Invalid delta: {delta}; expected > 0")
+        self.every_n_steps = int(every_n_steps)
+        self.delta = float(delta)
+        self.eps = float(eps)
+        self.optimizer = optimizer
+        normalised = normalised_weights(model)
+        named = [(name, p) for name, p in model.named_parameters() if p.ndim > 1]
+        self.names = [display_name(name) for name, _ in named]
+        self.params = [p for _, p in named]
+        self.followed_by_norm = [name in normalised for name, _ in named]
+        self.numels = [p.numel() for p in self.params]
+        group_of = {id(p): i for i, group in enumerate(optimizer.param_groups) for p in group["params"]}
+        self._group = [group_of.get(id(p)) for p in self.params]
+        self._device = self.params[0].device if self.params else torch.device("cpu")
+        self._nan = torch.full((), math.nan, dtype=torch.float64, device=self._device)
+        self._reset_epoch()
+        self._measure_next = True  # the first step of the run, and of every epoch, is measured
+        self._measured_step: int | None = None
+        self._last_step = -1
+        self._lr: list[float | torch.Tensor] = [math.nan] * len(self.params)
+
+    def _reset_epoch(self) -> None:
+        # Device accumulators over the epoch's measured steps: sum of channel-view max |cos|, number of passed
+        # tests, number of finite tests (an AMP step with inf grads gives NaN: left out, not averaged in).
+        self._cos_sum = torch.zeros(len(self.params), dtype=torch.float64, device=self._device)
+        self._detected_sum = torch.zeros_like(self._cos_sum)
+        self._count = torch.zeros_like(self._cos_sum)
+
+    def _due(self, step: int) -> bool:
+        return self._measure_next or step % self.every_n_steps == 0
+
+    @torch.no_grad()
+    def before_step(self, step: int) -> None:
+        """Run the optimizer's scale-invariance test on the current gradients (after backward)."""
+        if not self.params or not self._due(step):
+            return
+        cos, detected = [], []
+        for p in self.params:
+            if p.grad is None:  # NaN marks "no test": left out of the counts below, like a non-finite test
+                cos.append(self._nan)
+                detected.append(self._nan)
+                continue
+            channel_cos, passed = scale_invariance_test(p.grad.detach(), p.detach(), self.delta, self.eps)
+            cos.append(channel_cos.to(self._device, torch.float64))
+            detected.append(passed.to(self._device, torch.float64))
+        # Whole-vector updates, no index tensor: building one from a host list would be a blocking copy.
+        cos_t = torch.stack(cos)
+        finite = torch.isfinite(cos_t)
+        self._cos_sum += torch.where(finite, cos_t, 0.0)
+        self._detected_sum += torch.where(finite, torch.stack(detected), 0.0)
+        self._count += finite
+        self._measured_step = step
+        self._measure_next = False
+
+    def after_step(self, step: int) -> None:
+        """Record the lr each weight was just updated with (read before a scheduler changes it)."""
+        self._last_step = step
+        if self._measured_step != step:
+            return
+        groups = self.optimizer.param_groups
+        # A tensor lr (capturable optimizers) is kept as a tensor: reading it here would sync the host.
+        self._lr = [math.nan if g is None else _detached(groups[g]["lr"]) for g in self._group]
+
+    @torch.no_grad()
+    def epoch_end(self, epoch: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """Summary of the epoch and its per-layer rows (keys ``ROW_KEYS``); one host sync.
+
+        Summary keys: ``mean_weight_norm`` and ``effective_step_size`` (means over the weights followed by a
+        normalisation layer, NaN when there are none), ``detected_share`` (share of the elements of all
+        ndim > 1 weights that passed the test, averaged over the epoch's measured steps) and
+        ``mean_abs_cos`` (mean over those weights of their epoch-mean channel-view max |cos|).
+        """
+        if not self.params:
+            self._measure_next = True
+            nan = math.nan
+            return {
+                "mean_weight_norm": nan,
+                "effective_step_size": nan,
+                "detected_share": nan,
+                "mean_abs_cos": nan,
+            }, []
+        norms = torch.stack([p.detach().norm().to(self._device, torch.float64) for p in self.params])
+        stacked = [norms, self._cos_sum, self._detected_sum, self._count]
+        tensor_lr = [i for i, v in enumerate(self._lr) if torch.is_tensor(v)]
+        if tensor_lr:
+            stacked.append(torch.stack([self._lr[i].to(self._device, torch.float64) for i in tensor_lr]))
+        host = torch.cat(stacked).cpu().tolist()  # the one host sync of the epoch
+        p_count = len(self.params)
+        norms_h, cos_sum, det_sum, counts = (host[k * p_count : (k + 1) * p_count] for k in range(4))
+        lr_h = list(self._lr)
+        for offset, i in enumerate(tensor_lr):
+            lr_h[i] = host[4 * p_count + offset]
+        rows = []
+        for i, name in enumerate(self.names):
+            n = counts[i]
+            rows.append(
+                {
+                    "epoch": epoch,
+                    "step": self._last_step,
+                    "param": name,
+                    "numel": self.numels[i],
+                    "weight_norm": norms_h[i],
+                    "effective_step_size": lr_h[i] / norms_h[i] ** 2 if norms_h[i] > 0 else math.nan,
+                    "abs_cos_max": cos_sum[i] / n if n else math.nan,
+                    "detected": det_sum[i] / n if n else math.nan,
+                    "followed_by_norm": int(self.followed_by_norm[i]),
+                }
+            )
+        summary = summarise_rows(rows)
+        self._reset_epoch()
+        self._measure_next = True
+        return summary, rows
+
+    def state_dict(self) -> dict[str, Any]:
+        """Mid-epoch accumulators, so a resume mid-epoch reports the same epoch rows (host tensors only)."""
+        lr = [float(v) if torch.is_tensor(v) else v for v in self._lr]
+        return {
+            "cos_sum": self._cos_sum.cpu(),
+            "detected_sum": self._detected_sum.cpu(),
+            "count": self._count.cpu(),
+            "measure_next": self._measure_next,
+            "last_step": self._last_step,
+            "lr": lr,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        if len(state["count"]) != len(self.params):
+            raise ValueError(
+                f"Diagnostics state has {len(state['count'])} weights, this model {len(self.params)}"
+            )
+        self._cos_sum = state["cos_sum"].to(self._device, torch.float64)
+        self._detected_sum = state["detected_sum"].to(self._device, torch.float64)
+        self._count = state["count"].to(self._device, torch.float64)
+        self._measure_next = bool(state["measure_next"])
+        self._last_step = int(state["last_step"])
+        self._lr = [float(v) for v in state["lr"]]
+
+
+def _detached(value: Any) -> float | torch.Tensor:
+    return value.detach().clone() if torch.is_tensor(value) else float(value)
+
+
+def summarise_rows(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Epoch summary from per-layer rows (see ``WeightDiagnostics.epoch_end``); NaN-tolerant."""
+    rows = list(rows)
+    invariant = [r for r in rows if r["followed_by_norm"]]
+    tested = [r for r in rows if not math.isnan(r["detected"])]
+    tested_numel = sum(r["numel"] for r in tested)
+    return {
+        "mean_weight_norm": _mean(r["weight_norm"] for r in invariant),
+        "effective_step_size": _mean(r["effective_step_size"] for r in invariant),
+        "detected_share": sum(r["numel"] * r["detected"] for r in tested) / tested_numel
+        if tested_numel
+        else math.nan,
+        "mean_abs_cos": _mean(r["abs_cos_max"] for r in tested),
+    }
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def scale_invariance_report(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch: tuple[torch.Tensor, torch.Tensor],
+    delta: float = 0.1,
+    eps: float = 1e-8,
+) -> dict[str, Any]:
+    """One forward/backward on ``batch = (inputs, targets)`` in train mode, on a copy of ``model``.
+
+    Returns ``detected_share`` (share of the elements of ndim > 1 weights that pass the optimizer's test),
+    ``detected_tensor_share`` (the same by tensor count), ``normalised_share`` (element share of the weights
+    followed by a normalisation layer), ``agreement`` (share of tensors where the structural rule and the
+    gradient test agree) and per-weight ``rows``. The model (weights, grads, BN statistics) is untouched.
+    """
+    work = copy.deepcopy(model).train()
+    inputs, targets = batch
+    work.zero_grad(set_to_none=True)
+    loss_fn(work(inputs), targets).backward()
+    normalised = normalised_weights(work)
+    rows = []
+    with torch.no_grad():
+        for name, p in work.named_parameters():
+            if p.ndim < 2 or p.grad is None:
+                continue
+            channel_cos, passed = scale_invariance_test(p.grad, p, delta, eps)
+            rows.append(
+                {
+                    "param": display_name(name),
+                    "numel": p.numel(),
+                    "abs_cos_max": float(channel_cos),
+                    "detected": bool(passed),
+                    "followed_by_norm": name in normalised,
+                }
+            )
+    total = sum(r["numel"] for r in rows)
+    return {
+        "detected_share": sum(r["numel"] for r in rows if r["detected"]) / total if total else math.nan,
+        "detected_tensor_share": sum(r["detected"] for r in rows) / len(rows) if rows else math.nan,
+        "normalised_share": sum(r["numel"] for r in rows if r["followed_by_norm"]) / total
+        if total
+        else math.nan,
+        "agreement": sum(r["detected"] == r["followed_by_norm"] for r in rows) / len(rows)
+        if rows
+        else math.nan,
+        "rows": rows,
+    }

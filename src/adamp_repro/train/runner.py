@@ -1,0 +1,254 @@
+"""``run(cfg)``: one training job from a composed config to a finished run record.
+
+The Hydra entry point (``scripts/train.py``) only composes the config and calls this; tests call it directly.
+Building happens in a fixed order (seed -> data -> model -> optimizer -> task), so the same config and seed give
+the same numbers. The record's ``summary.json`` is written in a ``finally``: a crash still leaves a record
+with status ``failed`` and the error, a NaN loss leaves ``diverged``, Ctrl-C leaves ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from adamp_repro.tracking.provenance import collect_provenance
+from adamp_repro.tracking.records import RunRecord, read_summary
+from adamp_repro.tracking.wandb_mirror import WandbMirror
+from adamp_repro.train.checkpoint import CHECKPOINT_NAME
+from adamp_repro.train.distributed import DistContext, init_distributed, resolve_device, shutdown
+from adamp_repro.train.schedule import build_lr_factor
+from adamp_repro.train.tasks import build_task
+from adamp_repro.train.trainer import DivergedError, Trainer, TrainerSettings
+
+log = logging.getLogger("adamp_repro")
+
+# Keys that do not change what a run computes: they stay out of the run folder's config hash.
+VOLATILE_KEYS = ("logger", "progress", "resume", "output_root", "threads", "device", "hydra", "run_name")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Eight hex digits identifying everything that changes a run's numbers (seed included)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in VOLATILE_KEYS:
+        data.pop(key, None)
+    data.get("distributed", {}).pop("backend", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def run_dir_for(cfg: DictConfig) -> Path:
+    """``<output_root>/<experiment>/<scale>/<run_name>-<hash>``: the same config always maps to the same folder."""
+    return Path(cfg.output_root) / cfg.experiment_name / cfg.scale.name / f"{cfg.run_name}-{config_hash(cfg)}"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _identity(cfg: DictConfig, data: Any) -> dict[str, Any]:
+    return {
+        "run_name": cfg.run_name,
+        "experiment": cfg.experiment_name,
+        "scale": cfg.scale.name,
+        "seed": int(cfg.seed),
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "dataset_label": getattr(data, "label", cfg.dataset.get("label")),
+        "optimizer": cfg.optimizer.name,
+        "task": cfg.task.name,
+        "table_id": cfg.table.id,
+        "table_block": cfg.table.block,
+        "table_model": cfg.table.model,
+        "epochs_planned": int(cfg.scale.epochs),
+    }
+
+
+def _final_metrics(history: list[dict[str, Any]], primary_metric: str) -> dict[str, Any]:
+    if not history:
+        return {"epochs": 0}
+    last = history[-1]
+    primary = f"eval_{primary_metric}"
+    evaluated = [row for row in history if primary in row]
+    out: dict[str, Any] = {"epochs": int(last["epoch"]) + 1, "final_train_loss": last.get("train_loss")}
+    if evaluated:
+        final = evaluated[-1]
+        out.update({f"final_{k}": v for k, v in final.items() if k.startswith("eval_") and "count" not in k})
+        out[f"best_{primary}"] = max(row[primary] for row in evaluated)
+    speeds = [row["images_per_s"] for row in history if "images_per_s" in row]
+    out["images_per_s"] = float(np.median(speeds)) if speeds else None
+    for key in ("mean_weight_norm", "effective_step_size", "detected_share", "mean_abs_cos"):
+        if key in last:
+            out[f"final_{key}"] = last[key]
+    if "mean_weight_norm" in history[0]:
+        out["initial_mean_weight_norm"] = history[0]["mean_weight_norm"]
+    return out
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one configuration; return its summary (also written to ``summary.json``)."""
+    from adamp_repro.config import validate_config
+
+    validate_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    device = resolve_device(str(cfg.device))
+    ctx = init_distributed(str(cfg.distributed.backend), device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device(f"cuda:{ctx.local_rank}")
+    run_dir = run_dir_for(cfg)
+    try:
+        if cfg.resume == "auto" and read_summary_or_none(run_dir, "completed"):
+            log.info("run already completed: %s", run_dir)
+            return read_summary(run_dir)
+        return _run(cfg, device, ctx, run_dir)
+    finally:
+        shutdown(ctx)
+
+
+def read_summary_or_none(run_dir: Path, status: str) -> dict[str, Any] | None:
+    try:
+        summary = read_summary(run_dir)
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("status") == status else None
+
+
+def _run(cfg: DictConfig, device: torch.device, ctx: DistContext, run_dir: Path) -> dict[str, Any]:
+    from adamp_repro.data import build_data
+    from adamp_repro.models import build_model
+    from adamp_repro.optim import build_optimizer
+
+    seed_everything(int(cfg.seed))
+    data = build_data(cfg.dataset, seed=int(cfg.seed), train_subset=cfg.scale.train_subset,
+                      eval_subset=cfg.scale.eval_subset, rank=ctx.rank, world_size=ctx.world_size, device=device)
+    normalize = cfg.model.get("normalize", True)
+    mean, std = (data.mean, data.std) if normalize else ((0.0,) * len(data.mean), (1.0,) * len(data.std))
+    model = build_model(cfg.model, data.num_classes, mean, std).to(device)
+    if _channels_last(cfg, device):
+        model = model.to(memory_format=torch.channels_last)
+    if ctx.enabled and cfg.distributed.sync_batchnorm:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer_cfg = _scaled_optimizer_cfg(cfg, data, ctx)
+    optimizer = build_optimizer(optimizer_cfg, model)
+    train_model = model
+    if ctx.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    task = build_task(cfg.task)
+    diagnostics = None
+    if cfg.diagnostics.enabled:
+        from adamp_repro.train.diagnostics import WeightDiagnostics
+
+        diagnostics = WeightDiagnostics(model, optimizer, every_n_steps=int(cfg.diagnostics.every_n_steps),
+                                        delta=float(cfg.optimizer.get("delta", 0.1)))
+    settings = TrainerSettings(
+        epochs=int(cfg.scale.epochs), max_steps_per_epoch=cfg.scale.max_steps_per_epoch,
+        grad_clip_norm=cfg.train.grad_clip_norm, amp=str(cfg.train.amp), ema_decay=cfg.train.ema_decay,
+        log_every_n_steps=int(cfg.train.log_every_n_steps), eval_every=int(cfg.train.eval_every),
+        checkpoint=bool(cfg.train.checkpoint), progress=_progress_enabled(cfg.progress),
+    )
+    steps_per_epoch = min(data.steps_per_epoch, cfg.scale.max_steps_per_epoch or data.steps_per_epoch)
+    lr_factor = build_lr_factor(cfg.scheduler, settings.epochs * steps_per_epoch, steps_per_epoch)
+    record = RunRecord(run_dir) if ctx.is_main else None
+    trainer = Trainer(model=train_model, optimizer=optimizer, task=task, data=data, lr_factor=lr_factor,
+                      settings=settings, device=device, ctx=ctx, run_dir=run_dir, seed=int(cfg.seed),
+                      diagnostics=diagnostics)
+    if cfg.resume == "auto" and trainer.try_resume():
+        log.info("resuming %s after epoch %d", run_dir, trainer.state.epoch)
+    elif cfg.resume not in ("auto", "never"):
+        raise ValueError(f"Invalid resume: {cfg.resume!r}; expected 'auto' or 'never'")
+    identity = _identity(cfg, data) | {"world_size": ctx.world_size, "task_settings": task.describe()}
+    return _fit_and_record(cfg, trainer, record, identity, device, ctx, run_dir)
+
+
+def _fit_and_record(cfg, trainer: Trainer, record: RunRecord | None, identity: dict[str, Any],
+                    device: torch.device, ctx: DistContext, run_dir: Path) -> dict[str, Any]:
+    wandb = None
+    if record is not None:
+        record.start(OmegaConf.to_yaml(cfg, resolve=True),
+                     collect_provenance(device, int(cfg.seed), ctx.world_size), identity)
+        record.restore_rows(trainer.state.epoch)
+        wandb = WandbMirror(cfg.logger, name=f"{cfg.run_name}", run_dir=run_dir,
+                            config=OmegaConf.to_container(cfg, resolve=True) | {"run_dir": str(run_dir)},
+                            resume_id=trainer.state.wandb_id)
+        trainer.state.wandb_id = wandb.run_id
+
+        def on_epoch(row: dict[str, Any], diag_rows: list[dict[str, Any]]) -> None:
+            record.log_epoch(row, diag_rows)
+            wandb.log_epoch(row)
+            log.info("epoch %d: %s", row["epoch"] + 1, _brief(row))
+
+        trainer.on_epoch = on_epoch
+        trainer.on_step = wandb.log_step
+    started = time.perf_counter()
+    status, error = "failed", None
+    try:
+        trainer.fit()
+        status = "completed"
+    except DivergedError as exc:
+        status, error = "diverged", str(exc)
+        log.error("run diverged: %s", exc)
+    except KeyboardInterrupt:
+        status, error = "interrupted", "KeyboardInterrupt"
+        raise
+    except Exception as exc:
+        status, error = "failed", "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        raise
+    finally:
+        summary = identity | _final_metrics(trainer.state.history, trainer.task.primary_metric) | {
+            "status": status,
+            "error": error,
+            "wall_time_s": time.perf_counter() - started,
+            "run_dir": str(run_dir),
+        }
+        if record is not None:
+            record.write_summary(summary)
+            wandb.finish(summary)
+    if status == "completed" and not cfg.train.get("keep_checkpoint", True):
+        (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+    return summary
+
+
+def _brief(row: dict[str, Any]) -> str:
+    keys = ("train_loss", "eval_top1", "eval_robust_top1", "mean_weight_norm", "images_per_s")
+    return ", ".join(f"{k}={row[k]:.4g}" for k in keys if isinstance(row.get(k), float))
+
+
+def _channels_last(cfg: DictConfig, device: torch.device) -> bool:
+    setting = cfg.train.channels_last
+    if setting == "auto":
+        return device.type == "cuda"
+    return bool(setting)
+
+
+def _progress_enabled(setting: Any) -> bool:
+    if setting == "auto":
+        return sys.stderr.isatty()
+    return bool(setting)
+
+
+def _scaled_optimizer_cfg(cfg: DictConfig, data: Any, ctx: DistContext) -> DictConfig:
+    """Apply the stated lr rule for the global batch (``distributed.lr_scaling``); the default keeps lr."""
+    opt_cfg = cfg.optimizer.copy()
+    rule = cfg.distributed.lr_scaling
+    if rule == "linear":
+        global_batch = int(cfg.dataset.batch_size) * ctx.world_size
+        opt_cfg.lr = float(opt_cfg.lr) * global_batch / int(cfg.distributed.reference_batch)
+    elif rule != "none":
+        raise ValueError(f"Invalid distributed.lr_scaling: {rule!r}; expected 'none' or 'linear'")
+    return opt_cfg

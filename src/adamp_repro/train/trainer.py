@@ -1,0 +1,259 @@
+"""The one training loop, shared by every task (classification, adversarial) and every data set.
+
+``Trainer.fit`` runs epochs of train -> evaluate -> record -> checkpoint. Tasks only decide how a batch becomes
+a loss and what evaluation measures. The loop keeps per-step work on the device: losses and accuracies are
+accumulated as tensors and read back once per logging interval and once per epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adamp_repro.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
+from adamp_repro.train.distributed import DistContext, all_reduce_sums, broadcast_flag
+from adamp_repro.train.tasks import correct_topk, finalize_sums
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or inf: a result of the recipe (status ``diverged``), not a crash."""
+
+
+@dataclass
+class TrainerSettings:
+    epochs: int
+    max_steps_per_epoch: int | None = None
+    grad_clip_norm: float | None = None
+    amp: str = "none"
+    ema_decay: float | None = None
+    log_every_n_steps: int = 50
+    eval_every: int = 1
+    checkpoint: bool = True
+    progress: bool = False
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0            # epochs finished
+    global_step: int = 0
+    best_eval: float = float("-inf")  # best value of eval_<task.primary_metric>
+    wandb_id: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Trainer:
+    def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer, task: Any, data: Any,
+                 lr_factor: Callable[[int], float], settings: TrainerSettings, device: torch.device,
+                 ctx: DistContext, run_dir: Path | None, seed: int, diagnostics: Any = None,
+                 on_epoch: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+                 on_step: Callable[[int, dict[str, float]], None] | None = None):
+        if settings.amp not in AMP_DTYPES:
+            raise ValueError(f"Invalid train.amp: {settings.amp!r}; expected one of {list(AMP_DTYPES)}")
+        self.model, self.optimizer, self.task, self.data = model, optimizer, task, data
+        self.lr_factor, self.s, self.device, self.ctx = lr_factor, settings, device, ctx
+        self.run_dir, self.seed, self.diag = run_dir, seed, diagnostics
+        self.on_epoch, self.on_step = on_epoch, on_step
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.amp_dtype = AMP_DTYPES[settings.amp]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=settings.amp == "fp16")
+        self.ema = self._make_ema() if settings.ema_decay else None
+        self.state = TrainState()
+        self.steps_per_epoch = data.steps_per_epoch
+        if settings.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, int(settings.max_steps_per_epoch))
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / CHECKPOINT_NAME
+
+    def _unwrapped(self) -> nn.Module:
+        return getattr(self.model, "module", self.model)
+
+    def save(self) -> None:
+        if not (self.s.checkpoint and self.ctx.is_main and self.checkpoint_path is not None):
+            return
+        save_checkpoint(self.checkpoint_path, {
+            "model": self._unwrapped().state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "diagnostics": None if self.diag is None else self.diag.state_dict(),
+            "epoch": self.state.epoch,
+            "global_step": self.state.global_step,
+            "best_eval": self.state.best_eval,
+            "wandb_id": self.state.wandb_id,
+            "history": self.state.history,
+        })
+
+    def try_resume(self) -> bool:
+        """Load ``last.ckpt`` when the run folder holds one (every rank reads the same file)."""
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return False
+        ckpt = load_checkpoint(path)
+        self._unwrapped().load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        if self.diag is not None and ckpt.get("diagnostics") is not None:
+            self.diag.load_state_dict(ckpt["diagnostics"])
+        self.state = TrainState(ckpt["epoch"], ckpt["global_step"], ckpt["best_eval"],
+                                ckpt.get("wandb_id"), list(ckpt.get("history", [])))
+        set_rng_state(ckpt["rng"])
+        return True
+
+    # ----------------------------------------------------------------------------------------------- loop
+    def fit(self) -> TrainState:
+        for epoch in range(self.state.epoch, self.s.epochs):
+            train_metrics = self._train_epoch(epoch)
+            row: dict[str, Any] = {"epoch": epoch, **train_metrics}
+            last = epoch + 1 == self.s.epochs
+            if last or (epoch + 1) % self.s.eval_every == 0:
+                row.update({f"eval_{k}": v for k, v in self.evaluate(self.model, final=last).items()})
+                if self.ema is not None:
+                    row.update({f"eval_ema_{k}": v for k, v in self.evaluate(self.ema, final=last).items()})
+            diag_rows: list[dict[str, Any]] = []
+            if self.diag is not None:
+                diag_summary, diag_rows = self.diag.epoch_end(epoch)
+                row.update(diag_summary)
+            primary = f"eval_{self.task.primary_metric}"
+            if primary in row:
+                self.state.best_eval = max(self.state.best_eval, row[primary])
+            self.state.epoch = epoch + 1
+            self.state.history.append(row)
+            if self.on_epoch is not None and self.ctx.is_main:
+                self.on_epoch(row, diag_rows)
+            self.save()
+        return self.state
+
+    def _set_lr(self, step: int) -> float:
+        factor = self.lr_factor(step)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+        return self.base_lrs[0] * factor
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        if hasattr(self.task, "set_epoch"):
+            self.task.set_epoch(self.seed, epoch, self.ctx.rank)
+        zero = torch.zeros((), device=self.device)
+        sums = {"loss": zero.clone(), "top1": zero.clone(), "count": zero.clone()}
+        bar = self._progress(epoch)
+        started = time.perf_counter()
+        steps = 0
+        lr = self.base_lrs[0]
+        for x, y in self.data.train_batches(epoch):
+            if steps >= self.steps_per_epoch:
+                break
+            lr = self._set_lr(self.state.global_step)
+            loss, logits = self._train_step(x, y)
+            with torch.no_grad():
+                sums["loss"] += loss.detach().float() * y.numel()
+                sums["top1"] += correct_topk(logits.detach(), y, (1,))[0]
+                sums["count"] += y.numel()
+            steps += 1
+            self.state.global_step += 1
+            if self.state.global_step % self.s.log_every_n_steps == 0:
+                self._check_finite(loss)
+                self._report_step(loss, lr, bar)
+            elif bar is not None:
+                bar.update(1)
+        elapsed = time.perf_counter() - started
+        if bar is not None:
+            bar.close()
+        totals = all_reduce_sums(sums, self.ctx)
+        count = max(float(totals["count"]), 1.0)
+        train_loss = float(totals["loss"]) / count
+        if broadcast_flag(not math.isfinite(train_loss), self.ctx, self.device):
+            raise DivergedError(f"training loss is {train_loss} at epoch {epoch}")
+        return {
+            "train_loss": train_loss,
+            "train_top1": 100.0 * float(totals["top1"]) / count,
+            "lr": lr,
+            "images_per_s": count / max(elapsed, 1e-9),
+            "epoch_time_s": elapsed,
+            "step": self.state.global_step,
+        }
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss, logits = self.task.train_loss(self.model, x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.s.grad_clip_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip_norm)
+        if self.diag is not None:
+            self.diag.before_step(self.state.global_step)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.diag is not None:
+            self.diag.after_step(self.state.global_step)
+        if self.ema is not None:
+            self._update_ema()
+        return loss, logits
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        # One host sync per logging interval, not per step.
+        if broadcast_flag(not bool(torch.isfinite(loss.detach()).all()), self.ctx, self.device):
+            raise DivergedError(f"training loss is {float(loss.detach())} at step {self.state.global_step}")
+
+    def _report_step(self, loss: torch.Tensor, lr: float, bar: Any) -> None:
+        values = {"loss": float(loss.detach()), "lr": lr}
+        if bar is not None:
+            bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.3g}")
+            bar.update(1)
+        if self.on_step is not None and self.ctx.is_main:
+            self.on_step(self.state.global_step, values)
+
+    def _progress(self, epoch: int):
+        if not (self.s.progress and self.ctx.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.s.epochs}", leave=False,
+                    file=sys.stderr, dynamic_ncols=True)
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def evaluate(self, model: nn.Module, final: bool = True) -> dict[str, float]:
+        """Metrics over the whole evaluation set: per-rank sums, reduced once, divided by the global count.
+        ``final`` lets a task run its costly checks (the adversarial task's strong attack) only at the end."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                sums = self.task.evaluate(model, self.data.eval_batches(), final=final)
+        finally:
+            model.train(was_training)
+        return finalize_sums(all_reduce_sums(sums, self.ctx), getattr(self.task, "denominators", None))
+
+    # ------------------------------------------------------------------------------------------------- EMA
+    def _make_ema(self) -> nn.Module:
+        if not 0.0 < float(self.s.ema_decay) < 1.0:
+            raise ValueError(f"Invalid train.ema_decay: {self.s.ema_decay}; expected 0 < decay < 1 or null")
+        ema = copy.deepcopy(self._unwrapped())
+        ema.requires_grad_(False)
+        return ema
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        src = self._unwrapped().state_dict()
+        for name, value in self.ema.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.lerp_(src[name], 1.0 - float(self.s.ema_decay))
+            else:
+                value.copy_(src[name])

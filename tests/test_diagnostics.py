@@ -1,0 +1,203 @@
+"""Weight diagnostics: detection of scale invariance, purity (training unchanged), rows and resume state."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from adamp_repro.train.diagnostics import (
+    ROW_KEYS,
+    WeightDiagnostics,
+    display_name,
+    normalised_weights,
+    scale_invariance_report,
+)
+
+SUMMARY_KEYS = {"mean_weight_norm", "effective_step_size", "detected_share", "mean_abs_cos"}
+
+
+def _batch(seed: int = 0, n: int = 4, size: int = 32):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=gen), torch.randint(0, 10, (n,), generator=gen)
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    layers = [nn.Flatten(), nn.Linear(3 * 32 * 32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(64, 10))
+
+
+class Wrapper(nn.Module):
+    """Stands in for the trainer's wrapper: the network lives at ``.net``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SmallBNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.act = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.act(self.bn1(self.conv1(x)))
+        x = self.act(self.bn2(self.conv2(x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+@pytest.fixture()
+def resnet18():
+    torch.manual_seed(0)
+    # zero_init_last=False: timm zeroes each block's last BN scale, which zeroes the conv gradients and
+    # would make the test pass trivially (cos(0, w) = 0).
+    return timm.create_model("resnet18", num_classes=10, zero_init_last=False)
+
+
+def test_detection_share_is_high_on_resnet18(resnet18):
+    before = {k: v.clone() for k, v in resnet18.state_dict().items()}
+    report = scale_invariance_report(resnet18, nn.functional.cross_entropy, _batch())
+    assert report["detected_share"] > 0.9  # the paper: "more than 90% of the weights in ResNet"
+    assert report["agreement"] == 1.0  # every conv is followed by BN and detected; the classifier is neither
+    assert [r["param"] for r in report["rows"] if not r["detected"]] == ["fc.weight"]
+    # The report works on a copy: weights, BN running statistics and grads of the model are untouched.
+    assert all(torch.equal(before[k], v) for k, v in resnet18.state_dict().items())
+    assert all(p.grad is None for p in resnet18.parameters())
+
+
+def test_detection_share_is_near_zero_without_normalisation():
+    report = scale_invariance_report(_mlp(), nn.functional.cross_entropy, _batch())
+    assert report["detected_share"] < 0.05
+    assert report["normalised_share"] == 0.0
+
+
+def test_structural_rule_on_pre_activation_block():
+    class PreActBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn1, self.relu1, self.conv1 = nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3)
+            self.bn2, self.relu2, self.conv2 = nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3)
+
+    # conv1 feeds bn2 (scale-invariant); conv2 feeds the residual sum (not).
+    assert normalised_weights(PreActBlock()) == {"conv1.weight"}
+    assert normalised_weights(Wrapper(SmallBNNet())) == {"net.conv1.weight", "net.conv2.weight"}
+
+
+def test_display_name_drops_wrapper_prefixes():
+    assert display_name("module.net.layer1.0.conv1.weight") == "layer1.0.conv1.weight"
+    assert display_name("_orig_mod.fc.weight") == "fc.weight"
+
+
+def _train(model: nn.Module, steps: int, with_diagnostics: bool, every: int = 1):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    diag = WeightDiagnostics(model, opt, every_n_steps=every) if with_diagnostics else None
+    out = []
+    for step in range(steps):
+        x, y = _batch(step, size=8)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        if diag:
+            diag.before_step(step)
+        opt.step()
+        if diag:
+            diag.after_step(step)
+        if diag and step % 5 == 4:
+            out.append(diag.epoch_end(step // 5))
+    return out, diag
+
+
+def test_diagnostics_do_not_change_training():
+    torch.manual_seed(0)
+    plain = Wrapper(SmallBNNet())
+    watched = Wrapper(SmallBNNet())
+    watched.load_state_dict(plain.state_dict())
+    rng = torch.get_rng_state()
+    _train(plain, 10, with_diagnostics=False)
+    torch.set_rng_state(rng)
+    _train(watched, 10, with_diagnostics=True)
+    for (name, a), b in zip(plain.state_dict().items(), watched.state_dict().values()):
+        assert torch.equal(a, b), name  # bitwise, BN buffers included
+
+
+def test_epoch_end_rows_and_summary():
+    torch.manual_seed(0)
+    model = Wrapper(SmallBNNet())
+    epochs, _ = _train(model, 10, with_diagnostics=True, every=3)
+    assert len(epochs) == 2
+    summary, rows = epochs[-1]
+    assert set(summary) == SUMMARY_KEYS
+    assert all(isinstance(v, float) for v in summary.values())
+    assert [r["param"] for r in rows] == ["conv1.weight", "conv2.weight", "fc.weight"]
+    for row in rows:
+        assert tuple(row) == ROW_KEYS
+        assert row["epoch"] == 1 and row["step"] == 9
+        assert row["effective_step_size"] == pytest.approx(0.1 / row["weight_norm"] ** 2)
+    assert [r["followed_by_norm"] for r in rows] == [1, 1, 0]
+    # The convs feed BN (exactly scale-invariant); the classifier can pass the noisy test only by chance.
+    assert [r["detected"] for r in rows[:2]] == [1.0, 1.0] and rows[2]["detected"] < 1.0
+    numels = [8 * 27, 8 * 72, 80]
+    assert [r["numel"] for r in rows] == numels
+    expected_share = sum(n * r["detected"] for n, r in zip(numels, rows)) / sum(numels)
+    assert summary["detected_share"] == pytest.approx(expected_share)
+    norms = [r["weight_norm"] for r in rows[:2]]
+    assert summary["mean_weight_norm"] == pytest.approx(sum(norms) / 2)
+    weights = [model.net.conv1.weight, model.net.conv2.weight]
+    assert norms == pytest.approx([float(w.detach().norm()) for w in weights])
+
+
+def test_measures_each_epoch_even_with_sparse_cadence():
+    model = Wrapper(SmallBNNet())
+    epochs, _ = _train(model, 10, with_diagnostics=True, every=1000)
+    assert all(not math.isnan(summary["mean_abs_cos"]) for summary, _ in epochs)
+
+
+def test_state_dict_round_trip():
+    model = Wrapper(SmallBNNet())
+    _, diag = _train(model, 7, with_diagnostics=True, every=1)  # stops mid-epoch: accumulators are non-empty
+    state = diag.state_dict()
+    fresh = WeightDiagnostics(model, torch.optim.SGD(model.parameters(), lr=0.1), every_n_steps=1)
+    fresh.load_state_dict(state)
+    for key in ("cos_sum", "detected_sum", "count"):
+        assert torch.equal(fresh.state_dict()[key], state[key])
+    assert diag.epoch_end(1)[1] == fresh.epoch_end(1)[1]
+
+
+def test_bad_arguments():
+    model = SmallBNNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="every_n_steps"):
+        WeightDiagnostics(model, opt, every_n_steps=0)
+    with pytest.raises(ValueError, match="delta"):
+        WeightDiagnostics(model, opt, delta=0.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_measurement_steps_do_not_sync_the_host():
+    model = Wrapper(SmallBNNet()).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    diag = WeightDiagnostics(model, opt, every_n_steps=1)
+    x, y = (t.cuda() for t in _batch(size=8))
+    nn.functional.cross_entropy(model(x), y).backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync inside raises
+    try:
+        diag.before_step(0)
+        diag.after_step(0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    summary, _ = diag.epoch_end(0)  # the one sync of the epoch happens here
+    assert summary["detected_share"] > 0.5

@@ -1,0 +1,97 @@
+"""Figures from run records written by the real record writer, and from the toys."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from adamp_repro.results import figures
+from adamp_repro.toy import circle2d, hemisphere3d
+from adamp_repro.tracking.records import RunRecord
+
+EXPERIMENT, SCALE = "cifar10_resnet", "smoke"
+
+
+def _write_run(root, optimizer: str, seed: int, with_summary_columns: bool, epochs: int = 3) -> None:
+    """A completed run whose norms grow for the baselines and stay flat for the projected optimizers."""
+    record = RunRecord(root / EXPERIMENT / SCALE / f"{optimizer}_s{seed}")
+    identity = {
+        "experiment": EXPERIMENT,
+        "scale": SCALE,
+        "optimizer": optimizer,
+        "seed": seed,
+        "table_id": "C1",
+    }
+    record.start(f"optimizer: {{name: {optimizer}}}\n", {"seed": seed}, identity)
+    growth = 0.0 if optimizer.endswith("p") else 0.5
+    for epoch in range(epochs):
+        norm = 2.0 + growth * epoch + 0.01 * seed
+        row = {"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "eval_top1": 50.0 + epoch + seed, "lr": 0.1}
+        layer = {"epoch": epoch, "step": 10 * epoch + 9, "numel": 100, "weight_norm": norm}
+        layer |= {
+            "effective_step_size": 0.1 / norm**2,
+            "abs_cos_max": 1e-6,
+            "detected": 1.0,
+            "followed_by_norm": 1,
+        }
+        diagnostics = [{**layer, "param": name} for name in ("conv1.weight", "conv2.weight")]
+        if with_summary_columns:
+            row |= {"mean_weight_norm": norm, "effective_step_size": 0.1 / norm**2}
+        record.log_epoch(row, diagnostics)
+    record.write_summary({**identity, "status": "completed", "final_eval_top1": 50.0 + epochs})
+
+
+@pytest.fixture()
+def runs_root(tmp_path):
+    root = tmp_path / "runs"
+    for optimizer in ("sgd", "sgdp", "adamw", "adamp"):
+        for seed in (0, 1):
+            # SGD runs carry the curves only in diagnostics.csv: the reader must rebuild them from the rows.
+            _write_run(root, optimizer, seed, with_summary_columns=optimizer != "sgd")
+    failed = RunRecord(root / EXPERIMENT / SCALE / "adamp_s9")
+    failed.start("{}\n", {}, {"experiment": EXPERIMENT, "scale": SCALE, "optimizer": "adamp", "seed": 9})
+    failed.write_summary({"status": "failed"})
+    return root
+
+
+def test_read_epoch_curves(runs_root):
+    curves = figures.read_epoch_curves(runs_root)
+    assert len(curves) == 4 * 2 * 3  # the failed run is left out
+    sgd = curves[(curves["optimizer"] == "sgd") & (curves["seed"] == 1)].sort_values("epoch")
+    assert sgd["mean_weight_norm"].tolist() == pytest.approx([2.01, 2.51, 3.01])
+    assert sgd["effective_step_size"].tolist() == pytest.approx([0.1 / n**2 for n in (2.01, 2.51, 3.01)])
+    bands = figures.seed_bands(curves, "mean_weight_norm")
+    first = bands[(bands["optimizer"] == "sgdp") & (bands["epoch"] == 0)].iloc[0]
+    assert (first["mean"], first["low"], first["high"], first["n"]) == pytest.approx((2.005, 2.0, 2.01, 2))
+
+
+def test_make_figures_from_records(runs_root, tmp_path):
+    out = tmp_path / "figures"
+    paths = figures.make_figures(runs_root, out, toys=False)
+    stem = out / f"mechanism_{EXPERIMENT}_{SCALE}"
+    assert sorted(paths) == [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
+    first = {p: p.read_bytes() for p in paths}
+    assert all(len(b) > 1000 for b in first.values())
+    figures.make_figures(runs_root, out, toys=False)
+    assert {p: p.read_bytes() for p in paths} == first  # same records, same bytes
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+
+def test_no_records_no_mechanism_figures(tmp_path):
+    assert figures.make_figures(tmp_path / "missing", tmp_path / "out", toys=False) == []
+
+
+def test_toy_figures(tmp_path):
+    runs = circle2d.circle_toy_runs(momenta=(0.9, 0.99), steps=40)
+    paths = figures.save_figure(figures.plot_circle_toy(runs, circle2d.METHODS, "toy"), tmp_path / "toy_2d")
+    hemi = [hemisphere3d.run_hemisphere_toy(m, steps=20) for m in hemisphere3d.HEMISPHERE_METHODS]
+    paths += figures.save_figure(figures.plot_hemisphere_toy(hemi, "toy"), tmp_path / "toy_3d")
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_markdown_table_formats_numbers():
+    text = figures._markdown_table(
+        [{"momentum": 0.95, "final_norm": 5.675081, "x": math.nan}], ["momentum", "final_norm", "x"]
+    )
+    assert text.splitlines()[2] == "| 0.95 | 5.6751 | - |"

@@ -1,0 +1,355 @@
+"""Results pipeline: run records -> collect -> paper-vs-ours tables (md, tex, csv) -> W&B mirror.
+
+Records are written through the real ``RunRecord`` writer, so a change to the record contract breaks here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from adamp_repro.results import stats
+from adamp_repro.results.build import build_tables, log_tables_to_wandb
+from adamp_repro.results.collect import RunProblem, collect_runs
+from adamp_repro.results.compare import compare_table
+from adamp_repro.results.reference import PAPER_COLUMNS, load_paper_numbers, read_reference_csv
+from adamp_repro.results.tables import latex_escape, layout_table, render_latex, render_markdown
+from adamp_repro.tracking.records import RunRecord, atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_DIR = REPO / "results" / "paper"
+SHARED_REFERENCE = REPO.parent / "shared" / "paper" / "reference.csv"  # CI keeps ../shared beside the repo
+
+P1_SGD = [70.1, 70.3, 70.2]
+P1_SGDP = [70.6, 70.9, 70.8]
+MINI = {  # optimizer -> (top-1 per seed, initial norm, final norm, final effective step size)
+    "sgd": ([61.3, 59.7], 3.65, 3.95, 1.1e-3),
+    "sgdp": ([63.4, 59.0], 3.42, 3.45, 1.6e-3),
+    "adamw": ([60.7, 60.5], 3.46, 3.65, 2.0e-4),
+    "adamp": ([62.4], 3.40, 3.40, 2.4e-4),
+}
+
+
+def write_run(
+    root: Path,
+    *,
+    table_id,
+    block,
+    model,
+    optimizer,
+    seed,
+    scale="paper",
+    status="completed",
+    name=None,
+    metrics=None,
+    dataset_label="ImageNet-1k (ILSVRC-2012)",
+) -> Path:
+    """One run folder written the way the trainer writes it."""
+    experiment = f"{table_id}_{model}".lower().replace(" ", "_")
+    run_name = name or f"{model}-{optimizer}-s{seed}"
+    run_dir = root / experiment / scale / run_name
+    identity = {
+        "run_name": run_name,
+        "experiment": experiment,
+        "scale": scale,
+        "seed": seed,
+        "model": model.lower(),
+        "dataset": "imagenet",
+        "dataset_label": dataset_label,
+        "optimizer": optimizer,
+        "table_id": table_id,
+        "table_block": block,
+        "table_model": model,
+        "epochs_planned": 2,
+    }
+    record = RunRecord(run_dir)
+    config = {"optimizer": {"name": optimizer}, "seed": seed, "scale": {"name": scale}}
+    record.start(yaml.safe_dump(config), {"git_commit": "0" * 40, "dirty": False, "seed": seed}, identity)
+    metrics = metrics or {}
+    record.log_epoch(
+        {"epoch": 0, "train_loss": 1.0, "eval_top1": metrics.get("final_eval_top1", 0.0)},
+        diagnostics=[{"epoch": 0, "param": "conv1.weight", "norm": 1.0}],
+    )
+    if status != "running":
+        record.write_summary({**identity, "status": status, "epochs": 2, "wall_time_s": 1.0, **metrics})
+    return run_dir
+
+
+def p1_run(root: Path, optimizer: str, seed: int, top1=None, model="ResNet18", **kw) -> Path:
+    metrics = {} if top1 is None else {"final_eval_top1": top1}
+    return write_run(root, table_id="P1", block="imagenet", model=model, optimizer=optimizer, seed=seed,
+                     metrics=metrics, **kw)  # fmt: skip
+
+
+def mini_run(root: Path, optimizer: str, seed: int, metrics: dict) -> Path:
+    return write_run(root, table_id="mini", block="-", model="cifar_resnet20", optimizer=optimizer, seed=seed,
+                     scale="mini", dataset_label="CIFAR-10 mini subset (JPEG copy)", metrics=metrics)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Written once per module (fsync per file is slow on a busy disk); tests only read it."""
+    root = tmp_path_factory.mktemp("records") / "runs"
+    for seed, (a, b) in enumerate(zip(P1_SGD, P1_SGDP)):
+        p1_run(root, "sgd", seed, a)
+        p1_run(root, "sgdp", seed, b)
+    p1_run(root, "sgdp", 0, 10.0, name="zz-rerun")  # a second record of seed 0 must not count twice
+    for optimizer, value in (("adamw", 70.5), ("adam", 70.0), ("adamp", 70.9)):
+        p1_run(root, optimizer, 0, value)
+    for optimizer, (values, w0, w1, step) in MINI.items():
+        for seed, value in enumerate(values):
+            mini_run(root, optimizer, seed, {"final_eval_top1": value, "initial_mean_weight_norm": w0,
+                                             "final_mean_weight_norm": w1, "final_effective_step_size": step})  # fmt: skip
+    # An older record without diagnostics keys: counted, its mechanism columns stay missing.
+    mini_run(root, "adamp", 1, {"final_eval_top1": 63.2})
+    for optimizer, clean, robust in (("adam", 80.0, 56.0), ("adamp", 89.0, 66.0)):
+        write_run(root, table_id="P4a", block="linf eps=4/255", model="Wide-ResNet", optimizer=optimizer, seed=0,
+                  scale="smoke", dataset_label="CIFAR-10",
+                  metrics={"final_eval_top1": clean, "final_eval_clean_top1": clean,
+                           "final_eval_robust_top1": robust, "attacks": {"eval": {"steps": 10}}})  # fmt: skip
+    p1_run(root, "sgd", 3, status="failed")
+    p1_run(root, "sgd", 4, status="running")
+    (p1_run(root, "sgd", 0, 76.0, model="ResNet50") / "summary.json").write_text('{"status": "compl')
+    (p1_run(root, "sgdp", 0, 76.0, model="ResNet50") / "config.yaml").write_text("optimizer: [unclosed\n")
+    p1_run(root, "adam", 0, "76.0", model="ResNet50")  # a number written as text
+    atomic_write_text(root / "p1_resnet50" / "paper" / "half-written" / "config.yaml", "seed: 0\n")
+    return root
+
+
+@pytest.fixture
+def paper() -> pd.DataFrame:
+    return load_paper_numbers(PAPER_DIR)
+
+
+def test_collect_counts_only_completed_and_reports_broken(runs_root: Path, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="adamp_repro.results.collect"):
+        runs, problems = collect_runs(runs_root)
+    assert len(runs) == 6 + 1 + 3 + 8 + 2  # P1 (with a duplicate seed), mini, P4a
+    assert set(runs["status"]) == {"completed"}
+    broken = {p.path: p.detail for p in problems if p.kind == "broken"}
+    assert broken == {
+        "p1_resnet50/paper/ResNet50-sgd-s0": "unreadable summary.json: Unterminated string starting at: line 1 "
+        "column 12 (char 11)",
+        "p1_resnet50/paper/ResNet50-sgdp-s0": broken["p1_resnet50/paper/ResNet50-sgdp-s0"],
+        "p1_resnet50/paper/ResNet50-adam-s0": "final_eval_top1 must be a number or null, got '76.0'",
+        "p1_resnet50/paper/half-written": "no summary.json (half-written or never started)",
+    }
+    assert broken["p1_resnet50/paper/ResNet50-sgdp-s0"].startswith("unreadable config.yaml")
+    statuses = {p.detail for p in problems if p.kind == "not_completed"}
+    assert statuses == {"status 'failed'", "status 'running'"}
+    assert all(path in caplog.text for path in broken)
+    assert runs["run_dir"].is_monotonic_increasing
+    older = runs[(runs["optimizer"] == "adamp") & (runs["table_id"] == "mini") & (runs["seed"] == 1)]
+    assert math.isnan(older["final_mean_weight_norm"].item())
+
+
+def test_collect_missing_root_and_wandb_offline(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    runs, problems = collect_runs(tmp_path / "nothing", wandb_project="someone/adamp-repro")
+    assert runs.empty and list(runs.columns)[:3] == ["run_dir", "source", "status"]
+    assert [p.kind for p in problems] == ["wandb"] and "WANDB_MODE=offline" in problems[0].detail
+
+
+def test_collect_reads_wandb_summaries_without_history(runs_root: Path, monkeypatch) -> None:
+    wandb = pytest.importorskip("wandb")
+    disk = yaml.safe_load((runs_root / "p1_resnet18/paper/ResNet18-sgd-s0/summary.json").read_text())
+
+    class FakeRun:
+        def __init__(self, run_id, state, summary):
+            self.path, self.state, self.summary_metrics, self.config = (
+                ["me", "proj", run_id],
+                state,
+                summary,
+                {},
+            )
+
+        def history(self, *args, **kwargs):
+            raise AssertionError("history() samples; tables must not use it")
+
+    mirrored_only = {**disk, "run_name": "ResNet18-sgd-s9", "seed": 9, "final_eval_top1": 70.0}
+    fake_runs = [FakeRun("a", "finished", disk), FakeRun("b", "finished", mirrored_only),
+                 FakeRun("c", "running", {"table_id": "P1"})]  # fmt: skip
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(
+        wandb, "Api", lambda **kwargs: type("FakeApi", (), {"runs": lambda self, p: fake_runs})()
+    )
+    runs, problems = collect_runs(runs_root, wandb_project="me/proj")
+    from_wandb = runs[runs["source"] == "wandb"]
+    assert from_wandb["run_dir"].tolist() == ["wandb:me/proj/b"] and from_wandb["seed"].tolist() == [9]
+    assert RunProblem("wandb:me/proj/c", "not_completed", "status 'running'") in problems
+
+
+def test_p1_cells_put_paper_beside_mean_std_n(runs_root: Path, paper: pd.DataFrame) -> None:
+    runs, _ = collect_runs(runs_root)
+    comparison = compare_table("P1", runs, paper)
+    cells = comparison.cells.set_index(["model", "optimizer"])
+    sgd = cells.loc[("ResNet18", "SGD")]
+    assert (sgd["paper"], sgd["scale"], sgd["n_seeds"]) == (70.28, "paper", 3)
+    assert sgd["ours_mean"] == pytest.approx(statistics.mean(P1_SGD))
+    assert sgd["ours_std"] == pytest.approx(statistics.stdev(P1_SGD))
+    assert sgd["diff"] == pytest.approx(statistics.mean(P1_SGD) - 70.28)
+    assert bool(sgd["within_tolerance"]) is True
+    sgdp = cells.loc[("ResNet18", "SGDP")]
+    assert sgdp["n_seeds"] == 3 and sgdp["ours_mean"] == pytest.approx(statistics.mean(P1_SGDP))
+    adam = cells.loc[("ResNet18", "Adam")]  # adamw wins over adam for the paper's Adam column
+    assert (adam["our_optimizer"], adam["n_seeds"], adam["ours_mean"]) == ("adamw", 1, 70.5)
+    assert math.isnan(adam["ours_std"])
+    empty = cells.loc[("MobileNetV2", "SGD")]
+    assert empty["n_seeds"] == 0 and math.isnan(empty["ours_mean"]) and empty["paper"] == 71.61
+    assert any("zz-rerun" in n for n in comparison.notes)  # duplicate seed reported, not averaged
+    assert any("ResNet18-adam-s0" in n for n in comparison.notes)  # adam run not placed: adamw fills Adam
+
+    markdown = render_markdown(layout_table(comparison, paper))
+    assert "| ResNet18 | SGD | sgd | 70.28 | ±0.41 | 70.20 ± 0.10 | 3 | -0.08 | yes |" in markdown
+    assert "| MobileNetV2 | SGD | — | 71.61 | ±0.40 | — | 0 | — | — |" in markdown
+    assert "Ours at scale `paper`; data: ImageNet-1k (ILSVRC-2012)" in markdown
+
+
+def test_gains_use_welch_and_say_when_one_seed(runs_root: Path, paper: pd.DataFrame) -> None:
+    runs, _ = collect_runs(runs_root)
+    gains = compare_table("P1", runs, paper).gains.set_index(["model", "proposed"])
+    sgdp = gains.loc[("ResNet18", "SGDP")]
+    expected = stats.welch_test(P1_SGD, P1_SGDP)
+    assert sgdp["paper_gain"] == pytest.approx(70.73 - 70.28)
+    assert sgdp["ours_gain"] == pytest.approx(expected.gain)
+    assert sgdp["p_value"] == pytest.approx(expected.p) and sgdp["test"] == "welch_t"
+    assert bool(sgdp["sign_agrees"]) is True and bool(sgdp["beyond_noise"]) is (expected.p < 0.05)
+    adamp = gains.loc[("ResNet18", "AdamP")]
+    assert (adamp["baseline"], adamp["our_baseline"], adamp["test"]) == ("Adam", "adamw", "n/a (1 seed)")
+    assert math.isnan(adamp["p_value"]) and adamp["ours_gain"] == pytest.approx(70.9 - 70.5)
+
+
+def test_mini_table_shows_scale_mechanism_and_noise_in_words(runs_root: Path, paper: pd.DataFrame) -> None:
+    runs, _ = collect_runs(runs_root)
+    doc = layout_table(compare_table("mini", runs, paper), paper)
+    markdown = render_markdown(doc)
+    assert "Ours at scale `mini`; data: CIFAR-10 mini subset (JPEG copy)" in markdown
+    assert "‖w‖ initial → final" in markdown and "3.650 → 3.950" in markdown and "1.60e-03" in markdown
+    assert "SGDP vs SGD (cifar_resnet20, top-1 (%)): +0.70 points is not beyond seed noise" in markdown
+    assert "SGDP's norm grew less than SGD's" in markdown
+    assert "Paper" not in doc.sections[0].grids[0].header  # own table: no paper column to fill
+    adamp = doc.cells.set_index("optimizer").loc["AdamP"]
+    assert adamp["n_seeds"] == 2 and adamp["initial_mean_weight_norm"] == pytest.approx(3.40)
+    gains = doc.gains.set_index("proposed")
+    assert gains.loc["AdamP", "baseline"] == "AdamW" and gains.loc["AdamP", "expected_sign"] == 1.0
+
+
+def test_p2_and_p4a_map_their_summary_keys(runs_root: Path, paper: pd.DataFrame) -> None:
+    runs, _ = collect_runs(runs_root)
+    p2 = compare_table("P2", runs, paper)
+    with_wd = p2.cells.set_index(["block", "optimizer"]).loc[("with_wd", "SGD")]
+    assert with_wd["n_seeds"] == 3 and with_wd["ours_mean"] == pytest.approx(statistics.mean(P1_SGD))
+    assert p2.cells.set_index(["block", "optimizer"]).loc[("without_wd", "SGD"), "n_seeds"] == 0
+    assert any("filled from P1" in n for n in p2.notes)
+    p4a = compare_table("P4a", runs, paper).cells.set_index(["block", "optimizer", "metric"])
+    assert p4a.loc[("linf eps=4/255", "AdamP", "attacked_acc"), "ours_mean"] == 66.0
+    assert p4a.loc[("linf eps=4/255", "AdamP", "standard_acc"), "ours_mean"] == 89.0
+    assert p4a.loc[("linf eps=4/255", "AdamP", "standard_acc"), "scale"] == "smoke"
+    assert p4a.loc[("l2 eps=80/255", "Adam", "standard_acc"), "n_seeds"] == 0
+
+
+def test_build_is_idempotent_and_lists_every_table(runs_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tables"
+    first = build_tables(runs_root, out, PAPER_DIR)
+    snapshot = {p.name: p.read_bytes() for p in first.written}
+    second = build_tables(runs_root, out, PAPER_DIR)
+    assert {p.name: p.read_bytes() for p in second.written} == snapshot
+    assert not list(out.glob(".*.tmp"))
+    readme = (out / "README.md").read_text()
+    for table in ("P1", "P2", "P3", "P4a", "P4b", "P4c", "P5", "P6", "P7", "mini", "cifar", "imagenette"):
+        assert f"[{table}]({table}.md)" in readme and (out / f"{table}.tex").exists()
+    assert "not run by this suite" in readme and "p1_resnet50/paper/half-written" in readme
+    cells = pd.read_csv(out / "P1.csv")
+    row = cells[(cells["model"] == "ResNet18") & (cells["optimizer"] == "SGD")].iloc[0]
+    assert row["ours_mean"] == pytest.approx(statistics.mean(P1_SGD))  # unrounded float in the CSV
+    p7 = (out / "P7.md").read_text()
+    assert "Not run by this suite" in p7 and "23.38" in p7
+
+
+def test_latex_uses_booktabs_and_escapes(runs_root: Path, paper: pd.DataFrame) -> None:
+    runs, _ = collect_runs(runs_root)
+    tex = render_latex(layout_table(compare_table("mini", runs, paper), paper))
+    for command in ("\\toprule", "\\midrule", "\\bottomrule", "\\begin{tabular}{llrrrr}"):
+        assert command in tex
+    assert "cifar\\_resnet20" in tex and "$\\pm$" in tex and "\\texttt{mini}" in tex
+    assert latex_escape("50% & x_1 -0.5 → `a` < 1") == "50\\% \\& x\\_1 $-$0.5 $\\to$ \\texttt{a} $<$ 1"
+
+
+def test_paper_csvs_hold_the_reference_numbers() -> None:
+    ours = load_paper_numbers(PAPER_DIR)
+    assert list(ours.columns) == list(PAPER_COLUMNS) and len(ours) == 84
+    assert ours["source"].str.contains("arXiv 2006.08217").all()
+    run = ours[ours["table"].isin(["P1", "P2", "P4a"])]
+    assert run["tolerance"].gt(0).all() and ours.loc[~ours.index.isin(run.index), "tolerance"].isna().all()
+    if not SHARED_REFERENCE.exists():
+        pytest.skip(f"{SHARED_REFERENCE} not present (it sits beside the repo in CI)")
+    reference = read_reference_csv(SHARED_REFERENCE)
+    columns = ["table", "block", "model", "dataset", "optimizer", "metric"]
+    assert ours[columns].to_dict("records") == reference[columns].to_dict("records")
+    assert ours["value_printed"].tolist() == reference["value"].tolist()
+    assert ours["value"].tolist() == [float(v) for v in reference["value"]]
+
+
+@pytest.mark.parametrize(
+    ("t", "dof"), [(12.7062047, 1), (2.776445105, 4), (2.228138852, 10), (2.042272456, 30)]
+)
+def test_student_t_matches_printed_critical_values(t: float, dof: float) -> None:
+    # Two-sided 5% critical values of Student's t (standard tables).
+    assert stats.t_two_sided_p(t, dof) == pytest.approx(0.05, abs=1e-7)
+    assert stats.regularized_incomplete_beta(dof / 2, 0.5, dof / (dof + t * t)) == pytest.approx(
+        0.05, abs=1e-7
+    )
+
+
+def test_welch_matches_scipy_when_installed() -> None:
+    scipy_stats = pytest.importorskip("scipy.stats")
+    a, b = [1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.5]
+    ours = stats.welch_test(a, b)
+    ref = scipy_stats.ttest_ind(b, a, equal_var=False)
+    assert ours.t == pytest.approx(ref.statistic) and ours.p == pytest.approx(ref.pvalue)
+
+
+def test_welch_edge_cases() -> None:
+    assert stats.welch_test([1.0], [2.0, 3.0]).test == stats.NOT_APPLICABLE_ONE_SEED
+    assert stats.welch_test([], [2.0]).test == stats.NOT_APPLICABLE_NO_RUNS
+    assert stats.welch_test([1.0, 1.0], [1.0, 1.0]).p == 1.0
+    result = stats.welch_test([1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0])
+    assert result.p == pytest.approx(0.010077, abs=1e-6) and result.dof == pytest.approx(4.959184, abs=1e-6)
+    with pytest.raises(ValueError, match="-1"):
+        stats.t_two_sided_p(1.0, -1)
+
+
+def test_tables_log_to_wandb_offline(runs_root: Path, tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    (tmp_path / "wandb_dir").mkdir()
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "white").save(figures / "norms.png")
+    result = build_tables(runs_root, tmp_path / "tables", PAPER_DIR)
+    local = log_tables_to_wandb(result.docs[:2], project="adamp-repro-test", figures_dir=figures)
+    assert local.is_dir() and local.name.startswith("offline-run-")
+    assert local.is_relative_to(tmp_path / "wandb_dir") and list(local.glob("*.wandb"))
+    media = local / "files" / "media"
+    assert list((media / "table" / "P1").glob("cells_*.table.json")) and list(media.rglob("norms_*.png"))
+
+
+def test_build_tables_script_runs(runs_root: Path, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("build_tables_script", REPO / "scripts" / "build_tables.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "tables"
+    assert script.main(["--runs", str(runs_root), "--out", str(out), "--no-wandb"]) == 0
+    assert (out / "README.md").exists() and (out / "mini.md").exists()
