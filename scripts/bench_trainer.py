@@ -54,9 +54,18 @@ def bare_loop(model, optimizer, data, steps: int) -> float:
 
 def trainer_epoch(model, optimizer, data, steps: int, device) -> float:
     settings = TrainerSettings(epochs=1, max_steps_per_epoch=steps, checkpoint=False, progress=False)
-    trainer = Trainer(model=model, optimizer=optimizer, task=ClassificationTask(), data=data,
-                      lr_factor=lambda step: 1.0, settings=settings, device=device, ctx=DistContext(),
-                      run_dir=None, seed=0)
+    trainer = Trainer(
+        model=model,
+        optimizer=optimizer,
+        task=ClassificationTask(),
+        data=data,
+        lr_factor=lambda step: 1.0,
+        settings=settings,
+        device=device,
+        ctx=DistContext(),
+        run_dir=None,
+        seed=0,
+    )
     return trainer._train_epoch(0)["images_per_s"]
 
 
@@ -70,7 +79,9 @@ def data_only(data, steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="cifar_resnet20")
     parser.add_argument("--optimizer", default="sgd")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -80,7 +91,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
     args = parser.parse_args()
     device = resolve_device(args.device)
-    cfg = compose([f"model={args.model}", f"optimizer={args.optimizer}", f"dataset.batch_size={args.batch_size}"])
+    cfg = compose(
+        [f"model={args.model}", f"optimizer={args.optimizer}", f"dataset.batch_size={args.batch_size}"]
+    )
     data = build_data(cfg.dataset, seed=0, device=device)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.num_classes, data.mean, data.std).to(device)
@@ -92,17 +105,34 @@ def main() -> None:
         results["trainer"].append(trainer_epoch(model, optimizer, data, args.steps, device))
         results["data_only"].append(data_only(data, args.steps))
     anchor = statistics.median(results["bare_loop"])
-    rows = [{"variant": name, "model": args.model, "optimizer": args.optimizer, "batch_size": args.batch_size,
-             "device": device_description(device), "images_per_s_median": statistics.median(vals),
-             "ratio_vs_bare_loop": statistics.median(vals) / anchor, "repeats": args.repeats,
-             "steps": args.steps} for name, vals in results.items()]
+    rows = [
+        {
+            "variant": name,
+            "model": args.model,
+            "optimizer": args.optimizer,
+            "batch_size": args.batch_size,
+            "device": device_description(device),
+            "images_per_s_median": statistics.median(vals),
+            "ratio_vs_bare_loop": statistics.median(vals) / anchor,
+            "repeats": args.repeats,
+            "steps": args.steps,
+        }
+        for name, vals in results.items()
+    ]
     out = Path(args.out)
     atomic_write_text(out / "trainer.csv", rows_to_csv(rows))
-    lines = ["# Trainer throughput vs a bare PyTorch loop", "",
-             f"{args.model}, {args.optimizer}, batch {args.batch_size}, {rows[0]['device']}; median of "
-             f"{args.repeats} interleaved repeats of {args.steps} steps.", "",
-             "| variant | images/s | ratio vs bare loop |", "|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['images_per_s_median']:.1f} | {r['ratio_vs_bare_loop']:.3f} |" for r in rows]
+    lines = [
+        "# Trainer throughput vs a bare PyTorch loop",
+        "",
+        f"{args.model}, {args.optimizer}, batch {args.batch_size}, {rows[0]['device']}; median of "
+        f"{args.repeats} interleaved repeats of {args.steps} steps.",
+        "",
+        "| variant | images/s | ratio vs bare loop |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {r['variant']} | {r['images_per_s_median']:.1f} | {r['ratio_vs_bare_loop']:.3f} |" for r in rows
+    ]
     atomic_write_text(out / "trainer.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

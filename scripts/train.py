@@ -1,7 +1,7 @@
 """Train one configuration (or a Hydra multirun sweep with -m). All logic lives in adamp_repro.train.run.
 
-    python scripts/train.py optimizer=adamp model=resnet18 dataset=cifar10
-    python scripts/train.py -m optimizer=sgd,sgdp,adam,adamp seed=0,1,2
+python scripts/train.py optimizer=adamp model=resnet18 dataset=cifar10
+python scripts/train.py -m optimizer=sgd,sgdp,adam,adamp seed=0,1,2
 """
 
 import hydra

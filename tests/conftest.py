@@ -29,7 +29,8 @@ def smoke_cfg(tmp_path):
     """Factory: a composed smoke-scale config writing under tmp_path."""
 
     def make(*overrides: str) -> DictConfig:
-        return compose_config(["scale=smoke", "device=cpu", "progress=false", f"output_root={tmp_path}/runs",
-                               *overrides])
+        return compose_config(
+            ["scale=smoke", "device=cpu", "progress=false", f"output_root={tmp_path}/runs", *overrides]
+        )
 
     return make

@@ -52,7 +52,10 @@ def test_weight_decay_ablation_zeroes_every_decay():
     for optimizer in ("sgd", "sgdp", "adamw", "adamp"):
         cfg = compose_config(["experiment=imagenet_resnet18_nowd", f"optimizer={optimizer}"])
         assert cfg.optimizer.weight_decay == 0.0 and cfg.table.id == "P2"
-        assert cfg.optimizer.lr == compose_config(["experiment=imagenet_resnet18", f"optimizer={optimizer}"]).optimizer.lr
+        assert (
+            cfg.optimizer.lr
+            == compose_config(["experiment=imagenet_resnet18", f"optimizer={optimizer}"]).optimizer.lr
+        )
 
 
 def test_paper_scale_runs_the_recipe_epochs():
@@ -61,14 +64,17 @@ def test_paper_scale_runs_the_recipe_epochs():
     assert compose_config(["experiment=cifar10_resnet56", "scale=mini"]).scale.epochs == cfg.mini_epochs
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("optimizer.lr=-0.1", "optimizer.lr"),
-    ("scale.epochs=0", "scale.epochs"),
-    ("dataset.batch_size=0", "dataset.batch_size"),
-    ("model.name=resnet_does_not_exist", "resnet_does_not_exist"),
-    ("seed=-1", "seed"),
-    ("resume=sometimes", "resume"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("optimizer.lr=-0.1", "optimizer.lr"),
+        ("scale.epochs=0", "scale.epochs"),
+        ("dataset.batch_size=0", "dataset.batch_size"),
+        ("model.name=resnet_does_not_exist", "resnet_does_not_exist"),
+        ("seed=-1", "seed"),
+        ("resume=sometimes", "resume"),
+    ],
+)
 def test_bad_values_fail_before_work_with_their_name(override, needle):
     cfg = compose_config([override])
     with pytest.raises(ValueError, match=needle):
@@ -98,7 +104,11 @@ def test_every_table_names_existing_experiments():
 
 
 def test_train_script_help_composes():
-    out = subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "train.py"), "--cfg", "job",
-                          "optimizer=adamp"], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    out = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "scripts" / "train.py"), "--cfg", "job", "optimizer=adamp"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+    )
     assert out.returncode == 0, out.stderr
     assert "name: adamp" in out.stdout

@@ -17,9 +17,20 @@ from .conftest import PROJECT_ROOT
 
 TRAIN = str(PROJECT_ROOT / "scripts" / "train.py")
 # A LayerNorm network: its numbers do not depend on how a batch is split across processes (BatchNorm's do).
-TINY = ["model=vit_small", "model.name=test_vit", "+model.kwargs.img_size=32", "dataset.crop_padding=0", "dataset.hflip=false",
-        "scale=smoke", "scale.eval_subset=201", "scale.max_steps_per_epoch=3", "device=cpu", "progress=false",
-        "optimizer=adamp", "threads=1"]
+TINY = [
+    "model=vit_small",
+    "model.name=test_vit",
+    "+model.kwargs.img_size=32",
+    "dataset.crop_padding=0",
+    "dataset.hflip=false",
+    "scale=smoke",
+    "scale.eval_subset=201",
+    "scale.max_steps_per_epoch=3",
+    "device=cpu",
+    "progress=false",
+    "optimizer=adamp",
+    "threads=1",
+]
 
 
 def _env() -> dict[str, str]:
@@ -37,14 +48,36 @@ def _summaries(root: Path) -> list[dict]:
 
 
 def test_two_process_ddp_matches_single_process_with_the_same_global_batch(tmp_path):
-    single = subprocess.run([sys.executable, TRAIN, *TINY, "dataset.batch_size=32", f"output_root={tmp_path}/one"],
-                            env=_env(), capture_output=True, text=True, cwd=PROJECT_ROOT)
+    single = subprocess.run(
+        [sys.executable, TRAIN, *TINY, "dataset.batch_size=32", f"output_root={tmp_path}/one"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), TRAIN, *TINY, "dataset.batch_size=16", "logger=wandb",
-         f"output_root={tmp_path}/two"],
-        env=_env(), capture_output=True, text=True, cwd=PROJECT_ROOT)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            TRAIN,
+            *TINY,
+            "dataset.batch_size=16",
+            "logger=wandb",
+            f"output_root={tmp_path}/two",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     (one,), two = _summaries(tmp_path / "one"), _summaries(tmp_path / "two")
     assert len(two) == 1, "a distributed job must make exactly one run folder"
@@ -63,13 +96,34 @@ def test_two_process_ddp_matches_single_process_with_the_same_global_batch(tmp_p
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_hydra_launchers_run_two_jobs_with_a_record_each(tmp_path, launcher):
-    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else [
-        f"hydra.launcher.submitit_folder={tmp_path}/submitit", "hydra.launcher.timeout_min=10"]
+    extra = (
+        ["hydra.launcher.n_jobs=2"]
+        if launcher == "joblib"
+        else [f"hydra.launcher.submitit_folder={tmp_path}/submitit", "hydra.launcher.timeout_min=10"]
+    )
     out = subprocess.run(
-        [sys.executable, TRAIN, "-m", f"hydra/launcher={launcher}", *extra, "scale=smoke",
-         "scale.max_steps_per_epoch=2", "scale.epochs=1", "device=cpu", "progress=false", "threads=1",
-         "diagnostics.enabled=false", "optimizer=sgd,sgdp", f"output_root={tmp_path}/runs"],
-        env=_env(), capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300)
+        [
+            sys.executable,
+            TRAIN,
+            "-m",
+            f"hydra/launcher={launcher}",
+            *extra,
+            "scale=smoke",
+            "scale.max_steps_per_epoch=2",
+            "scale.epochs=1",
+            "device=cpu",
+            "progress=false",
+            "threads=1",
+            "diagnostics.enabled=false",
+            "optimizer=sgd,sgdp",
+            f"output_root={tmp_path}/runs",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     summaries = _summaries(tmp_path / "runs")
     assert sorted(s["optimizer"] for s in summaries) == ["sgd", "sgdp"]

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,8 +30,20 @@ def test_smoke_run_writes_a_complete_record(smoke_cfg):
         assert (run_dir / name).is_file(), name
     on_disk = read_summary(run_dir)
     assert on_disk["status"] == "completed" and on_disk["epochs"] == cfg.scale.epochs == 2
-    for key in ("final_eval_top1", "final_eval_top5", "best_eval_top1", "final_eval_loss", "final_train_loss",
-                "wall_time_s", "images_per_s", "optimizer", "model", "dataset_label", "seed", "scale"):
+    for key in (
+        "final_eval_top1",
+        "final_eval_top5",
+        "best_eval_top1",
+        "final_eval_loss",
+        "final_train_loss",
+        "wall_time_s",
+        "images_per_s",
+        "optimizer",
+        "model",
+        "dataset_label",
+        "seed",
+        "scale",
+    ):
         assert on_disk[key] is not None, key
     rows = read_csv_rows(run_dir / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1]
@@ -44,8 +55,15 @@ def test_smoke_run_writes_a_complete_record(smoke_cfg):
 
 
 def test_training_learns_on_embedded_cifar(smoke_cfg):
-    cfg = smoke_cfg("optimizer=sgd", "scale.epochs=3", "scale.train_subset=1280", "scale.max_steps_per_epoch=20",
-                    "dataset.batch_size=64", "scale.eval_subset=500", "diagnostics.enabled=false")
+    cfg = smoke_cfg(
+        "optimizer=sgd",
+        "scale.epochs=3",
+        "scale.train_subset=1280",
+        "scale.max_steps_per_epoch=20",
+        "dataset.batch_size=64",
+        "scale.eval_subset=500",
+        "diagnostics.enabled=false",
+    )
     summary = run(cfg)
     rows = read_csv_rows(run_dir_for(cfg) / "metrics.csv")
     losses = [float(r["train_loss"]) for r in rows]
@@ -92,8 +110,11 @@ def test_resume_equals_uninterrupted_run(smoke_cfg, tmp_path):
         assert resumed[key] == full[key], key
     rows = read_csv_rows(run_dir / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
-    a = torch.load(run_dir_for(smoke_cfg("optimizer=sgdp", "scale.epochs=3", f"output_root={tmp_path}/full"))
-                   / CHECKPOINT_NAME, weights_only=True)
+    a = torch.load(
+        run_dir_for(smoke_cfg("optimizer=sgdp", "scale.epochs=3", f"output_root={tmp_path}/full"))
+        / CHECKPOINT_NAME,
+        weights_only=True,
+    )
     b = torch.load(run_dir / CHECKPOINT_NAME, weights_only=True)
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
@@ -102,13 +123,25 @@ def test_resume_equals_uninterrupted_run(smoke_cfg, tmp_path):
 def test_killed_process_resumes_to_the_same_numbers(tmp_path):
     """SIGKILL a real training process after its first checkpoint; the same command then finishes the run."""
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, str(PROJECT_ROOT / "scripts" / "train.py"), "scale=smoke", "scale.epochs=3",
-            "scale.max_steps_per_epoch=6", "device=cpu", "progress=false", "optimizer=adamp", "threads=1"]
-    reference = subprocess.run([*args, f"output_root={tmp_path}/ref"], env=env, capture_output=True, text=True)
+    args = [
+        sys.executable,
+        str(PROJECT_ROOT / "scripts" / "train.py"),
+        "scale=smoke",
+        "scale.epochs=3",
+        "scale.max_steps_per_epoch=6",
+        "device=cpu",
+        "progress=false",
+        "optimizer=adamp",
+        "threads=1",
+    ]
+    reference = subprocess.run(
+        [*args, f"output_root={tmp_path}/ref"], env=env, capture_output=True, text=True
+    )
     assert reference.returncode == 0, reference.stderr[-2000:]
     killed_root = tmp_path / "killed"
-    proc = subprocess.Popen([*args, f"output_root={killed_root}"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*args, f"output_root={killed_root}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not list(killed_root.rglob(CHECKPOINT_NAME)):
         time.sleep(0.05)
@@ -126,7 +159,9 @@ def test_killed_process_resumes_to_the_same_numbers(tmp_path):
 
 
 def test_nan_loss_is_recorded_as_diverged(smoke_cfg):
-    cfg = smoke_cfg("optimizer=sgd", "optimizer.lr=1e30", "train.log_every_n_steps=1", "diagnostics.enabled=false")
+    cfg = smoke_cfg(
+        "optimizer=sgd", "optimizer.lr=1e30", "train.log_every_n_steps=1", "diagnostics.enabled=false"
+    )
     summary = run(cfg)
     assert summary["status"] == "diverged"
     assert read_summary(run_dir_for(cfg))["status"] == "diverged"
@@ -166,15 +201,26 @@ def test_run_dir_is_deterministic_and_config_sensitive(smoke_cfg):
 
 @pytest.mark.parametrize("name", ["cosine", "step", "multistep", "constant"])
 def test_schedules_warm_up_and_decay(name):
-    cfg = {"name": name, "warmup_epochs": 1, "warmup_start_factor": 0.1, "step_frac": 0.5,
-           "milestones_frac": [0.5, 0.75], "gamma": 0.1}
+    cfg = {
+        "name": name,
+        "warmup_epochs": 1,
+        "warmup_start_factor": 0.1,
+        "step_frac": 0.5,
+        "milestones_frac": [0.5, 0.75],
+        "gamma": 0.1,
+    }
     factor = build_lr_factor(cfg, total_steps=100, steps_per_epoch=10)
     assert factor(0) == pytest.approx(0.1)
     assert factor(10) == pytest.approx(1.0)
     if name != "constant":
         assert factor(99) < 0.2
     if name == "multistep":
-        assert factor(49) == 1.0 and factor(50) == pytest.approx(0.1) and factor(79) == pytest.approx(0.1) and factor(80) == pytest.approx(0.01)
+        assert (
+            factor(49) == 1.0
+            and factor(50) == pytest.approx(0.1)
+            and factor(79) == pytest.approx(0.1)
+            and factor(80) == pytest.approx(0.01)
+        )
 
 
 def test_bad_schedule_values_are_named():

@@ -39,8 +39,10 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.resume not in ("auto", "never"):
         raise ValueError(f"Invalid resume: {cfg.resume!r}; expected 'auto' or 'never'")
     if "/" in str(cfg.run_name) or "/" in str(cfg.experiment_name):
-        raise ValueError(f"Invalid run_name/experiment_name: {cfg.run_name!r}/{cfg.experiment_name!r}; "
-                         "expected names without '/'")
+        raise ValueError(
+            f"Invalid run_name/experiment_name: {cfg.run_name!r}/{cfg.experiment_name!r}; "
+            "expected names without '/'"
+        )
     _check_model_name(str(cfg.model.name))
 
 

@@ -24,11 +24,23 @@ def load_tables(path: Path = TABLES_FILE) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 
-def multirun_command(experiment: str, optimizers: list[str], seeds: int, scale: str, extra: list[str],
-                     output_root: str | None = None) -> list[str]:
-    cmd = [sys.executable, str(PROJECT_ROOT / "scripts" / "train.py"), "-m", f"experiment={experiment}",
-           f"optimizer={','.join(optimizers)}", f"seed={','.join(str(s) for s in range(seeds))}",
-           f"scale={scale}"]
+def multirun_command(
+    experiment: str,
+    optimizers: list[str],
+    seeds: int,
+    scale: str,
+    extra: list[str],
+    output_root: str | None = None,
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        str(PROJECT_ROOT / "scripts" / "train.py"),
+        "-m",
+        f"experiment={experiment}",
+        f"optimizer={','.join(optimizers)}",
+        f"seed={','.join(str(s) for s in range(seeds))}",
+        f"scale={scale}",
+    ]
     if output_root:
         cmd.append(f"output_root={output_root}")
     return cmd + list(extra)
@@ -36,7 +48,9 @@ def multirun_command(experiment: str, optimizers: list[str], seeds: int, scale: 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     tables = load_tables()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--table", default="default", help=f"one of {sorted(tables)}")
     parser.add_argument("--scale", default="mini", help=f"one of {list(SCALES)}")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per optimizer (default: the table's)")
@@ -63,28 +77,47 @@ def main(argv: list[str]) -> int:
     seeds = args.seeds or int(spec["seeds"])
     experiments = spec["experiments"]
     print(f"[reproduce-table] table {args.table}: {spec['description']}")
-    print(f"[reproduce-table] scale {args.scale}, {len(experiments)} experiment(s) x {len(spec['optimizers'])} "
-          f"optimizers x {seeds} seed(s); complete runs are skipped, interrupted ones resume")
+    print(
+        f"[reproduce-table] scale {args.scale}, {len(experiments)} experiment(s) x {len(spec['optimizers'])} "
+        f"optimizers x {seeds} seed(s); complete runs are skipped, interrupted ones resume"
+    )
     for index, experiment in enumerate(experiments, 1):
-        cmd = multirun_command(experiment, spec["optimizers"], seeds, args.scale, args.extra, args.output_root)
+        cmd = multirun_command(
+            experiment, spec["optimizers"], seeds, args.scale, args.extra, args.output_root
+        )
         print(f"[reproduce-table] ({index}/{len(experiments)}) {' '.join(cmd[1:])}", flush=True)
         if args.dry_run:
             continue
         result = subprocess.run(cmd, cwd=PROJECT_ROOT)
         if result.returncode != 0:
-            print(f"[reproduce-table] experiment {experiment} failed (exit {result.returncode}); "
-                  "building the tables from what exists", file=sys.stderr)
+            print(
+                f"[reproduce-table] experiment {experiment} failed (exit {result.returncode}); "
+                "building the tables from what exists",
+                file=sys.stderr,
+            )
     if args.dry_run:
         return 0
     runs_root = args.output_root or str(PROJECT_ROOT / "results" / "runs")
     print("[reproduce-table] building tables", flush=True)
-    build = [sys.executable, str(PROJECT_ROOT / "scripts" / "build_tables.py"), "--runs", runs_root,
-             "--out", args.tables_out]
+    build = [
+        sys.executable,
+        str(PROJECT_ROOT / "scripts" / "build_tables.py"),
+        "--runs",
+        runs_root,
+        "--out",
+        args.tables_out,
+    ]
     code = subprocess.run(build, cwd=PROJECT_ROOT).returncode
     if not args.no_figures:
         print("[reproduce-table] drawing figures", flush=True)
-        figures = [sys.executable, str(PROJECT_ROOT / "scripts" / "make_figures.py"), "--runs", runs_root,
-                   "--out", args.figures_out]
+        figures = [
+            sys.executable,
+            str(PROJECT_ROOT / "scripts" / "make_figures.py"),
+            "--runs",
+            runs_root,
+            "--out",
+            args.figures_out,
+        ]
         code = code or subprocess.run(figures, cwd=PROJECT_ROOT).returncode
     print(f"[reproduce-table] done: see {args.tables_out}/README.md")
     return code

@@ -22,7 +22,11 @@ def git_state(cwd: str | Path | None = None) -> dict[str, Any]:
         ).stdout.strip()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=10, check=True,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
         return {"git_commit": commit, "git_dirty": bool(status.strip())}
     except (OSError, subprocess.SubprocessError):

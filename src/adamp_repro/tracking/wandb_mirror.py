@@ -27,8 +27,15 @@ def resolve_mode(mode: str) -> str:
 class WandbMirror:
     """Thin wrapper over one ``wandb`` run; every method is a no-op when the logger is ``none``."""
 
-    def __init__(self, logger_cfg: Mapping[str, Any], *, name: str, config: Mapping[str, Any], run_dir: Path,
-                 resume_id: str | None = None):
+    def __init__(
+        self,
+        logger_cfg: Mapping[str, Any],
+        *,
+        name: str,
+        config: Mapping[str, Any],
+        run_dir: Path,
+        resume_id: str | None = None,
+    ):
         self.run = None
         if logger_cfg.get("name", "none") == "none":
             return
@@ -56,8 +63,16 @@ class WandbMirror:
         self.run.define_metric("train/step")
         self.run.define_metric("step/*", step_metric="train/step")
         self.run.define_metric("epoch")
-        for prefix in ("train_*", "eval_*", "lr", "images_per_s", "mean_weight_norm", "effective_step_size",
-                       "detected_share", "mean_abs_cos"):
+        for prefix in (
+            "train_*",
+            "eval_*",
+            "lr",
+            "images_per_s",
+            "mean_weight_norm",
+            "effective_step_size",
+            "detected_share",
+            "mean_abs_cos",
+        ):
             self.run.define_metric(prefix, step_metric="epoch")
 
     @property

@@ -21,7 +21,10 @@ CHECKPOINT_NAME = "last.ckpt"
 
 
 def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _python_rng_to_lists(random.getstate())}
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": _python_rng_to_lists(random.getstate()),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

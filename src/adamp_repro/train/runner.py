@@ -134,8 +134,15 @@ def _run(cfg: DictConfig, device: torch.device, ctx: DistContext, run_dir: Path)
     from adamp_repro.optim import build_optimizer
 
     seed_everything(int(cfg.seed))
-    data = build_data(cfg.dataset, seed=int(cfg.seed), train_subset=cfg.scale.train_subset,
-                      eval_subset=cfg.scale.eval_subset, rank=ctx.rank, world_size=ctx.world_size, device=device)
+    data = build_data(
+        cfg.dataset,
+        seed=int(cfg.seed),
+        train_subset=cfg.scale.train_subset,
+        eval_subset=cfg.scale.eval_subset,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        device=device,
+    )
     normalize = cfg.model.get("normalize", True)
     mean, std = (data.mean, data.std) if normalize else ((0.0,) * len(data.mean), (1.0,) * len(data.std))
     model = build_model(cfg.model, data.num_classes, mean, std).to(device)
@@ -148,26 +155,46 @@ def _run(cfg: DictConfig, device: torch.device, ctx: DistContext, run_dir: Path)
     train_model = model
     if ctx.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     task = build_task(cfg.task)
     diagnostics = None
     if cfg.diagnostics.enabled:
         from adamp_repro.train.diagnostics import WeightDiagnostics
 
-        diagnostics = WeightDiagnostics(model, optimizer, every_n_steps=int(cfg.diagnostics.every_n_steps),
-                                        delta=float(cfg.optimizer.get("delta", 0.1)))
+        diagnostics = WeightDiagnostics(
+            model,
+            optimizer,
+            every_n_steps=int(cfg.diagnostics.every_n_steps),
+            delta=float(cfg.optimizer.get("delta", 0.1)),
+        )
     settings = TrainerSettings(
-        epochs=int(cfg.scale.epochs), max_steps_per_epoch=cfg.scale.max_steps_per_epoch,
-        grad_clip_norm=cfg.train.grad_clip_norm, amp=str(cfg.train.amp), ema_decay=cfg.train.ema_decay,
-        log_every_n_steps=int(cfg.train.log_every_n_steps), eval_every=int(cfg.train.eval_every),
-        checkpoint=bool(cfg.train.checkpoint), progress=_progress_enabled(cfg.progress),
+        epochs=int(cfg.scale.epochs),
+        max_steps_per_epoch=cfg.scale.max_steps_per_epoch,
+        grad_clip_norm=cfg.train.grad_clip_norm,
+        amp=str(cfg.train.amp),
+        ema_decay=cfg.train.ema_decay,
+        log_every_n_steps=int(cfg.train.log_every_n_steps),
+        eval_every=int(cfg.train.eval_every),
+        checkpoint=bool(cfg.train.checkpoint),
+        progress=_progress_enabled(cfg.progress),
     )
     steps_per_epoch = min(data.steps_per_epoch, cfg.scale.max_steps_per_epoch or data.steps_per_epoch)
     lr_factor = build_lr_factor(cfg.scheduler, settings.epochs * steps_per_epoch, steps_per_epoch)
     record = RunRecord(run_dir) if ctx.is_main else None
-    trainer = Trainer(model=train_model, optimizer=optimizer, task=task, data=data, lr_factor=lr_factor,
-                      settings=settings, device=device, ctx=ctx, run_dir=run_dir, seed=int(cfg.seed),
-                      diagnostics=diagnostics)
+    trainer = Trainer(
+        model=train_model,
+        optimizer=optimizer,
+        task=task,
+        data=data,
+        lr_factor=lr_factor,
+        settings=settings,
+        device=device,
+        ctx=ctx,
+        run_dir=run_dir,
+        seed=int(cfg.seed),
+        diagnostics=diagnostics,
+    )
     if cfg.resume == "auto" and trainer.try_resume():
         log.info("resuming %s after epoch %d", run_dir, trainer.state.epoch)
     elif cfg.resume not in ("auto", "never"):
@@ -176,16 +203,30 @@ def _run(cfg: DictConfig, device: torch.device, ctx: DistContext, run_dir: Path)
     return _fit_and_record(cfg, trainer, record, identity, device, ctx, run_dir)
 
 
-def _fit_and_record(cfg, trainer: Trainer, record: RunRecord | None, identity: dict[str, Any],
-                    device: torch.device, ctx: DistContext, run_dir: Path) -> dict[str, Any]:
+def _fit_and_record(
+    cfg,
+    trainer: Trainer,
+    record: RunRecord | None,
+    identity: dict[str, Any],
+    device: torch.device,
+    ctx: DistContext,
+    run_dir: Path,
+) -> dict[str, Any]:
     wandb = None
     if record is not None:
-        record.start(OmegaConf.to_yaml(cfg, resolve=True),
-                     collect_provenance(device, int(cfg.seed), ctx.world_size), identity)
+        record.start(
+            OmegaConf.to_yaml(cfg, resolve=True),
+            collect_provenance(device, int(cfg.seed), ctx.world_size),
+            identity,
+        )
         record.restore_rows(trainer.state.epoch)
-        wandb = WandbMirror(cfg.logger, name=f"{cfg.run_name}", run_dir=run_dir,
-                            config=OmegaConf.to_container(cfg, resolve=True) | {"run_dir": str(run_dir)},
-                            resume_id=trainer.state.wandb_id)
+        wandb = WandbMirror(
+            cfg.logger,
+            name=f"{cfg.run_name}",
+            run_dir=run_dir,
+            config=OmegaConf.to_container(cfg, resolve=True) | {"run_dir": str(run_dir)},
+            resume_id=trainer.state.wandb_id,
+        )
         trainer.state.wandb_id = wandb.run_id
 
         def on_epoch(row: dict[str, Any], diag_rows: list[dict[str, Any]]) -> None:
@@ -210,12 +251,16 @@ def _fit_and_record(cfg, trainer: Trainer, record: RunRecord | None, identity: d
         status, error = "failed", "".join(traceback.format_exception_only(type(exc), exc)).strip()
         raise
     finally:
-        summary = identity | _final_metrics(trainer.state.history, trainer.task.primary_metric) | {
-            "status": status,
-            "error": error,
-            "wall_time_s": time.perf_counter() - started,
-            "run_dir": str(run_dir),
-        }
+        summary = (
+            identity
+            | _final_metrics(trainer.state.history, trainer.task.primary_metric)
+            | {
+                "status": status,
+                "error": error,
+                "wall_time_s": time.perf_counter() - started,
+                "run_dir": str(run_dir),
+            }
+        )
         if record is not None:
             record.write_summary(summary)
             wandb.finish(summary)

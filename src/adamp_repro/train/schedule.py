@@ -35,7 +35,9 @@ def build_lr_factor(cfg: Mapping[str, Any], total_steps: int, steps_per_epoch: i
     return factor
 
 
-def _decay(name: str, cfg: Mapping[str, Any], total: int, per_epoch: int, warmup: int) -> Callable[[int], float]:
+def _decay(
+    name: str, cfg: Mapping[str, Any], total: int, per_epoch: int, warmup: int
+) -> Callable[[int], float]:
     if name == "constant":
         return lambda step: 1.0
     if name == "cosine":
@@ -54,7 +56,9 @@ def _decay(name: str, cfg: Mapping[str, Any], total: int, per_epoch: int, warmup
     else:
         fracs = [float(f) for f in cfg.get("milestones_frac", [])]
         if any(not 0.0 < f <= 1.0 for f in fracs) or fracs != sorted(fracs):
-            raise ValueError(f"Invalid scheduler.milestones_frac: {fracs}; expected increasing values in (0, 1]")
+            raise ValueError(
+                f"Invalid scheduler.milestones_frac: {fracs}; expected increasing values in (0, 1]"
+            )
         milestones = [round(f * epochs) for f in fracs]
     # Decays happen at epoch boundaries, as MultiStepLR stepped per epoch does.
     bounds = [m * per_epoch for m in milestones]

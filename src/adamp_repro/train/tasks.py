@@ -46,8 +46,9 @@ class ClassificationTask:
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], final: bool = True
-                 ) -> dict[str, Tensor]:
+    def evaluate(
+        self, model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], final: bool = True
+    ) -> dict[str, Tensor]:
         """Sums of loss, top-1 and top-5 (percent) and the sample count; ``final`` changes nothing here."""
         sums: dict[str, Tensor] = {}
         for x, y in batches:

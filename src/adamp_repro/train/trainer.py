@@ -43,7 +43,7 @@ class TrainerSettings:
 
 @dataclass
 class TrainState:
-    epoch: int = 0            # epochs finished
+    epoch: int = 0  # epochs finished
     global_step: int = 0
     best_eval: float = float("-inf")  # best value of eval_<task.primary_metric>
     wandb_id: str | None = None
@@ -54,11 +54,23 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Trainer:
-    def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer, task: Any, data: Any,
-                 lr_factor: Callable[[int], float], settings: TrainerSettings, device: torch.device,
-                 ctx: DistContext, run_dir: Path | None, seed: int, diagnostics: Any = None,
-                 on_epoch: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
-                 on_step: Callable[[int, dict[str, float]], None] | None = None):
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        task: Any,
+        data: Any,
+        lr_factor: Callable[[int], float],
+        settings: TrainerSettings,
+        device: torch.device,
+        ctx: DistContext,
+        run_dir: Path | None,
+        seed: int,
+        diagnostics: Any = None,
+        on_epoch: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+        on_step: Callable[[int, dict[str, float]], None] | None = None,
+    ):
         if settings.amp not in AMP_DTYPES:
             raise ValueError(f"Invalid train.amp: {settings.amp!r}; expected one of {list(AMP_DTYPES)}")
         self.model, self.optimizer, self.task, self.data = model, optimizer, task, data
@@ -85,18 +97,21 @@ class Trainer:
     def save(self) -> None:
         if not (self.s.checkpoint and self.ctx.is_main and self.checkpoint_path is not None):
             return
-        save_checkpoint(self.checkpoint_path, {
-            "model": self._unwrapped().state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "ema": None if self.ema is None else self.ema.state_dict(),
-            "diagnostics": None if self.diag is None else self.diag.state_dict(),
-            "epoch": self.state.epoch,
-            "global_step": self.state.global_step,
-            "best_eval": self.state.best_eval,
-            "wandb_id": self.state.wandb_id,
-            "history": self.state.history,
-        })
+        save_checkpoint(
+            self.checkpoint_path,
+            {
+                "model": self._unwrapped().state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "ema": None if self.ema is None else self.ema.state_dict(),
+                "diagnostics": None if self.diag is None else self.diag.state_dict(),
+                "epoch": self.state.epoch,
+                "global_step": self.state.global_step,
+                "best_eval": self.state.best_eval,
+                "wandb_id": self.state.wandb_id,
+                "history": self.state.history,
+            },
+        )
 
     def try_resume(self) -> bool:
         """Load ``last.ckpt`` when the run folder holds one (every rank reads the same file)."""
@@ -111,8 +126,13 @@ class Trainer:
             self.ema.load_state_dict(ckpt["ema"])
         if self.diag is not None and ckpt.get("diagnostics") is not None:
             self.diag.load_state_dict(ckpt["diagnostics"])
-        self.state = TrainState(ckpt["epoch"], ckpt["global_step"], ckpt["best_eval"],
-                                ckpt.get("wandb_id"), list(ckpt.get("history", [])))
+        self.state = TrainState(
+            ckpt["epoch"],
+            ckpt["global_step"],
+            ckpt["best_eval"],
+            ckpt.get("wandb_id"),
+            list(ckpt.get("history", [])),
+        )
         set_rng_state(ckpt["rng"])
         return True
 
@@ -225,8 +245,13 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.s.epochs}", leave=False,
-                    file=sys.stderr, dynamic_ncols=True)
+        return tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{self.s.epochs}",
+            leave=False,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
 
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, model: nn.Module, final: bool = True) -> dict[str, float]:
