@@ -78,3 +78,16 @@ data-imagenette: ## extract the shared 96-px Imagenette copy into data/imagenett
 .PHONY: paper-numbers
 paper-numbers: $(STAMP) ## regenerate results/paper/*.csv from ../shared/paper/reference.csv
 	$(PY) -m adamp_repro.results.reference
+
+.PHONY: dashboards
+dashboards: $(STAMP) ## write the W&B dashboard specs to results/dashboards (PUBLISH=1 also saves them to W&B)
+	$(PY) scripts/wandb_dashboard.py $(if $(PUBLISH),--publish,)
+
+.PHONY: dashboard
+dashboard: dashboards ## alias of `make dashboards`
+
+.PHONY: sync-wandb
+sync-wandb: $(STAMP) ## upload the offline W&B runs under results/runs (and the tables run in ./wandb) with `wandb sync`
+	@files=$$(find results/runs wandb -path '*/offline-run-*/*.wandb' 2>/dev/null | sort); \
+	if [ -z "$$files" ]; then echo "no offline W&B runs under results/runs or ./wandb"; exit 0; fi; \
+	$(VENV)/bin/wandb sync $$files

@@ -16,12 +16,19 @@ import hashlib
 import json
 import os
 import struct
+import time
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import wandb
+import wandb_workspaces.reports.v2 as wr
+import wandb_workspaces.workspaces as ws
 import yaml
+from wandb.proto import wandb_internal_pb2 as pb
+from wandb_workspaces import expr
 
 from adamp_repro.tracking.records import atomic_write_text
 
@@ -109,9 +116,8 @@ def discover_tables(config_dir: str | os.PathLike = CONFIG_DIR) -> list[TableSec
     for key, entry in (yaml.safe_load((config_dir / "tables.yaml").read_text()) or {}).items():
         infos = [exps.get(e, base | {"experiment_name": e, "table_id": key}) for e in entry["experiments"]]
         ids = {i["table_id"] for i in infos}
-        tables.append(
-            _section(key if key in ids or len(ids) != 1 else ids.pop(), entry.get("description"), infos)
-        )
+        table_id = key if key in ids or len(ids) != 1 else ids.pop()
+        tables.append(_section(table_id, entry.get("description"), infos))
     for table_id in dict.fromkeys(i["table_id"] for i in exps.values()):
         if table_id not in {t.table_id for t in tables}:
             tables.append(_section(table_id, None, [i for i in exps.values() if i["table_id"] == table_id]))
@@ -124,7 +130,7 @@ def _section(table_id: str, title: str | None, infos: Sequence[Mapping[str, Any]
         from adamp_repro.results.reference import PAPER_TABLES
 
         paper = PAPER_TABLES.get(table_id)
-        title = paper.title if paper else OWN_TABLES.get(table_id, f"Runs with table.id={table_id}")
+        title = paper.title if paper else OWN_TABLES.get(table_id, f"Runs tagged table id {table_id}")
     names, tasks = (tuple(dict.fromkeys(str(i[k]) for i in infos)) for k in ("experiment_name", "task"))
     return TableSection(str(table_id), title, names, tasks)
 
@@ -140,21 +146,15 @@ def _stable_id(*parts: str) -> str:
 
 
 def _columns() -> list[str]:
-    from wandb_workspaces import expr
-
     return [f"config:{expr.groupby_str_to_key(f'config.{k}').name}" for k in COLUMN_KEYS]
 
 
 def _train_runs(experiments: Sequence[str]):
-    from wandb_workspaces import expr
-
     return expr.And(expr.Config("experiment_name").isin(list(experiments)), expr.Metric("JobType") == "train")
 
 
 def _line_plot(panel: PanelDef, group: bool, *id_parts: str, **layout: Any):
     """Mean over the runs of each group (optimizer) with a min/max band."""
-    import wandb_workspaces.reports.v2 as wr
-
     agg = {"aggregate": True, "groupby_aggfunc": "mean", "groupby_rangefunc": "minmax"}
     more = {"groupby": wr.Config(GROUP_KEY)} if group else {}
     more |= {"layout": wr.Layout(**layout)} if layout else {}
@@ -166,10 +166,7 @@ def _line_plot(panel: PanelDef, group: bool, *id_parts: str, **layout: Any):
 def build_workspace(table: TableSection, *, project: str, entity: str = OFFLINE_ENTITY):
     """The view of one table: train runs of its experiments grouped by optimizer (by experiment first when
     there are several, and then the panels follow the run-table grouping), one section per metric group."""
-    import wandb_workspaces.workspaces as ws
-    from wandb_workspaces import expr
-
-    single = len(table.experiments) == 1
+    single, title = len(table.experiments) == 1, f"adamp-repro {table.table_id}: {table.title}"
     sections: dict[str, list] = {}
     for p in table.panels():
         sections.setdefault(p.section, []).append(_line_plot(p, single, table.table_id, p.section))
@@ -178,7 +175,7 @@ def build_workspace(table: TableSection, *, project: str, entity: str = OFFLINE_
     return ws.Workspace(
         entity=entity,
         project=project,
-        name=f"adamp-repro {table.table_id}: {table.title}"[:120],
+        name="".join(c for c in title if not unicodedata.category(c).startswith("S"))[:100],  # app rule
         sections=[
             ws.Section(name=n, panels=p, is_open=True, panel_settings=section_settings)
             for n, p in sections.items()
@@ -203,8 +200,6 @@ def build_report(
 ):
     """One section per table: the rebuilt table from the ``job_type="tables"`` run, then each experiment's
     curves. ``online`` names entity and project in every run set (the library looks them up on the server)."""
-    import wandb_workspaces.reports.v2 as wr
-    from wandb_workspaces import expr
 
     def runset(name: str, filters: Any, **kwargs: Any):
         where = {"entity": entity, "project": project} if online else {}
@@ -276,8 +271,6 @@ def require_api_key() -> None:
 def publish(*, project: str, entity: str | None = None, tables=None) -> list[str]:
     """Save every table view and the report to W&B (new views each time); return their URLs, report last."""
     require_api_key()
-    import wandb
-
     tables = discover_tables() if tables is None else tables
     entity = entity or wandb.Api().default_entity
     urls = [build_workspace(t, project=project, entity=entity).save().url for t in tables]
@@ -293,11 +286,12 @@ class LoggedRun:
     history: frozenset[str]
     summary: frozenset[str]
     config: frozenset[str]  # dotted paths, every level: "model", "model.name", ...
+    finished: bool  # every file ends with an exit record
 
 
 def _leveldb_records(data: bytes) -> Iterator[bytes]:
     """Records of a ``.wandb`` file (LevelDB log format: 32 KiB blocks, 7-byte chunk headers)."""
-    if data[:4] != b":W&B":
+    if len(data) >= 4 and data[:4] != b":W&B":  # shorter: not written yet
         raise ValueError("not a .wandb transaction log")
     block, pos, parts = 32768, 7, b""
     while pos + 7 <= len(data):
@@ -305,42 +299,47 @@ def _leveldb_records(data: bytes) -> Iterator[bytes]:
         if block - pos % block < 7 or kind == 0:  # block trailer / padding
             pos += block - pos % block
             continue
+        if pos + 7 + length > len(data):  # still being written
+            return
         parts, pos = parts + data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 4):  # FULL or LAST chunk
             yield parts
             parts = b""
 
 
-def _config_paths(key: str, value: Any) -> Iterator[str]:
+def _paths(key: str, value: Any) -> Iterator[str]:
     yield key
     for sub, inner in value.items() if isinstance(value, Mapping) else ():
-        yield from _config_paths(f"{key}.{sub}", inner)
+        yield from _paths(f"{key}.{sub}", inner)
 
 
-def read_offline_run(path: str | os.PathLike) -> LoggedRun:
+def read_offline_run(path: str | os.PathLike, wait_s: float = 0.0) -> LoggedRun:
     """Keys logged by the run under ``path`` (a ``.wandb`` file, an ``offline-run-*`` folder or a run folder;
-    the files of a resumed run are merged)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    path = Path(path)
+    the files of a resumed run are merged). wandb's service writes these files after ``finish()`` returns, so
+    this waits up to ``wait_s`` seconds for each to end with its exit record (``finished``)."""
+    path, deadline = Path(path), time.monotonic() + wait_s
     files = [path] if path.is_file() else sorted(path.rglob("*.wandb"))
     if not files:
         raise FileNotFoundError(f"no .wandb file under {path}")
-    job_type, history, summary, config = "", set(), set(), set()
-    for raw in (raw for f in files for raw in _leveldb_records(f.read_bytes())):
-        record = pb.Record()
-        record.ParseFromString(raw)
-        kind = record.WhichOneof("record_type")
-        job_type = record.run.job_type or job_type if kind == "run" else job_type
-        updates = {"run": record.run.config.update, "config": record.config.update}.get(kind, ())
-        config.update(
-            p for i in updates if i.key != "_wandb" for p in _config_paths(i.key, json.loads(i.value_json))
-        )
-        if kind == "history":
-            history.update(i.key or ".".join(i.nested_key) for i in record.history.item)
-        elif kind == "summary":
-            summary.update(i.key or i.nested_key[0] for i in record.summary.update)
-    return LoggedRun(job_type, frozenset(history), frozenset(summary), frozenset(config))
+    while True:
+        job_type, history, summary, config, exits = "", set(), set(), set(), 0
+        for raw in (raw for f in files for raw in _leveldb_records(f.read_bytes())):
+            record = pb.Record()
+            record.ParseFromString(raw)
+            kind = record.WhichOneof("record_type")
+            job_type = (record.run.job_type or job_type) if kind == "run" else job_type
+            exits += kind == "exit"
+            updates = {"run": record.run.config.update, "config": record.config.update}.get(kind, ())
+            config |= {
+                p for i in updates if i.key != "_wandb" for p in _paths(i.key, json.loads(i.value_json))
+            }
+            if kind == "history":
+                history |= {i.key or ".".join(i.nested_key) for i in record.history.item}
+            elif kind == "summary":
+                summary |= {i.key or i.nested_key[0] for i in record.summary.update}
+        if exits >= len(files) or time.monotonic() > deadline:
+            return LoggedRun(job_type, *map(frozenset, (history, summary, config)), exits >= len(files))
+        time.sleep(0.1)
 
 
 def _config_name(backend: str) -> str:
