@@ -127,6 +127,8 @@ def log_tables_to_wandb(
         name=name,
         mode=mode,
         config={"tables": [d.table_id for d in docs]},
+        # Read WANDB_DIR now: wandb caches its settings at the first init of a process.
+        dir=os.environ.get("WANDB_DIR"),
         reinit="finish_previous",
     )
     try:

@@ -50,6 +50,8 @@ OWN_TABLES = {
     "mini": "Quick run on the embedded CIFAR-10 subset (our own table; the default `make reproduce-table`)",
     "cifar": "CIFAR classification (our own table: no printed CIFAR classification table could be read)",
     "imagenette": "Imagenette classification (our own table; not in the paper)",
+    "imagenette_analysis": "Imagenette ResNet-18 analysis: vanilla SGD, momentum SGD and SGDP under step decay "
+    "(our own table; proxy of the paper's ImageNet analysis figures, not ImageNet)",
 }
 # P2's "with weight decay" column is P1's ResNet18 row (identical printed values), so P1 ResNet18 runs
 # fill it when no run is tagged P2/with_wd: (table, block) -> (table, block, model) to borrow from.
