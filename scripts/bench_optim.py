@@ -159,6 +159,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer = csv.DictWriter(stream, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    os.chmod(temp, 0o644)  # mkstemp creates 0600; the results are meant to be read by others
     os.replace(temp, path)
 
 

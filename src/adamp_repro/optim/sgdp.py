@@ -184,7 +184,7 @@ class SGDP(ProjectedOptimizer):
             return
         params, grads, bufs = ([seq[i] for i in candidates] for seq in (params, grads, bufs))
         if group["nesterov"] or not group["project_buffer"]:
-            directions = self._nesterov_directions(group, params, grads, bufs, fused)
+            directions = self._scaled_directions(group, params, grads, bufs, fused)
             self._apply_direction(group, layout, params, grads, directions, *self._decays(group))
         else:
             self._update_buffers(group, grads, bufs)
@@ -216,12 +216,12 @@ class SGDP(ProjectedOptimizer):
                 is_first_step=False,
             )
         elif group["nesterov"]:
-            torch._foreach_add_(params, self._nesterov_directions(group, params, grads, bufs, fused))
+            torch._foreach_add_(params, self._scaled_directions(group, params, grads, bufs, fused))
         else:
             self._update_buffers(group, grads, bufs)
             torch._foreach_add_(params, bufs, alpha=-lr)
 
-    def _nesterov_directions(
+    def _scaled_directions(
         self,
         group: dict[str, Any],
         params: list[Tensor],
