@@ -81,6 +81,7 @@ def main(argv: list[str]) -> int:
         f"[reproduce-table] scale {args.scale}, {len(experiments)} experiment(s) x {len(spec['optimizers'])} "
         f"optimizers x {seeds} seed(s); complete runs are skipped, interrupted ones resume"
     )
+    failed = False
     for index, experiment in enumerate(experiments, 1):
         cmd = multirun_command(
             experiment, spec["optimizers"], seeds, args.scale, args.extra, args.output_root
@@ -90,6 +91,7 @@ def main(argv: list[str]) -> int:
             continue
         result = subprocess.run(cmd, cwd=PROJECT_ROOT)
         if result.returncode != 0:
+            failed = True
             print(
                 f"[reproduce-table] experiment {experiment} failed (exit {result.returncode}); "
                 "building the tables from what exists",
@@ -98,26 +100,12 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         return 0
     runs_root = args.output_root or str(PROJECT_ROOT / "results" / "runs")
-    print("[reproduce-table] building tables", flush=True)
-    build = [
-        sys.executable,
-        str(PROJECT_ROOT / "scripts" / "build_tables.py"),
-        "--runs",
-        runs_root,
-        "--out",
-        args.tables_out,
-    ]
-    code = subprocess.run(build, cwd=PROJECT_ROOT).returncode
+    steps = [("building tables", "build_tables.py", args.tables_out)]
     if not args.no_figures:
-        print("[reproduce-table] drawing figures", flush=True)
-        figures = [
-            sys.executable,
-            str(PROJECT_ROOT / "scripts" / "make_figures.py"),
-            "--runs",
-            runs_root,
-            "--out",
-            args.figures_out,
-        ]
-        code = code or subprocess.run(figures, cwd=PROJECT_ROOT).returncode
+        steps.append(("drawing figures", "make_figures.py", args.figures_out))
+    for what, script, out in steps:
+        print(f"[reproduce-table] {what}", flush=True)
+        cmd = [sys.executable, str(PROJECT_ROOT / "scripts" / script), "--runs", runs_root, "--out", out]
+        failed = subprocess.run(cmd, cwd=PROJECT_ROOT).returncode != 0 or failed
     print(f"[reproduce-table] done: see {args.tables_out}/README.md")
-    return code
+    return 1 if failed else 0

@@ -21,6 +21,7 @@ from timm.models.resnet import ResNet
 from torch import nn
 
 from adamp_repro.models.layers import (
+    LinearHeadClassifier,
     drop_timm_plumbing,
     he_normal_fan_out_,
     pad_channels,
@@ -61,7 +62,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(LinearHeadClassifier):
     """He et al. 2016 CIFAR ResNet of depth 6n+2. Input (B, in_chans, H, W) -> logits (B, num_classes).
 
     Args:
@@ -88,7 +89,7 @@ class CifarResNet(nn.Module):
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
         blocks_per_stage = (depth - 2) // 6
-        self.num_classes, self.drop_rate, self.num_features = num_classes, drop_rate, widths[-1]
+        self.num_classes, self.head_drop_rate, self.num_features = num_classes, drop_rate, widths[-1]
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         stages, in_channels = [], widths[0]
@@ -111,21 +112,6 @@ class CifarResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> feature maps (B, widths[-1], H/4, W/4)."""
         return self.stages(F.relu(self.bn1(self.conv1(x))))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        x = F.dropout(x, self.drop_rate, self.training) if self.drop_rate else x
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes)
 
 
 def _cifar_resnet(name: str, depth: int, pretrained: bool, kwargs: dict) -> CifarResNet:

@@ -36,3 +36,28 @@ TIMM_PLUMBING = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 def drop_timm_plumbing(kwargs: dict) -> dict:
     """``kwargs`` without timm's factory plumbing keys (see ``TIMM_PLUMBING``)."""
     return {k: v for k, v in kwargs.items() if k not in TIMM_PLUMBING}
+
+
+class LinearHeadClassifier(nn.Module):
+    """timm's classifier interface for the CIFAR networks: global average pooling, then the ``fc`` Linear head.
+
+    Subclasses define ``forward_features`` (B, C, H, W) -> (B, num_features, h, w), ``fc``, ``num_features``,
+    ``num_classes``; ``head_drop_rate`` (default 0) applies dropout before the head.
+    """
+
+    head_drop_rate: float = 0.0
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        x = F.dropout(x, self.head_drop_rate, self.training) if self.head_drop_rate else x
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes)

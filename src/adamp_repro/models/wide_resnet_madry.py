@@ -20,6 +20,7 @@ from timm.models import register_model
 from torch import nn
 
 from adamp_repro.models.layers import (
+    LinearHeadClassifier,
     drop_timm_plumbing,
     he_normal_fan_out_,
     pad_channels,
@@ -62,7 +63,7 @@ class PreActBlock(nn.Module):
         return out + (x if self.shortcut is None else self.shortcut(activated))
 
 
-class MadryWideResNet(nn.Module):
+class MadryWideResNet(LinearHeadClassifier):
     """WRN-depth-widen_factor, Madry variant. Input (B, in_chans, H, W) -> logits (B, num_classes).
 
     Args:
@@ -114,21 +115,6 @@ class MadryWideResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> activated feature maps (B, 64k, H/4, W/4)."""
         return F.relu(self.bn(self.stages(self.conv1(x))))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        # Global average pooling; the codebase's avg_pool2d(8) is the same thing on 32x32 inputs.
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes)
 
 
 @register_model
