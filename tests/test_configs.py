@@ -112,3 +112,10 @@ def test_train_script_help_composes():
     )
     assert out.returncode == 0, out.stderr
     assert "name: adamp" in out.stdout
+
+
+def test_fresh_reproduction_retrains_complete_runs(capsys):
+    from adamp_repro.reproduce import main
+
+    assert main(["--dry-run", "--fresh"]) == 0
+    assert "resume=never" in capsys.readouterr().out

@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from adamp_repro.tracking.records import read_csv_rows, read_summary
 from adamp_repro.train import run, run_dir_for
@@ -228,3 +229,46 @@ def test_bad_schedule_values_are_named():
         build_lr_factor({"name": "multistep", "milestones_frac": [0.8, 0.2]}, 100, 10)
     with pytest.raises(ValueError, match="'linear'"):
         build_lr_factor({"name": "linear"}, 100, 10)
+
+
+def test_cutmix_pastes_a_box_mixes_the_loss_and_repeats_per_epoch():
+    from adamp_repro.train.tasks import ClassificationTask
+
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 3, 16, 16), torch.arange(8) % 4
+    task = ClassificationTask(cutmix_alpha=1.0, cutmix_prob=1.0)
+    task.set_epoch(seed=0, epoch=3)
+    mixed, pasted, lam = task.cutmix(x, y)
+    changed = (mixed != x).any(dim=(0, 1))  # (H, W) pixels taken from another image
+    assert 0.0 < lam < 1.0 and changed.float().mean().item() <= 1.0 - lam + 1e-9
+    assert torch.equal(mixed[..., ~changed], x[..., ~changed]) and pasted.shape == y.shape
+    task.set_epoch(seed=0, epoch=3)
+    again, pasted_again, lam_again = task.cutmix(x, y)
+    assert torch.equal(again, mixed) and torch.equal(pasted_again, pasted) and lam_again == lam
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
+    task.set_epoch(seed=0, epoch=3)
+    loss, _ = task.train_loss(model, x, y)
+    task.set_epoch(seed=0, epoch=3)
+    task.rng.random()  # the per-batch probability draw
+    m, p, lam = task.cutmix(x, y)
+    logits = model(m)
+    expected = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, p)
+    assert torch.allclose(loss, expected)
+    off = ClassificationTask()
+    assert torch.equal(off.train_loss(model, x, y)[0], F.cross_entropy(model(x), y))
+    with pytest.raises(ValueError, match="cutmix_prob"):
+        ClassificationTask(cutmix_alpha=1.0, cutmix_prob=1.5)
+
+
+def test_cutmix_experiment_runs_through_the_trainer(smoke_cfg):
+    cfg = smoke_cfg(
+        "experiment=imagenet_resnet50_cutmix",
+        "model=cifar_resnet20",
+        "dataset=cifar10_mini",
+        "dataset.batch_size=32",
+        "optimizer=adamp",
+        "diagnostics.enabled=false",
+    )
+    assert cfg.table.model == "ResNet50 + CutMix" and cfg.task.cutmix_prob == 1.0
+    summary = run(cfg)
+    assert summary["status"] == "completed" and summary["task_settings"]["cutmix_alpha"] == 1.0

@@ -59,6 +59,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--figures-out", default=str(PROJECT_ROOT / "results" / "figures"))
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument(
+        "--fresh", action="store_true", help="train every run again (resume=never), even complete ones"
+    )
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides passed to every run (after --)")
     args = parser.parse_args(argv)
     if args.table not in tables:
@@ -83,9 +86,8 @@ def main(argv: list[str]) -> int:
     )
     failed = False
     for index, experiment in enumerate(experiments, 1):
-        cmd = multirun_command(
-            experiment, spec["optimizers"], seeds, args.scale, args.extra, args.output_root
-        )
+        extra = [*args.extra, "resume=never"] if args.fresh else args.extra
+        cmd = multirun_command(experiment, spec["optimizers"], seeds, args.scale, extra, args.output_root)
         print(f"[reproduce-table] ({index}/{len(experiments)}) {' '.join(cmd[1:])}", flush=True)
         if args.dry_run:
             continue
