@@ -3,16 +3,23 @@
 Each optimizer supplies three update forms; ``ProjectedOptimizer.step`` picks one per param group:
 
 - reference (``foreach=False``): one parameter at a time in the official operation order (adamp 0.3.0);
-- fast (``foreach=None`` or ``True``, the default): the arithmetic batched across parameters with torch's
-  multi-tensor kernels, the row reductions of the test written into one buffer and the test itself batched
-  across all weights of a (device, dtype) bucket (``projection.RowLayout``);
+- fused (``foreach=None``, the default, on fp32 CPU parameters): one call into the C++ kernels of
+  ``fused_cpu`` (compiled on first use, ~2 s, cached on disk) that runs the test, the projection and the
+  update of the whole group, reading weights and gradients twice (the second time from cache) and the
+  state once; if they cannot be built the optimizer warns once and uses "fast"; ``ADAMP_REPRO_FUSED_CPU=0``
+  turns them off;
+- fast (``foreach=True``, and ``None`` on other devices/dtypes): the arithmetic batched across parameters
+  with torch's multi-tensor kernels, the row reductions of the test written into one buffer and the test
+  itself batched across all weights of a (device, dtype) bucket (``projection.RowLayout``);
 - compiled (``compile=True``, CPU): one ``torch.compile``-d kernel per parameter that fuses the moments,
   the row reductions and the update into two passes; if compiling fails the optimizer warns once and
   uses "fast" from then on.
 
-None of them reads a tensor on the host: every data-dependent choice is a ``torch.where`` on the device.
-The fast and compiled forms need a dense parameter whose gradient and state have its strides (true for
-autograd gradients, including channels_last); other parameters take the reference form.
+None of them reads a tensor on the host: every data-dependent choice is a ``torch.where`` on the device
+(in the fused form, a branch inside the C++ kernel).
+The fused, fast and compiled forms need a dense parameter whose gradient and state have its strides (true
+for autograd gradients, including channels_last); other parameters take the reference form (and weights whose
+output-channel rows are not contiguous blocks take "fast" rather than "fused").
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from adamp_repro.optim import fused_cpu
 from adamp_repro.optim.projection import (
     RowLayout,
+    has_row_blocks,
     is_dense,
     is_projection_candidate,
     projection_row_factors,
@@ -153,7 +162,18 @@ class ProjectedOptimizer(Optimizer):
             else:
                 self._reference_update(group, p, g)
         use_compiled = group["compile"] and not self._compile_failed and not torch.compiler.is_compiling()
+        # The fused C++ kernels are opaque to torch.compile: a traced step takes the torch form.
+        use_fused = (
+            group["foreach"] is None
+            and not group["compile"]
+            and not torch.compiler.is_compiling()
+            and fused_cpu.enabled()
+        )
         for (device, dtype), (bucket_params, bucket_grads) in buckets.items():
+            if use_fused and device.type == "cpu" and dtype == torch.float32 and fused_cpu.load() is not None:
+                bucket_params, bucket_grads = self._fused_cpu_bucket(group, bucket_params, bucket_grads)
+                if not bucket_params:
+                    continue
             if use_compiled and device.type == "cpu":
                 self._compiled_bucket(group, bucket_params, bucket_grads)
             else:
@@ -171,6 +191,25 @@ class ProjectedOptimizer(Optimizer):
         return all(
             s.stride() == p.stride() for s in self.state[p].values() if isinstance(s, Tensor) and s.dim()
         )
+
+    def _fused_cpu_bucket(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Step the parameters the fused CPU kernels take (fp32, dense, non-empty; candidates with contiguous
+        output-channel rows) in one call; return the (params, grads) left for the other forms."""
+        taken_params, taken_grads, rest_params, rest_grads = [], [], [], []
+        for p, g in zip(params, grads):
+            if (
+                p.numel() > 0
+                and g.dtype == p.dtype
+                and (has_row_blocks(p) if is_projection_candidate(p) else True)
+            ):
+                taken_params.append(p), taken_grads.append(g)
+            else:
+                rest_params.append(p), rest_grads.append(g)
+        if taken_params:
+            self._fused_cpu_update(group, taken_params, taken_grads)
+        return rest_params, rest_grads
 
     def _compiled_bucket(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         """Compiled kernels for the candidates; never-projected parameters take the fast form (their update
@@ -270,6 +309,9 @@ class ProjectedOptimizer(Optimizer):
         raise NotImplementedError
 
     def _compiled_update(self, group: dict[str, Any], p: Tensor, g: Tensor) -> None:
+        raise NotImplementedError
+
+    def _fused_cpu_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         raise NotImplementedError
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from adamp_repro.optim import fused_cpu
 from adamp_repro.optim.base import LOW_PRECISION, ProjectedOptimizer, check_range, fused_kernels_support
 from adamp_repro.optim.projection import (
     RowLayout,
@@ -64,8 +65,10 @@ class SGDP(ProjectedOptimizer):
         eps: added to the row norm of :math:`\hat w` and the norm clamp of the cosine (default 1e-8), >= 0.
         delta: threshold :math:`\delta` of the scale-invariance test (default 0.1), > 0.
         wd_ratio: weight-decay multiplier for weights that pass the test (default 0.1), >= 0.
-        foreach: None/True -> the multi-tensor fast form (default); False -> one parameter at a time in the
-            official operation order (bit-exact with adamp 0.3.0 in fp32).
+        foreach: None (default) -> the fused C++ kernels for fp32 CPU parameters (``fused_cpu``; compiled on
+            first use, cached; ``ADAMP_REPRO_FUSED_CPU=0`` disables them) and the multi-tensor fast form for
+            the rest; True -> the multi-tensor fast form; False -> one parameter at a time in the official
+            operation order (bit-exact with adamp 0.3.0 in fp32).
         compile: True -> per-parameter ``torch.compile`` kernels on CPU; falls back to the fast form with a
             warning if the compiler fails.
         project_buffer: without nesterov, project the momentum buffer in place as adamp 0.3.0 does (default
@@ -282,6 +285,30 @@ class SGDP(ProjectedOptimizer):
             for p, factor in zip(params, decay.unbind()):
                 p.mul_(factor)
         torch._foreach_add_(params, bufs, alpha=-group["lr"])
+
+    # --- fused form: C++ kernels for fp32 CPU parameters (fused_cpu) ---------------------------------
+
+    def _fused_cpu_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        lr, delta = group["lr"], group["delta"]
+        tensors, rows, scalars = [], [], []
+        for p, g in zip(params, grads):
+            tensors.append((p, g, self.state[p]["momentum"], None))
+            if is_projection_candidate(p):
+                rows.append(p.shape[0])
+                scalars.extend((-lr, 1.0, *view_thresholds(p.shape, delta)))
+            else:
+                rows.append(0)
+                scalars.extend((-lr, 1.0, 0.0, 0.0))
+        hyper = (0.0, 0.0, group["eps"], *self._decays(group), group["momentum"], group["dampening"])
+        fused_cpu.step(
+            fused_cpu.KIND_SGD,
+            tensors,
+            rows,
+            scalars,
+            hyper,
+            group["nesterov"],
+            project_buffer=bool(group["project_buffer"]) and not group["nesterov"],
+        )
 
     # --- compiled form: one fused kernel pair per parameter (CPU) -------------------------------------
 
