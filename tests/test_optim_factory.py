@@ -48,13 +48,7 @@ APPLICABLE = {  # the keys each file must write (USERS.md check 2): everything i
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster, and immune to OpenMP spin-waits on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _compose_optimizer(name: str, overrides: list[str] | None = None) -> dict:

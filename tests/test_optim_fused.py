@@ -25,11 +25,12 @@ from tests.test_optim_parity import (
     CASES,
     Case,
     _max_relative_error,
-    _one_thread,  # noqa: F401 - autouse fixture: one thread, as in the parity module
     _replay,
     _trajectory,
     trajectories,  # noqa: F401 - module fixture: the official trajectories, computed once
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # as in the parity module
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -184,13 +184,7 @@ def trajectories() -> dict[str, Trajectory]:
     return {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The nets are tiny: one thread is faster, and immune to OpenMP spin-waits on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trajectory(cache: dict[str, Trajectory], case: Case) -> Trajectory:
