@@ -25,6 +25,7 @@ from adamp_repro.optim.base import (
     LOW_PRECISION,
     ProjectedOptimizer,
     check_range,
+    compiled_kernel,
     fused_kernels_support,
     step_tensors,
 )
@@ -311,7 +312,7 @@ class AdamP(ProjectedOptimizer):
             dtype=torch.float64,
         )
         tensors = (p, g, state["exp_avg"], state["exp_avg_sq"])
-        kernel = _compiled_kernel("rows" if candidate else "flat")
+        kernel = compiled_kernel(_adamp_kernel, candidate)
         views = [row_view(t) for t in tensors] if candidate else [t.view(-1) for t in tensors]
         kernel(*views, scalars, beta1, beta2, group["eps"], bool(group["nesterov"]))
         state["step"] = step
@@ -351,22 +352,3 @@ def _adamp_kernel(
         p.copy_(p32 * (decay - coef) + direction)
     else:
         p.copy_(p32 * scalars[3].to(acc) + direction)
-
-
-_KERNELS: dict[str, Any] = {}
-
-
-def _compiled_kernel(kind: str) -> Any:
-    """Compiled lazily and shared by all AdamP instances; dynamic shapes, so one graph serves all sizes."""
-    if kind not in _KERNELS:
-        rows = kind == "rows"
-
-        def kernel(p, g, m, v, scalars, beta1, beta2, eps, nesterov):
-            _adamp_kernel(p, g, m, v, scalars, beta1, beta2, eps, nesterov, rows)
-
-        # Dynamic shapes: Inductor sizes its thread split from the first (often tiny) weight; without the
-        # small minimum chunk every later, large weight would run single-threaded.
-        _KERNELS[kind] = torch.compile(
-            kernel, dynamic=True, fullgraph=True, options={"cpp.min_chunk_size": 1}
-        )
-    return _KERNELS[kind]

@@ -315,6 +315,24 @@ class ProjectedOptimizer(Optimizer):
         raise NotImplementedError
 
 
+_COMPILED: dict[tuple[Callable[..., Any], bool], Callable[..., Any]] = {}
+
+
+def compiled_kernel(kernel: Callable[..., Any], rows: bool) -> Callable[..., Any]:
+    """``torch.compile`` of ``kernel(*args, rows)``, compiled lazily and shared by every optimizer instance;
+    dynamic shapes, so one graph serves all sizes."""
+    key = (kernel, rows)
+    if key not in _COMPILED:
+
+        def bound(*args: Any) -> Any:
+            return kernel(*args, rows)
+
+        # Inductor sizes its thread split from the first (often tiny) weight; without the small minimum chunk
+        # every later, large weight would run single-threaded.
+        _COMPILED[key] = torch.compile(bound, dynamic=True, fullgraph=True, options={"cpp.min_chunk_size": 1})
+    return _COMPILED[key]
+
+
 def fused_kernels_support(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether torch's fused Adam/SGD multi-tensor kernels exist for this device and dtype."""
     return device.type in ("cpu", "cuda") and dtype in (

@@ -22,7 +22,13 @@ import torch
 from torch import Tensor
 
 from adamp_repro.optim import fused_cpu
-from adamp_repro.optim.base import LOW_PRECISION, ProjectedOptimizer, check_range, fused_kernels_support
+from adamp_repro.optim.base import (
+    LOW_PRECISION,
+    ProjectedOptimizer,
+    check_range,
+    compiled_kernel,
+    fused_kernels_support,
+)
 from adamp_repro.optim.projection import (
     RowLayout,
     fold_projection,
@@ -328,7 +334,7 @@ class SGDP(ProjectedOptimizer):
             bool(group["nesterov"]),
             bool(group["project_buffer"]),
         )
-        _compiled_kernel("rows" if candidate else "flat")(*views, scalars, *options)
+        compiled_kernel(_sgdp_kernel, candidate)(*views, scalars, *options)
 
 
 def _sgdp_kernel(
@@ -362,22 +368,3 @@ def _sgdp_kernel(
         decay = scalars[2].to(acc)
     buf.copy_(direction if not nesterov and project_buffer else buf32)
     p.copy_(p32 * decay - lr * direction)
-
-
-_KERNELS: dict[str, Any] = {}
-
-
-def _compiled_kernel(kind: str) -> Any:
-    """Compiled lazily and shared by all SGDP instances; dynamic shapes, so one graph serves all sizes."""
-    if kind not in _KERNELS:
-        rows = kind == "rows"
-
-        def kernel(p, g, buf, scalars, momentum, dampening, eps, nesterov, project_buffer):
-            _sgdp_kernel(p, g, buf, scalars, momentum, dampening, eps, nesterov, project_buffer, rows)
-
-        # Dynamic shapes: Inductor sizes its thread split from the first (often tiny) weight; without the
-        # small minimum chunk every later, large weight would run single-threaded.
-        _KERNELS[kind] = torch.compile(
-            kernel, dynamic=True, fullgraph=True, options={"cpp.min_chunk_size": 1}
-        )
-    return _KERNELS[kind]
