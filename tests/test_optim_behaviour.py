@@ -413,13 +413,13 @@ def test_projection_removes_the_radial_part(info, foreach, delta) -> None:
 def test_compile_option_falls_back_when_the_compiler_fails(monkeypatch) -> None:
     """compile=True must never break training: a compiler error warns once and the step still happens."""
 
-    def broken(kind):
+    def broken(kernel_fn, rows):
         def kernel(*args, **kwargs):
             raise RuntimeError("no C++ compiler")
 
         return kernel
 
-    monkeypatch.setattr(adamp_module, "_compiled_kernel", broken)
+    monkeypatch.setattr(adamp_module, "compiled_kernel", broken)
     params = [nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(4))]
     copies = [nn.Parameter(p.detach().clone()) for p in params]
     optimizer = AdamP(params, lr=1e-2, weight_decay=1e-2, compile=True)
