@@ -65,7 +65,7 @@ def test_recipe_is_p1_resnet18_on_imagenette_with_linear_scaling():
         assert dict(ours.table) == {"id": "imagenette", "block": "imagenette", "model": "ResNet18"}
         # Batch 64, lr of the paper's batch 256 scaled linearly: 1/4 of the recipe's lr at run time.
         assert ours.dataset.batch_size == 64 and ours.distributed.lr_scaling == "linear"
-        scaled = _scaled_optimizer_cfg(ours, None, SimpleNamespace(world_size=1))
+        scaled = _scaled_optimizer_cfg(ours, SimpleNamespace(world_size=1))
         assert scaled.lr == pytest.approx(ours.recipe[optimizer].lr * 64 / 256)
     assert compose_config(["experiment=imagenette_resnet18", "scale=mini"]).scale.epochs == 8
 

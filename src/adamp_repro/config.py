@@ -49,9 +49,9 @@ def validate_config(cfg: DictConfig) -> None:
 def _check_model_name(name: str) -> None:
     import timm
 
-    import adamp_repro.models  # noqa: F401  (registers the CIFAR networks with timm)
+    from adamp_repro.models import close_model_names  # importing registers the CIFAR networks with timm
 
     if not timm.is_model(name):
-        stem = name.split("_")[0][:6]
-        close = timm.list_models(f"*{stem}*")[:12]
-        raise ValueError(f"Unknown model.name: {name!r}; not a timm model. Close matches: {close}")
+        raise ValueError(
+            f"Unknown model.name: {name!r}; not a timm model. Close matches: {close_model_names(name)}"
+        )

@@ -23,9 +23,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from adamp_repro.tracking.provenance import collect_provenance
-from adamp_repro.tracking.records import RunRecord, read_summary
+from adamp_repro.tracking.records import RunRecord, is_completed, read_summary
 from adamp_repro.tracking.wandb_mirror import WandbMirror
-from adamp_repro.train.checkpoint import CHECKPOINT_NAME
 from adamp_repro.train.distributed import DistContext, init_distributed, resolve_device, shutdown
 from adamp_repro.train.schedule import build_lr_factor
 from adamp_repro.train.tasks import build_task
@@ -112,20 +111,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         device = torch.device(f"cuda:{ctx.local_rank}")
     run_dir = run_dir_for(cfg)
     try:
-        if cfg.resume == "auto" and read_summary_or_none(run_dir, "completed"):
+        if cfg.resume == "auto" and is_completed(run_dir):
             log.info("run already completed: %s", run_dir)
             return read_summary(run_dir)
         return _run(cfg, device, ctx, run_dir)
     finally:
         shutdown(ctx)
-
-
-def read_summary_or_none(run_dir: Path, status: str) -> dict[str, Any] | None:
-    try:
-        summary = read_summary(run_dir)
-    except (OSError, ValueError):
-        return None
-    return summary if summary.get("status") == status else None
 
 
 def _run(cfg: DictConfig, device: torch.device, ctx: DistContext, run_dir: Path) -> dict[str, Any]:
@@ -143,14 +134,12 @@ def _run(cfg: DictConfig, device: torch.device, ctx: DistContext, run_dir: Path)
         world_size=ctx.world_size,
         device=device,
     )
-    normalize = cfg.model.get("normalize", True)
-    mean, std = (data.mean, data.std) if normalize else ((0.0,) * len(data.mean), (1.0,) * len(data.std))
-    model = build_model(cfg.model, data.num_classes, mean, std).to(device)
+    model = build_model(cfg.model, data.num_classes, data.mean, data.std).to(device)
     if _channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     if ctx.enabled and cfg.distributed.sync_batchnorm:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer_cfg = _scaled_optimizer_cfg(cfg, data, ctx)
+    optimizer_cfg = _scaled_optimizer_cfg(cfg, ctx)
     optimizer = build_optimizer(optimizer_cfg, model)
     train_model = model
     if ctx.enabled:
@@ -179,7 +168,7 @@ def _run(cfg: DictConfig, device: torch.device, ctx: DistContext, run_dir: Path)
         checkpoint=bool(cfg.train.checkpoint),
         progress=_progress_enabled(cfg.progress),
     )
-    steps_per_epoch = min(data.steps_per_epoch, cfg.scale.max_steps_per_epoch or data.steps_per_epoch)
+    steps_per_epoch = settings.epoch_steps(data.steps_per_epoch)
     lr_factor = build_lr_factor(cfg.scheduler, settings.epochs * steps_per_epoch, steps_per_epoch)
     record = RunRecord(run_dir) if ctx.is_main else None
     trainer = Trainer(
@@ -264,8 +253,6 @@ def _fit_and_record(
         if record is not None:
             record.write_summary(summary)
             wandb.finish(summary)
-    if status == "completed" and not cfg.train.get("keep_checkpoint", True):
-        (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
     return summary
 
 
@@ -287,7 +274,7 @@ def _progress_enabled(setting: Any) -> bool:
     return bool(setting)
 
 
-def _scaled_optimizer_cfg(cfg: DictConfig, data: Any, ctx: DistContext) -> DictConfig:
+def _scaled_optimizer_cfg(cfg: DictConfig, ctx: DistContext) -> DictConfig:
     """Apply the stated lr rule for the global batch (``distributed.lr_scaling``); the default keeps lr."""
     opt_cfg = cfg.optimizer.copy()
     rule = cfg.distributed.lr_scaling

@@ -40,6 +40,10 @@ class TrainerSettings:
     checkpoint: bool = True
     progress: bool = False
 
+    def epoch_steps(self, data_steps: int) -> int:
+        """Training steps per epoch: the data's batches, capped by ``max_steps_per_epoch`` when set."""
+        return min(data_steps, int(self.max_steps_per_epoch)) if self.max_steps_per_epoch else data_steps
+
 
 @dataclass
 class TrainState:
@@ -82,9 +86,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.amp == "fp16")
         self.ema = self._make_ema() if settings.ema_decay else None
         self.state = TrainState()
-        self.steps_per_epoch = data.steps_per_epoch
-        if settings.max_steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, int(settings.max_steps_per_epoch))
+        self.steps_per_epoch = settings.epoch_steps(data.steps_per_epoch)
 
     # ----------------------------------------------------------------------------------------- checkpoints
     @property
