@@ -11,13 +11,12 @@ from torch import nn
 
 from adamp_repro.train.diagnostics import (
     ROW_KEYS,
+    SUMMARY_KEYS,
     WeightDiagnostics,
     display_name,
     normalised_weights,
     scale_invariance_report,
 )
-
-SUMMARY_KEYS = {"mean_weight_norm", "effective_step_size", "detected_share", "mean_abs_cos"}
 
 
 def _batch(seed: int = 0, n: int = 4, size: int = 32):
@@ -138,7 +137,7 @@ def test_epoch_end_rows_and_summary():
     epochs, _ = _train(model, 10, with_diagnostics=True, every=3)
     assert len(epochs) == 2
     summary, rows = epochs[-1]
-    assert set(summary) == SUMMARY_KEYS
+    assert tuple(summary) == SUMMARY_KEYS
     assert all(isinstance(v, float) for v in summary.values())
     assert [r["param"] for r in rows] == ["conv1.weight", "conv2.weight", "fc.weight"]
     for row in rows:
@@ -156,6 +155,15 @@ def test_epoch_end_rows_and_summary():
     assert summary["mean_weight_norm"] == pytest.approx(sum(norms) / 2)
     weights = [model.net.conv1.weight, model.net.conv2.weight]
     assert norms == pytest.approx([float(w.detach().norm()) for w in weights])
+    # Per output channel: mean filter norm and lr x mean 1/||w_c||^2, checked against a plain loop.
+    for row, w in zip(rows, weights):
+        filter_norms = [float(w[c].detach().norm()) for c in range(w.shape[0])]
+        assert row["filter_norm"] == pytest.approx(sum(filter_norms) / len(filter_norms))
+        inv_sq = sum(1.0 / n**2 for n in filter_norms) / len(filter_norms)
+        assert row["filter_effective_step_size"] == pytest.approx(0.1 * inv_sq)
+        # Jensen: mean of norms <= root mean square (= tensor norm / sqrt(channels)); equal only if all equal
+        assert row["filter_norm"] <= row["weight_norm"] / math.sqrt(w.shape[0]) + 1e-12
+    assert summary["mean_filter_norm"] == pytest.approx((rows[0]["filter_norm"] + rows[1]["filter_norm"]) / 2)
 
 
 def test_measures_each_epoch_even_with_sparse_cadence():

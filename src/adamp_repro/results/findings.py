@@ -10,7 +10,7 @@ import math
 
 import pandas as pd
 
-from adamp_repro.results.compare import paper_gain_range
+from adamp_repro.results.compare import PROXY_TABLES, paper_gain_range
 from adamp_repro.results.stats import ALPHA, NOT_APPLICABLE_ONE_SEED, TEST_DESCRIPTION
 
 MISSING = "—"
@@ -110,6 +110,12 @@ def table_notes(table_id: str, is_paper: bool, cells: pd.DataFrame) -> list[str]
                 + ", ".join(sorted(set(used)))
                 + "."
             )
+    elif table_id in PROXY_TABLES:
+        source, _ = PROXY_TABLES[table_id]
+        notes.append(
+            f"Paper gain = difference of the printed values of the same model in {source} (the paper's Adam "
+            "column against our AdamW); Sign agrees: our gain has that sign."
+        )
     else:
         notes.append("Sign agrees: compared with +, the sign of every printed SGDP/AdamP gain in P1.")
     return notes

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from adamp_repro.results.compare import MECHANISM_KEYS, OWN_TABLES, Comparison
+from adamp_repro.results.compare import MECHANISM_KEYS, OWN_TABLES, PROXY_TABLES, Comparison
 from adamp_repro.results.findings import (
     METRIC_LABELS,
     MISSING,
@@ -68,6 +68,13 @@ def layout_table(comparison: Comparison, paper: pd.DataFrame) -> TableDoc:
     else:
         title = OWN_TABLES.get(table_id, f"Runs tagged table_id={table_id!r} (our own table)")
         intro = ["Our own table: no printed counterpart, so there is no paper value, band or diff."]
+        if table_id in PROXY_TABLES:
+            source, block = PROXY_TABLES[table_id]
+            intro = [
+                f"Our own table on other data, standing in for {source} ({block}): its accuracies are not "
+                f"comparable with the paper's, so only the paper's printed gains of the same model in {source} "
+                "are set beside our gains (`Paper gain`), and each sign is judged against them."
+            ]
     sections = [_section(table_id, is_paper, scale, cells, gains, paper) for scale in _scales(cells)]
     if not sections:
         sections = [Section(f"No completed runs tagged table_id={table_id!r} yet", [])]
@@ -100,7 +107,8 @@ def _section(table_id, is_paper, scale, cells, gains, paper) -> Section:
     mechanism = not is_paper and (table_id == "mini" or part[list(MECHANISM_KEYS)].notna().any().any())
     grids = [_cell_grid(part, varying, is_paper, scale, mechanism)]
     if len(gain_part):
-        grids.append(_gain_grid(gain_part, [c for c in varying if c != "dataset"], is_paper))
+        paper_gain = is_paper or table_id in PROXY_TABLES
+        grids.append(_gain_grid(gain_part, [c for c in varying if c != "dataset"], paper_gain))
     sentences = []
     if not (scale is None or part["n_seeds"].sum() == 0):
         sentences = gap_sentences(gain_part, is_paper, paper)
@@ -146,9 +154,9 @@ def _cell_grid(part, varying, is_paper, scale, mechanism) -> Grid:
     return Grid("Per optimizer", header, rows, align)
 
 
-def _gain_grid(part, varying, is_paper) -> Grid:
+def _gain_grid(part, varying, paper_gain: bool) -> Grid:
     header = [c.capitalize() for c in varying] + ["Comparison"]
-    header += (["Paper gain"] if is_paper else []) + [
+    header += (["Paper gain"] if paper_gain else []) + [
         "Our gain",
         "n",
         "Sign agrees",
@@ -158,7 +166,7 @@ def _gain_grid(part, varying, is_paper) -> Grid:
     rows = []
     for r in part.to_dict("records"):
         row = [_label(r, c) for c in varying] + [f"{r['proposed']} − {r['baseline']}"]
-        row += [_signed(r["paper_gain"])] if is_paper else []
+        row += [_signed(r["paper_gain"])] if paper_gain else []
         row += [
             _signed(r["ours_gain"]),
             f"{r['n_proposed']} vs {r['n_baseline']}",

@@ -67,6 +67,8 @@ Learning rate | ca | epoch      | lr                  | Learning rate (last step
 Learning rate | ca | train/step | step/lr             | Learning rate per logged step              |
 Diagnostics   | ca | epoch      | mean_weight_norm    | Mean norm of scale-invariant weights       | report
 Diagnostics   | ca | epoch      | effective_step_size | Effective step size lr / norm(w)^2         |
+Diagnostics   | ca | epoch      | mean_filter_norm    | Mean norm per filter (output channel)      | report
+Diagnostics   | ca | epoch      | filter_effective_step_size | Effective step per filter, lr / norm(w_c)^2 |
 Diagnostics   | ca | epoch      | detected_share      | Share of weights detected scale-invariant  |
 Diagnostics   | ca | epoch      | mean_abs_cos        | Mean max-channel abs cos(grad, w)          |
 """

@@ -63,16 +63,9 @@ class WandbMirror:
         self.run.define_metric("train/step")
         self.run.define_metric("step/*", step_metric="train/step")
         self.run.define_metric("epoch")
-        for prefix in (
-            "train_*",
-            "eval_*",
-            "lr",
-            "images_per_s",
-            "mean_weight_norm",
-            "effective_step_size",
-            "detected_share",
-            "mean_abs_cos",
-        ):
+        from adamp_repro.train.diagnostics import SUMMARY_KEYS  # here: train imports this module
+
+        for prefix in ("train_*", "eval_*", "lr", "images_per_s", *SUMMARY_KEYS):
             self.run.define_metric(prefix, step_metric="epoch")
 
     @property

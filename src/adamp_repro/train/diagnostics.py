@@ -12,6 +12,12 @@ part of the update and keep ||w|| flat (arXiv 2006.08217v3, Sec. 2-3). Measured 
   retrieved here to check its exact definition). Adam's update does not scale with the gradient, so its
   angular step goes as lr / ||w||; we keep one definition for every optimizer so curves compare, and the
   figures say so.
+- ``filter_norm`` and ``filter_effective_step_size``: the same two per output channel (the rows of the weight
+  reshaped to (out_channels, -1)), averaged over the channels: mean_c ||w_c||_2 and lr x mean_c 1 / ||w_c||_2^2.
+  A BatchNorm after a conv normalises each output channel, so each filter w_c is scale-invariant on its own
+  (the optimizers' channel view). With Kaiming init a square 3x3 conv filter has ||w_c|| about sqrt(2) =
+  1.41, the scale of the paper's ResNet-18 norm figure (about 1.3 at the start), whereas the whole-tensor norm
+  grows with the number of channels; the paper does not say how it averages (tables.md 4.3).
 - ``abs_cos_max``: max over output channels of |cos(grad, w)| (the channel view of the optimizer's test),
   averaged over the epoch's measured steps.
 - ``detected``: the share of the epoch's measured steps in which the official SGDP/AdamP test passed
@@ -62,6 +68,14 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
 )
 PASS_THROUGH_NAMES = frozenset({"DropBlock2d", "DropPath"})  # timm's stochastic-depth/drop-block modules
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.")  # DDP, torch.compile and the trainer's model wrapper
+SUMMARY_KEYS = (
+    "mean_weight_norm",
+    "effective_step_size",
+    "mean_filter_norm",
+    "filter_effective_step_size",
+    "detected_share",
+    "mean_abs_cos",
+)
 ROW_KEYS = (
     "epoch",
     "step",
@@ -69,6 +83,8 @@ ROW_KEYS = (
     "numel",
     "weight_norm",
     "effective_step_size",
+    "filter_norm",
+    "filter_effective_step_size",
     "abs_cos_max",
     "detected",
     "followed_by_norm",
@@ -227,31 +243,31 @@ class WeightDiagnostics:
     def epoch_end(self, epoch: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """Summary of the epoch and its per-layer rows (keys ``ROW_KEYS``); one host sync.
 
-        Summary keys: ``mean_weight_norm`` and ``effective_step_size`` (means over the weights followed by a
-        normalisation layer, NaN when there are none), ``detected_share`` (share of the elements of all
+        Summary keys: ``mean_weight_norm``, ``effective_step_size``, ``mean_filter_norm`` and
+        ``filter_effective_step_size`` (means over the weights followed by a normalisation layer, NaN when
+        there are none), ``detected_share`` (share of the elements of all
         ndim > 1 weights that passed the test, averaged over the epoch's measured steps) and
         ``mean_abs_cos`` (mean over those weights of their epoch-mean channel-view max |cos|).
         """
         if not self.params:
             self._measure_next = True
-            nan = math.nan
-            return {
-                "mean_weight_norm": nan,
-                "effective_step_size": nan,
-                "detected_share": nan,
-                "mean_abs_cos": nan,
-            }, []
+            return dict.fromkeys(SUMMARY_KEYS, math.nan), []
         norms = torch.stack([p.detach().norm().to(self._device, torch.float64) for p in self.params])
-        stacked = [norms, self._cos_sum, self._detected_sum, self._count]
+        filters = [_filter_norms(p).to(self._device) for p in self.params]
+        filter_mean = torch.stack([f.mean() for f in filters])
+        inv_sq_mean = torch.stack([torch.where(f > 0, f.pow(-2), math.nan).nanmean() for f in filters])
+        per_param = [norms, filter_mean, inv_sq_mean, self._cos_sum, self._detected_sum, self._count]
+        stacked = list(per_param)
         tensor_lr = [i for i, v in enumerate(self._lr) if torch.is_tensor(v)]
         if tensor_lr:
             stacked.append(torch.stack([self._lr[i].to(self._device, torch.float64) for i in tensor_lr]))
         host = torch.cat(stacked).cpu().tolist()  # the one host sync of the epoch
         p_count = len(self.params)
-        norms_h, cos_sum, det_sum, counts = (host[k * p_count : (k + 1) * p_count] for k in range(4))
+        parts = [host[k * p_count : (k + 1) * p_count] for k in range(len(per_param))]
+        norms_h, filter_h, inv_sq_h, cos_sum, det_sum, counts = parts
         lr_h = list(self._lr)
         for offset, i in enumerate(tensor_lr):
-            lr_h[i] = host[4 * p_count + offset]
+            lr_h[i] = host[len(parts) * p_count + offset]
         rows = []
         for i, name in enumerate(self.names):
             n = counts[i]
@@ -263,6 +279,8 @@ class WeightDiagnostics:
                     "numel": self.numels[i],
                     "weight_norm": norms_h[i],
                     "effective_step_size": lr_h[i] / norms_h[i] ** 2 if norms_h[i] > 0 else math.nan,
+                    "filter_norm": filter_h[i],
+                    "filter_effective_step_size": lr_h[i] * inv_sq_h[i],
                     "abs_cos_max": cos_sum[i] / n if n else math.nan,
                     "detected": det_sum[i] / n if n else math.nan,
                     "followed_by_norm": int(self.followed_by_norm[i]),
@@ -300,6 +318,11 @@ class WeightDiagnostics:
         self._lr = [float(v) for v in state["lr"]]
 
 
+def _filter_norms(weight: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each output channel of ``weight`` (dim 0), in float64 on the weight's device."""
+    return weight.detach().reshape(weight.shape[0], -1).to(torch.float64).norm(dim=1)
+
+
 def _detached(value: Any) -> float | torch.Tensor:
     return value.detach().clone() if torch.is_tensor(value) else float(value)
 
@@ -313,6 +336,9 @@ def summarise_rows(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
     return {
         "mean_weight_norm": _mean(r["weight_norm"] for r in invariant),
         "effective_step_size": _mean(r["effective_step_size"] for r in invariant),
+        # Rows written before the per-filter columns existed read as NaN.
+        "mean_filter_norm": _mean(r.get("filter_norm", math.nan) for r in invariant),
+        "filter_effective_step_size": _mean(r.get("filter_effective_step_size", math.nan) for r in invariant),
         "detected_share": sum(r["numel"] * r["detected"] for r in tested) / tested_numel
         if tested_numel
         else math.nan,

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from adamp_repro.tracking.provenance import collect_provenance
 from adamp_repro.tracking.records import RunRecord, is_completed, read_summary
 from adamp_repro.tracking.wandb_mirror import WandbMirror
+from adamp_repro.train.diagnostics import SUMMARY_KEYS as DIAGNOSTIC_SUMMARY_KEYS
 from adamp_repro.train.distributed import DistContext, init_distributed, resolve_device, shutdown
 from adamp_repro.train.schedule import build_lr_factor
 from adamp_repro.train.tasks import build_task
@@ -87,11 +88,12 @@ def _final_metrics(history: list[dict[str, Any]], primary_metric: str) -> dict[s
         out[f"best_{primary}"] = max(row[primary] for row in evaluated)
     speeds = [row["images_per_s"] for row in history if "images_per_s" in row]
     out["images_per_s"] = float(np.median(speeds)) if speeds else None
-    for key in ("mean_weight_norm", "effective_step_size", "detected_share", "mean_abs_cos"):
+    for key in DIAGNOSTIC_SUMMARY_KEYS:
         if key in last:
             out[f"final_{key}"] = last[key]
-    if "mean_weight_norm" in history[0]:
-        out["initial_mean_weight_norm"] = history[0]["mean_weight_norm"]
+    for key in ("mean_weight_norm", "mean_filter_norm"):
+        if key in history[0]:
+            out[f"initial_{key}"] = history[0][key]
     return out
 
 
