@@ -11,7 +11,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from adamp_repro.config import validate_config
-from adamp_repro.reproduce import load_tables, multirun_command, parse_args
+from adamp_repro.reproduce import load_tables, multirun_command, optimizers_of, parse_args
 
 from .conftest import CONFIG_DIR, PROJECT_ROOT, compose_config
 
@@ -101,6 +101,17 @@ def test_every_table_names_existing_experiments():
             assert (CONFIG_DIR / "experiment" / f"{experiment}.yaml").is_file(), (name, experiment)
         cmd = multirun_command(spec["experiments"][0], spec["optimizers"], 2, "smoke", ["logger=none"])
         assert "-m" in cmd and "seed=0,1" in cmd and cmd[-1] == "logger=none"
+    # The analysis runs the paper's three curves: vanilla SGD, momentum SGD, SGDP.
+    analysis = load_tables()["imagenette_analysis"]
+    assert optimizers_of(analysis, "imagenette_resnet18_analysis") == ["sgd", "sgdp"]
+    assert optimizers_of(analysis, "imagenette_resnet18_analysis_vanilla") == ["sgd"]
+
+
+def test_tables_file_rejects_optimizers_for_an_unlisted_experiment(tmp_path):
+    bad = tmp_path / "tables.yaml"
+    bad.write_text("t:\n  experiments: [a]\n  optimizers: [sgd]\n  optimizers_for: {b: [sgdp]}\n  seeds: 1\n")
+    with pytest.raises(ValueError, match=r"table 't' sets optimizers_for \['b'\]"):
+        load_tables(bad)
 
 
 def test_train_script_help_composes():

@@ -21,7 +21,20 @@ TABLES_FILE = PROJECT_ROOT / "configs" / "tables.yaml"
 
 
 def load_tables(path: Path = TABLES_FILE) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    tables = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    for name, spec in tables.items():
+        unknown = sorted(set(spec.get("optimizers_for", {})) - set(spec["experiments"]))
+        if unknown:
+            raise ValueError(
+                f"{path}: table {name!r} sets optimizers_for {unknown}, which are not among its "
+                f"experiments {spec['experiments']}"
+            )
+    return tables
+
+
+def optimizers_of(spec: dict, experiment: str) -> list[str]:
+    """The optimizers a table runs for one of its experiments: ``optimizers_for`` if set, else ``optimizers``."""
+    return list(spec.get("optimizers_for", {}).get(experiment, spec["optimizers"]))
 
 
 def multirun_command(
@@ -80,14 +93,16 @@ def main(argv: list[str]) -> int:
     seeds = args.seeds or int(spec["seeds"])
     experiments = spec["experiments"]
     print(f"[reproduce-table] table {args.table}: {spec['description']}")
+    runs = sum(len(optimizers_of(spec, e)) for e in experiments) * seeds
     print(
-        f"[reproduce-table] scale {args.scale}, {len(experiments)} experiment(s) x {len(spec['optimizers'])} "
-        f"optimizers x {seeds} seed(s); complete runs are skipped, interrupted ones resume"
+        f"[reproduce-table] scale {args.scale}, {len(experiments)} experiment(s), {runs} run(s) "
+        f"({seeds} seed(s) each); complete runs are skipped, interrupted ones resume"
     )
     failed = False
     for index, experiment in enumerate(experiments, 1):
         extra = [*args.extra, "resume=never"] if args.fresh else args.extra
-        cmd = multirun_command(experiment, spec["optimizers"], seeds, args.scale, extra, args.output_root)
+        optimizers = optimizers_of(spec, experiment)
+        cmd = multirun_command(experiment, optimizers, seeds, args.scale, extra, args.output_root)
         print(f"[reproduce-table] ({index}/{len(experiments)}) {' '.join(cmd[1:])}", flush=True)
         if args.dry_run:
             continue
