@@ -166,6 +166,17 @@ def test_epoch_end_rows_and_summary():
     assert summary["mean_filter_norm"] == pytest.approx((rows[0]["filter_norm"] + rows[1]["filter_norm"]) / 2)
 
 
+def test_norms_at_init_are_taken_before_training():
+    torch.manual_seed(0)
+    model = Wrapper(SmallBNNet())
+    convs = [model.net.conv1.weight.detach().clone(), model.net.conv2.weight.detach().clone()]
+    _, diag = _train(model, 4, with_diagnostics=True)
+    assert diag.at_init["mean_weight_norm"] == pytest.approx(sum(float(w.norm()) for w in convs) / 2)
+    per_filter = [float(w.reshape(w.shape[0], -1).norm(dim=1).mean()) for w in convs]
+    assert diag.at_init["mean_filter_norm"] == pytest.approx(sum(per_filter) / 2)
+    assert diag.norms_now()["mean_weight_norm"] != pytest.approx(diag.at_init["mean_weight_norm"])
+
+
 def test_measures_each_epoch_even_with_sparse_cadence():
     model = Wrapper(SmallBNNet())
     epochs, _ = _train(model, 10, with_diagnostics=True, every=1000)

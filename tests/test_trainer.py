@@ -107,8 +107,9 @@ def test_resume_equals_uninterrupted_run(smoke_cfg, tmp_path):
     assert read_summary(run_dir)["status"] == "interrupted"
     resumed = run(partial_cfg)
     assert resumed["status"] == "completed"
-    for key in ("final_eval_top1", "final_eval_loss", "final_train_loss", "final_mean_weight_norm"):
-        assert resumed[key] == full[key], key
+    keys = ("final_eval_top1", "final_eval_loss", "final_train_loss", "final_mean_weight_norm")
+    for key in (*keys, "final_mean_filter_norm", "at_init_mean_weight_norm", "at_init_mean_filter_norm"):
+        assert resumed[key] == full[key], key  # at_init: the seed's initial weights, on a resume too
     rows = read_csv_rows(run_dir / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     a = torch.load(

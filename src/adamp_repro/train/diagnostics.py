@@ -196,6 +196,19 @@ class WeightDiagnostics:
         self._measured_step: int | None = None
         self._last_step = -1
         self._lr: list[float | torch.Tensor] = [math.nan] * len(self.params)
+        # Built before a checkpoint is loaded, so on a resumed run too these are the seed's initial weights.
+        self.at_init = self.norms_now()
+
+    @torch.no_grad()
+    def norms_now(self) -> dict[str, float]:
+        """``mean_weight_norm`` and ``mean_filter_norm`` of the weights followed by a normalisation layer,
+        as they are now (one host sync); NaN when there are none."""
+        chosen = [p for p, followed in zip(self.params, self.followed_by_norm) if followed]
+        if not chosen:
+            return {"mean_weight_norm": math.nan, "mean_filter_norm": math.nan}
+        pairs = [torch.stack([p.detach().to(torch.float64).norm(), _filter_norms(p).mean()]) for p in chosen]
+        tensor_mean, filter_mean = torch.stack([t.to(self._device) for t in pairs]).mean(0).tolist()
+        return {"mean_weight_norm": tensor_mean, "mean_filter_norm": filter_mean}
 
     def _reset_epoch(self) -> None:
         # Device accumulators over the epoch's measured steps: sum of channel-view max |cos|, number of passed

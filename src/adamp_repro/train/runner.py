@@ -252,6 +252,8 @@ def _fit_and_record(
                 "run_dir": str(run_dir),
             }
         )
+        if trainer.diag is not None:  # the weights before the first step (the paper's curves start there)
+            summary |= {f"at_init_{k}": v for k, v in trainer.diag.at_init.items()}
         if record is not None:
             record.write_summary(summary)
             wandb.finish(summary)
