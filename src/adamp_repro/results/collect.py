@@ -61,6 +61,10 @@ NUMERIC_COLUMNS = (
     "initial_mean_weight_norm",
     "final_mean_weight_norm",
     "final_effective_step_size",
+    "at_init_mean_weight_norm",
+    "at_init_mean_filter_norm",
+    "final_mean_filter_norm",
+    "final_filter_effective_step_size",
 )
 RUN_COLUMNS = ("run_dir", "source", "status", *IDENTITY_COLUMNS, *NUMERIC_COLUMNS, "attacks")
 # Without these a completed run cannot be placed in any table.

@@ -41,6 +41,9 @@ from adamp_repro.tracking.records import (
 from adamp_repro.train.diagnostics import summarise_rows
 
 CURVE_COLUMNS = ("mean_weight_norm", "effective_step_size", "eval_top1")
+# Also read per epoch when a run has them (NaN otherwise): the lr and the per-filter diagnostics.
+EXTRA_COLUMNS = ("lr", "mean_filter_norm", "filter_effective_step_size")
+RUN_KEYS = ("experiment", "scale", "optimizer", "seed", "table_id", "table_block", "run_dir")
 CURVE_LABELS = {
     "mean_weight_norm": "mean ||w|| (weights before a norm layer)",
     "effective_step_size": "effective step size lr / ||w||^2",
@@ -84,8 +87,7 @@ def save_figure(fig: Figure, stem: str | os.PathLike) -> list[Path]:
 def read_epoch_curves(runs_root: str | os.PathLike) -> pd.DataFrame:
     """Per-epoch curves of every completed run under ``runs_root``, one row per (run, epoch).
 
-    Columns: ``experiment``, ``scale``, ``optimizer``, ``seed``, ``table_id``, ``run_dir``, ``epoch`` and
-    ``CURVE_COLUMNS``. The curves come from ``metrics.csv``; where a run's metrics lack the diagnostics
+    Columns: ``RUN_KEYS``, ``epoch``, ``CURVE_COLUMNS`` and ``EXTRA_COLUMNS``. The curves come from ``metrics.csv``; where a run's metrics lack the diagnostics
     columns they are recomputed from its ``diagnostics.csv`` rows (``summarise_rows``). Missing values: NaN.
     """
     root = Path(runs_root)
@@ -102,11 +104,11 @@ def read_epoch_curves(runs_root: str | os.PathLike) -> pd.DataFrame:
         diagnostics_path = root / run.run_dir / DIAGNOSTICS_FILE
         if diagnostics_path.exists() and metrics.reindex(columns=CURVE_COLUMNS[:2]).isna().all().any():
             metrics = _merge_diagnostics(metrics, read_csv_rows(diagnostics_path))
-        frame = metrics.reindex(columns=["epoch", *CURVE_COLUMNS]).astype(float)
-        for key in ("experiment", "scale", "optimizer", "seed", "table_id", "run_dir"):
+        frame = metrics.reindex(columns=["epoch", *CURVE_COLUMNS, *EXTRA_COLUMNS]).astype(float)
+        for key in RUN_KEYS:
             frame[key] = getattr(run, key)
         frames.append(frame)
-    columns = ["experiment", "scale", "optimizer", "seed", "table_id", "run_dir", "epoch", *CURVE_COLUMNS]
+    columns = [*RUN_KEYS, "epoch", *CURVE_COLUMNS, *EXTRA_COLUMNS]
     if not frames:
         return pd.DataFrame(columns=columns)
     return pd.concat(frames, ignore_index=True)[columns]
@@ -325,7 +327,9 @@ def _without_paper(row: dict) -> dict:
 
 def make_figures(runs_root: str | os.PathLike, out_dir: str | os.PathLike, toys: bool = True) -> list[Path]:
     """Every figure: the mechanism curves of the records under ``runs_root`` and, with ``toys``, the toys."""
-    paths = mechanism_figures(runs_root, out_dir)
+    from adamp_repro.results.analysis import analysis_outputs
+
+    paths = mechanism_figures(runs_root, out_dir) + analysis_outputs(runs_root, out_dir)
     if toys:
         paths += toy_outputs(out_dir)
     return paths
