@@ -293,9 +293,11 @@ def _gains(table_id: str, cells: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFr
             a, b = by_label[baseline], by_label[proposed]
             result = welch_test(a["_values"], b["_values"])
             # Printed values carry at most 2 decimals: drop the float noise of their difference (0.57, not 0.5700..074).
-            paper_gain = round(b["paper"] - a["paper"], 10)
-            if table_id in PROXY_TABLES:
-                paper_gain = _proxy_gain(table_id, model, baseline, proposed, paper)
+            paper_gain = (
+                _proxy_gain(table_id, model, baseline, proposed, paper)
+                if table_id in PROXY_TABLES
+                else round(b["paper"] - a["paper"], 10)
+            )
             expected = float(np.sign(paper_gain)) if not math.isnan(paper_gain) else own_sign
             if table_id in PAPER_TABLES and math.isnan(paper_gain):
                 expected = math.nan

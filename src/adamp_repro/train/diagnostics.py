@@ -206,8 +206,8 @@ class WeightDiagnostics:
         chosen = [p for p, followed in zip(self.params, self.followed_by_norm) if followed]
         if not chosen:
             return {"mean_weight_norm": math.nan, "mean_filter_norm": math.nan}
-        pairs = [torch.stack([p.detach().to(torch.float64).norm(), _filter_norms(p).mean()]) for p in chosen]
-        tensor_mean, filter_mean = torch.stack([t.to(self._device) for t in pairs]).mean(0).tolist()
+        pairs = [torch.stack([_tensor_norm(p), _filter_norms(p).mean()]).to(self._device) for p in chosen]
+        tensor_mean, filter_mean = torch.stack(pairs).mean(0).tolist()
         return {"mean_weight_norm": tensor_mean, "mean_filter_norm": filter_mean}
 
     def _reset_epoch(self) -> None:
@@ -265,7 +265,7 @@ class WeightDiagnostics:
         if not self.params:
             self._measure_next = True
             return dict.fromkeys(SUMMARY_KEYS, math.nan), []
-        norms = torch.stack([p.detach().norm().to(self._device, torch.float64) for p in self.params])
+        norms = torch.stack([_tensor_norm(p).to(self._device) for p in self.params])
         filters = [_filter_norms(p).to(self._device) for p in self.params]
         filter_mean = torch.stack([f.mean() for f in filters])
         inv_sq_mean = torch.stack([torch.where(f > 0, f.pow(-2), math.nan).nanmean() for f in filters])
@@ -329,6 +329,11 @@ class WeightDiagnostics:
         self._measure_next = bool(state["measure_next"])
         self._last_step = int(state["last_step"])
         self._lr = [float(v) for v in state["lr"]]
+
+
+def _tensor_norm(weight: torch.Tensor) -> torch.Tensor:
+    """L2 norm of the whole ``weight`` (in its dtype), as float64 on the weight's device."""
+    return weight.detach().norm().to(torch.float64)
 
 
 def _filter_norms(weight: torch.Tensor) -> torch.Tensor:
