@@ -378,3 +378,19 @@ def test_imagenette_proxy_sets_p1_gains_beside_ours(tmp_path: Path, paper: pd.Da
     assert (
         doc.cells["paper"].isna().all()
     )  # the paper's ImageNet accuracies are never set beside Imagenette's
+
+
+def test_own_table_rows_show_only_the_optimizers_run_in_them(tmp_path: Path, paper: pd.DataFrame) -> None:
+    root = tmp_path / "runs"
+    for block, optimizer in (("momentum", "sgd"), ("momentum", "sgdp"), ("vanilla", "sgd")):
+        write_run(root, table_id="imagenette_analysis", block=block, model="ResNet18", optimizer=optimizer,
+                  seed=0, scale="mini", metrics={"final_eval_top1": 50.0}, name=f"{block}-{optimizer}")  # fmt: skip
+    runs, _ = collect_runs(root)
+    doc = layout_table(compare_table("imagenette_analysis", runs, paper), paper)
+    assert list(zip(doc.cells["block"], doc.cells["optimizer"])) == [
+        ("momentum", "SGD"),
+        ("momentum", "SGDP"),
+        ("vanilla", "SGD"),
+    ]
+    assert list(doc.gains["block"]) == ["momentum"]
+    assert "results/figures/analysis_imagenette_analysis_<scale>.md" in render_markdown(doc)

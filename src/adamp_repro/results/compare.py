@@ -54,6 +54,9 @@ OWN_TABLES = {
     "imagenette_analysis": "Imagenette ResNet-18 analysis: vanilla SGD, momentum SGD and SGDP under step decay "
     "(our own table; proxy of the paper's ImageNet analysis figures, not ImageNet)",
 }
+# Own tables of the paper's ResNet-18 analysis: their curves and the paper's readings are drawn by
+# results/analysis.py (results/figures/analysis_<table>_<scale>.*).
+ANALYSIS_TABLES = ("imagenette_analysis",)
 # Own tables that stand in for a paper table on other data: their paired gains are set beside the paper's
 # printed gains of the same model in that table (and signs are judged against them). Own table -> (paper
 # table, block). The paper's "Adam" column stands for our AdamW (PAPER_OPTIMIZERS), so AdamP − AdamW is
@@ -206,6 +209,8 @@ def _row_template(table_id: str, table_runs: pd.DataFrame, paper: pd.DataFrame) 
     groups = table_runs[["table_block", "table_model", "dataset"]].drop_duplicates(
         ["table_block", "table_model"]
     )
+    # A row shows the optimizers that have runs in it (the analysis table runs SGDP only with momentum).
+    ran = table_runs.groupby(["table_block", "table_model"])["optimizer"].agg(set)
     rows = [
         {
             "block": g.table_block,
@@ -220,6 +225,7 @@ def _row_template(table_id: str, table_runs: pd.DataFrame, paper: pd.DataFrame) 
         for g in groups.sort_values(["table_block", "table_model"]).itertuples()
         for m in metrics or ["top1_acc"]
         for o in optimizers
+        if o in ran[(g.table_block, g.table_model)]
     ]
     columns = ["block", "model", "dataset", "optimizer", "metric", "paper", "paper_printed", "tolerance"]
     return pd.DataFrame(rows, columns=columns)

@@ -10,7 +10,7 @@ import math
 
 import pandas as pd
 
-from adamp_repro.results.compare import PROXY_TABLES, paper_gain_range
+from adamp_repro.results.compare import ANALYSIS_TABLES, PROXY_TABLES, paper_gain_range
 from adamp_repro.results.stats import ALPHA, NOT_APPLICABLE_ONE_SEED, TEST_DESCRIPTION
 
 MISSING = "—"
@@ -118,4 +118,10 @@ def table_notes(table_id: str, is_paper: bool, cells: pd.DataFrame) -> list[str]
         )
     else:
         notes.append("Sign agrees: compared with +, the sign of every printed SGDP/AdamP gain in P1.")
+    if table_id in ANALYSIS_TABLES:
+        notes.append(
+            f"‖w‖ here is the whole-tensor norm after the first epoch. The paper's analysis layout (norm per "
+            f"filter from the initial weights, effective step, top-1 per epoch) with the paper's readings beside "
+            f"ours: `results/figures/analysis_{table_id}_<scale>.md` and `.png` (`make figures`)."
+        )
     return notes
