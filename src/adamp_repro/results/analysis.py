@@ -30,7 +30,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from adamp_repro.results.collect import collect_runs
 from adamp_repro.results.compare import ANALYSIS_TABLES
 from adamp_repro.results.figures import read_epoch_curves, save_figure
 from adamp_repro.tracking.records import atomic_write_text, rows_to_csv
@@ -43,6 +42,7 @@ CURVES = {
     ("momentum", "sgd"): ("momentum_sgd", "momentum SGD", "tab:blue"),
     ("momentum", "sgdp"): ("sgdp", "SGDP", "tab:orange"),
 }
+CURVE_BY_KEY = {v[0]: v for v in CURVES.values()}
 PANELS = (
     ("norm", "weight_norm", "average weight norm"),
     ("step", "effective_step_size", "average effective step size"),
@@ -62,21 +62,22 @@ def load_paper_readings(path: str | os.PathLike = PAPER_FILE) -> pd.DataFrame:
     return frame
 
 
-def analysis_curves(runs_root: str | os.PathLike, table_id: str) -> pd.DataFrame:
+def analysis_curves(
+    runs_root: str | os.PathLike, table_id: str, curves: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """One row per (run, x) of ``table_id``'s completed runs: x = 0 the initial weights, x = e after epoch e.
 
     Columns: ``scale``, ``curve``, ``label``, ``seed``, ``x``, ``norm``, ``step``, ``top1``, ``lr`` and
-    ``norm_kind`` (``per filter`` or ``whole tensor``).
+    ``norm_kind`` (``per filter`` or ``whole tensor``). ``curves``: ``read_epoch_curves(runs_root)`` when the
+    caller has read it already.
     """
-    curves = read_epoch_curves(runs_root)
+    curves = read_epoch_curves(runs_root) if curves is None else curves
     curves = curves[curves["table_id"] == table_id]
     columns = ["scale", "curve", "label", "seed", "x", "norm", "step", "top1", "lr", "norm_kind"]
     if curves.empty:
         return pd.DataFrame(columns=columns)
-    runs, _ = collect_runs(runs_root)
-    at_init = runs.set_index("run_dir")
     frames = []
-    for run_dir, run in curves.groupby("run_dir", sort=True):
+    for _, run in curves.groupby("run_dir", sort=True):
         key, label, _ = _curve(run["table_block"].iloc[0], run["optimizer"].iloc[0])
         per_filter = run["mean_filter_norm"].notna().all()
         norm_col, step_col = (
@@ -85,7 +86,7 @@ def analysis_curves(runs_root: str | os.PathLike, table_id: str) -> pd.DataFrame
             else ("mean_weight_norm", "effective_step_size")
         )
         init_col = "at_init_mean_filter_norm" if per_filter else "at_init_mean_weight_norm"
-        init = at_init[init_col].get(run_dir, math.nan) if init_col in at_init else math.nan
+        init = float(run[init_col].iloc[0])
         frame = pd.DataFrame(
             {
                 "x": run["epoch"].to_numpy() + 1,
@@ -95,7 +96,7 @@ def analysis_curves(runs_root: str | os.PathLike, table_id: str) -> pd.DataFrame
                 "lr": run["lr"].to_numpy(),
             }
         )
-        if not (isinstance(init, float) and math.isnan(init)):
+        if not math.isnan(init):
             start = {"x": 0, "norm": float(init), "step": math.nan, "top1": math.nan, "lr": math.nan}
             frame = pd.concat([pd.DataFrame([start]), frame], ignore_index=True)
         frame["scale"], frame["curve"], frame["label"] = run["scale"].iloc[0], key, label
@@ -103,7 +104,7 @@ def analysis_curves(runs_root: str | os.PathLike, table_id: str) -> pd.DataFrame
         frame["norm_kind"] = "per filter" if per_filter else "whole tensor"
         frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)[columns]
-    order = {v[0]: i for i, v in enumerate(CURVES.values())}
+    order = {key: i for i, key in enumerate(CURVE_BY_KEY)}
     rank = frame["curve"].map(lambda c: order.get(c, len(order)))
     return (
         frame.assign(_rank=rank)
@@ -177,9 +178,7 @@ def plot_analysis(curves: pd.DataFrame, summary: pd.DataFrame, paper: pd.DataFra
     drops = sorted({int(x) for s in summary["lr_drops_after_epoch"] for x in str(s).split(";") if x})
     for ax, (column, quantity, ylabel) in zip(axes, PANELS):
         for curve, group in curves.groupby("curve", sort=False):
-            key, label, color = next(
-                (v for v in CURVES.values() if v[0] == curve), (curve, group["label"].iloc[0], None)
-            )
+            _, label, color = CURVE_BY_KEY.get(curve, (curve, group["label"].iloc[0], None))
             bands = group.dropna(subset=[column]).groupby("x")[column].agg(["mean", "min", "max", "count"])
             if bands.empty:
                 continue
@@ -218,7 +217,7 @@ def _paper_text(paper: pd.DataFrame, quantity: str) -> str:
     rows = paper[paper["quantity"] == quantity]
     lines = ["paper (ResNet-18, ImageNet, 90 ep.):"]
     for curve, group in rows.groupby("curve", sort=False):
-        label = next((v[1] for v in CURVES.values() if v[0] == curve), curve)
+        label = CURVE_BY_KEY[curve][1] if curve in CURVE_BY_KEY else curve
         parts = [f"{r.at} {r.value:g}" for r in group.itertuples()]
         lines.append(f"  {label}: " + ", ".join(parts))
     return "\n".join(lines)
@@ -318,17 +317,22 @@ def _ratio(x: float) -> str:
 
 
 def analysis_outputs(
-    runs_root: str | os.PathLike, out_dir: str | os.PathLike, paper_file: str | os.PathLike = PAPER_FILE
+    runs_root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    paper_file: str | os.PathLike = PAPER_FILE,
+    curves: pd.DataFrame | None = None,
 ) -> list[Path]:
-    """Figure, CSV and markdown of every analysis table and scale with completed runs."""
+    """Figure, CSV and markdown of every analysis table and scale with completed runs (``curves``: as in
+    ``analysis_curves``)."""
     paths: list[Path] = []
     paper = None
+    epoch_curves = read_epoch_curves(runs_root) if curves is None else curves
     for table_id in ANALYSIS_TABLES:
-        curves = analysis_curves(runs_root, table_id)
-        if curves.empty:
+        table_curves = analysis_curves(runs_root, table_id, epoch_curves)
+        if table_curves.empty:
             continue
         paper = load_paper_readings(paper_file) if paper is None else paper
-        for scale, part in curves.groupby("scale", sort=True):
+        for scale, part in table_curves.groupby("scale", sort=True):
             summary = summarise_curves(part)
             stem = Path(out_dir) / f"analysis_{table_id}_{scale}"
             title = (

@@ -43,7 +43,18 @@ from adamp_repro.train.diagnostics import summarise_rows
 CURVE_COLUMNS = ("mean_weight_norm", "effective_step_size", "eval_top1")
 # Also read per epoch when a run has them (NaN otherwise): the lr and the per-filter diagnostics.
 EXTRA_COLUMNS = ("lr", "mean_filter_norm", "filter_effective_step_size")
-RUN_KEYS = ("experiment", "scale", "optimizer", "seed", "table_id", "table_block", "run_dir")
+# Per-run columns of collect_runs copied onto every epoch row (the initial norms start the analysis curves).
+RUN_KEYS = (
+    "experiment",
+    "scale",
+    "optimizer",
+    "seed",
+    "table_id",
+    "table_block",
+    "run_dir",
+    "at_init_mean_weight_norm",
+    "at_init_mean_filter_norm",
+)
 CURVE_LABELS = {
     "mean_weight_norm": "mean ||w|| (weights before a norm layer)",
     "effective_step_size": "effective step size lr / ||w||^2",
@@ -176,9 +187,12 @@ def _adam_label(name: str) -> str:
     return {"adam": "Adam", "adamw": "AdamW", "adamp": "AdamP"}.get(name, name)
 
 
-def mechanism_figures(runs_root: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    """``mechanism_<experiment>_<scale>.{png,pdf}`` for every (experiment, scale) with completed runs."""
-    curves = read_epoch_curves(runs_root)
+def mechanism_figures(
+    runs_root: str | os.PathLike, out_dir: str | os.PathLike, curves: pd.DataFrame | None = None
+) -> list[Path]:
+    """``mechanism_<experiment>_<scale>.{png,pdf}`` for every (experiment, scale) with completed runs;
+    ``curves``: ``read_epoch_curves(runs_root)`` when the caller has read it already."""
+    curves = read_epoch_curves(runs_root) if curves is None else curves
     paths: list[Path] = []
     for (experiment, scale), group in curves.groupby(["experiment", "scale"], sort=True):
         fig = plot_mechanism(group, f"{experiment} ({scale})")
@@ -329,7 +343,10 @@ def make_figures(runs_root: str | os.PathLike, out_dir: str | os.PathLike, toys:
     """Every figure: the mechanism curves of the records under ``runs_root`` and, with ``toys``, the toys."""
     from adamp_repro.results.analysis import analysis_outputs
 
-    paths = mechanism_figures(runs_root, out_dir) + analysis_outputs(runs_root, out_dir)
+    curves = read_epoch_curves(runs_root)  # read once for both kinds of figure
+    paths = mechanism_figures(runs_root, out_dir, curves) + analysis_outputs(
+        runs_root, out_dir, curves=curves
+    )
     if toys:
         paths += toy_outputs(out_dir)
     return paths
