@@ -1,0 +1,45 @@
+"""Run identity: every committed record's folder is still the folder its config maps to today.
+
+A run folder ends with ``config_hash(cfg)``. A config change that does not change a run's numbers (a new option
+left at its default, a volatile key) must not change the hash, or every committed record and checkpoint is
+orphaned and ``make reproduce-table`` trains them all again. Each committed record is composed afresh from the
+overrides that made it (experiment, optimizer, seed, scale) and its hash compared with the folder's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adamp_repro.train.runner import config_hash, run_dir_for
+
+from .conftest import PROJECT_ROOT, compose_config
+
+RUNS = PROJECT_ROOT / "results" / "runs"
+RECORDS = sorted(p.parent for p in RUNS.glob("*/*/*/config.yaml"))
+
+
+def _overrides(record: Path) -> list[str]:
+    cfg = yaml.safe_load((record / "config.yaml").read_text())
+    return [
+        f"experiment={cfg['experiment_name']}",
+        f"optimizer={cfg['optimizer']['name']}",
+        f"seed={cfg['seed']}",
+        f"scale={cfg['scale']['name']}",
+    ]
+
+
+def test_there_are_committed_records():
+    assert len(RECORDS) >= 8
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_committed_record_keeps_its_folder(record):
+    cfg = compose_config(_overrides(record))
+    assert record.name.endswith("-" + config_hash(cfg)), (
+        f"{record.relative_to(PROJECT_ROOT)} would now be written to {run_dir_for(cfg).name}: a config change "
+        "altered the run hash of configs whose numbers did not change"
+    )
+    assert run_dir_for(cfg) == Path("results/runs") / record.relative_to(RUNS)
