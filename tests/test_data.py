@@ -58,6 +58,26 @@ def test_embedded_set_loads_balanced():
     assert torch.allclose(pixels.std((0, 2, 3)), torch.tensor(data.std), atol=0.01)
 
 
+def test_embedded_full_test_set_is_the_whole_cifar10_test_set():
+    """cifar10_embedded: the same 5,000 training images as cifar10_mini, and all 10,000 test images."""
+    mini = build_data(dataset_cfg("cifar10_mini"), seed=0)
+    data = build_data(dataset_cfg("cifar10_embedded"), seed=0)
+    assert (data.num_train, data.num_eval, data.num_classes) == (5000, 10000, 10)
+    assert data.label == "CIFAR-10 (JPEG copy): 5k-image train subset, full 10k test set"
+    assert torch.equal(data.train_images, mini.train_images)
+    assert set(Counter(data.eval_labels.tolist()).values()) == {1000}
+    # The mini set's 1,000 test images are among the full set's (the same JPEG bytes, decoded the same way).
+    full = set(keys(data.eval_images.float() / 255))
+    assert all(k in full for k in keys(mini.eval_images.float() / 255))
+    with np.load(embedded_path("cifar10_test.npz"), allow_pickle=False) as npz:
+        assert len(npz["offsets"]) == 10001
+
+
+def test_embedded_test_option_is_checked():
+    with pytest.raises(ValueError, match=r"dataset.embedded_test='half' is not one of \('mini', 'full'\)"):
+        build_data(dataset_cfg("cifar10_embedded", embedded_test="half"), seed=0)
+
+
 def test_train_batches_shapes_values_and_determinism():
     cfg = dataset_cfg("cifar10_mini", batch_size=100)
     data = build_data(cfg, seed=3, train_subset=1000)

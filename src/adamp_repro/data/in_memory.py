@@ -131,6 +131,7 @@ def build_in_memory_data(
         download=bool(cfg.get("download", False)),
         image_size=positive_int(cfg, "image_size"),
         how_to_obtain=cfg.get("how_to_obtain") or GENERIC_HOW_TO_OBTAIN,
+        embedded_test=str(cfg.get("embedded_test", "mini")),
     )
     num_classes = positive_int(cfg, "num_classes")
     if len(arrays.class_names) != num_classes:
