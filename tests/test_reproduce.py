@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from .conftest import PROJECT_ROOT
 
@@ -57,3 +58,35 @@ def test_reproduce_table_smoke_end_to_end(tmp_path):
     second = _reproduce(tmp_path, "--no-figures")
     assert second.returncode == 0, second.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # complete runs were skipped, not redone
+
+
+def test_p4a_is_in_the_catalogue_and_dry_run_shows_its_commands():
+    cmd = [sys.executable, str(PROJECT_ROOT / "scripts" / "reproduce_table.py"), "--table", "P4a",
+           "--scale", "paper", "--dry-run"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if "scripts/train.py -m" in line]
+    assert len(lines) == 2, result.stdout
+    for line, experiment in zip(lines, ("cifar10_wrn_adv_linf", "cifar10_wrn_adv_l2")):
+        assert f"experiment={experiment} optimizer=adam,adamp seed=0 scale=paper" in line
+    assert "unknown table" not in result.stdout + result.stderr
+    assert not (PROJECT_ROOT / "results" / "runs" / "cifar10_wrn_adv_linf").exists()  # nothing ran
+
+
+def test_catalogue_runs_only_what_the_experiment_recipes_cover(tmp_path):
+    from adamp_repro.errors import ConfigError
+    from adamp_repro.reproduce import EXPERIMENTS_DIR, load_tables
+
+    tables = load_tables()
+    assert tables["P4a"]["optimizers"] == ["adam", "adamp"]
+    bad = tmp_path / "tables.yaml"
+    bad.write_text("P4a:\n  description: x\n  experiments: [cifar10_wrn_adv_linf]\n  optimizers: [adamw, adamp]\n"
+                   "  seeds: 1\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"runs \['adamw'\] in experiment 'cifar10_wrn_adv_linf', whose "
+                                          r"recipe covers only \['adam', 'adamp'\]"):  # fmt: skip
+        load_tables(bad, EXPERIMENTS_DIR)
+    bad.write_text(
+        "x:\n  description: x\n  experiments: [no_such_experiment]\n  optimizers: [sgd]\n  seeds: 1\n"
+    )
+    with pytest.raises(ConfigError, match="names experiment 'no_such_experiment'; known: cifar10_resnet56"):
+        load_tables(bad, EXPERIMENTS_DIR)

@@ -50,11 +50,12 @@ def write_run(
     name=None,
     metrics=None,
     dataset_label="ImageNet-1k (ILSVRC-2012)",
+    folder_scale=None,
 ) -> Path:
-    """One run folder written the way the trainer writes it."""
+    """One run folder written the way the trainer writes it (``folder_scale``: a folder that lies)."""
     experiment = f"{table_id}_{model}".lower().replace(" ", "_")
     run_name = name or f"{model}-{optimizer}-s{seed}"
-    run_dir = root / experiment / scale / run_name
+    run_dir = root / experiment / (folder_scale or scale) / run_name
     identity = {
         "run_name": run_name,
         "experiment": experiment,
@@ -82,8 +83,8 @@ def write_run(
     return run_dir
 
 
-def p1_run(root: Path, optimizer: str, seed: int, top1=None, model="ResNet18", **kw) -> Path:
-    metrics = {} if top1 is None else {"final_eval_top1": top1}
+def p1_run(root: Path, optimizer: str, seed: int, top1=None, model="ResNet18", extra=None, **kw) -> Path:
+    metrics = ({} if top1 is None else {"final_eval_top1": top1}) | (extra or {})
     return write_run(root, table_id="P1", block="imagenet", model=model, optimizer=optimizer, seed=seed,
                      metrics=metrics, **kw)  # fmt: skip
 
@@ -100,7 +101,7 @@ def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for seed, (a, b) in enumerate(zip(P1_SGD, P1_SGDP)):
         p1_run(root, "sgd", seed, a)
         p1_run(root, "sgdp", seed, b)
-    p1_run(root, "sgdp", 0, 10.0, name="zz-rerun")  # a second record of seed 0 must not count twice
+    p1_run(root, "sgdp", 0, 10.0, name="zz-rerun")  # a second record of seed 0: neither may count
     for optimizer, value in (("adamw", 70.5), ("adam", 70.0), ("adamp", 70.9)):
         p1_run(root, optimizer, 0, value)
     for optimizer, (values, w0, w1, step) in MINI.items():
@@ -131,7 +132,7 @@ def paper() -> pd.DataFrame:
 def test_collect_counts_only_completed_and_reports_broken(runs_root: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="adamp_repro.results.collect"):
         runs, problems = collect_runs(runs_root)
-    assert len(runs) == 6 + 1 + 3 + 8 + 2  # P1 (with a duplicate seed), mini, P4a
+    assert len(runs) == 5 + 3 + 8 + 2  # P1 (less both records of a duplicate seed), mini, P4a
     assert set(runs["status"]) == {"completed"}
     broken = {p.path: p.detail for p in problems if p.kind == "broken"}
     assert broken == {
@@ -144,6 +145,8 @@ def test_collect_counts_only_completed_and_reports_broken(runs_root: Path, caplo
     assert broken["p1_resnet50/paper/ResNet50-sgdp-s0"].startswith("unreadable config.yaml")
     statuses = {p.detail for p in problems if p.kind == "not_completed"}
     assert statuses == {"status 'failed'", "status 'running'"}
+    duplicates = sorted(p.path for p in problems if p.kind == "duplicate")
+    assert duplicates == ["p1_resnet18/paper/ResNet18-sgdp-s0", "p1_resnet18/paper/zz-rerun"]
     assert all(path in caplog.text for path in broken)
     assert runs["run_dir"].is_monotonic_increasing
     older = runs[(runs["optimizer"] == "adamp") & (runs["table_id"] == "mini") & (runs["seed"] == 1)]
@@ -196,14 +199,14 @@ def test_p1_cells_put_paper_beside_mean_std_n(runs_root: Path, paper: pd.DataFra
     assert sgd["ours_std"] == pytest.approx(statistics.stdev(P1_SGD))
     assert sgd["diff"] == pytest.approx(statistics.mean(P1_SGD) - 70.28)
     assert bool(sgd["within_tolerance"]) is True
-    sgdp = cells.loc[("ResNet18", "SGDP")]
-    assert sgdp["n_seeds"] == 3 and sgdp["ours_mean"] == pytest.approx(statistics.mean(P1_SGDP))
+    sgdp = cells.loc[("ResNet18", "SGDP")]  # seed 0 has two records: both left out, neither guessed
+    assert sgdp["n_seeds"] == 2 and sgdp["ours_mean"] == pytest.approx(statistics.mean(P1_SGDP[1:]))
     adam = cells.loc[("ResNet18", "Adam")]  # adamw wins over adam for the paper's Adam column
     assert (adam["our_optimizer"], adam["n_seeds"], adam["ours_mean"]) == ("adamw", 1, 70.5)
     assert math.isnan(adam["ours_std"])
     empty = cells.loc[("MobileNetV2", "SGD")]
     assert empty["n_seeds"] == 0 and math.isnan(empty["ours_mean"]) and empty["paper"] == 71.61
-    assert any("zz-rerun" in n for n in comparison.notes)  # duplicate seed reported, not averaged
+    assert not any("zz-rerun" in n for n in comparison.notes)  # collect_runs alone hands no left-out rows on
     assert any("ResNet18-adam-s0" in n for n in comparison.notes)  # adam run not placed: adamw fills Adam
 
     markdown = render_markdown(layout_table(comparison, paper))
@@ -216,14 +219,29 @@ def test_gains_use_welch_and_say_when_one_seed(runs_root: Path, paper: pd.DataFr
     runs, _ = collect_runs(runs_root)
     gains = compare_table("P1", runs, paper).gains.set_index(["model", "proposed"])
     sgdp = gains.loc[("ResNet18", "SGDP")]
-    expected = stats.welch_test(P1_SGD, P1_SGDP)
+    expected = stats.welch_test(P1_SGD, P1_SGDP[1:])
     assert sgdp["paper_gain"] == pytest.approx(70.73 - 70.28)
     assert sgdp["ours_gain"] == pytest.approx(expected.gain)
     assert sgdp["p_value"] == pytest.approx(expected.p) and sgdp["test"] == "welch_t"
     assert bool(sgdp["sign_agrees"]) is True and bool(sgdp["beyond_noise"]) is (expected.p < 0.05)
     adamp = gains.loc[("ResNet18", "AdamP")]
-    assert (adamp["baseline"], adamp["our_baseline"], adamp["test"]) == ("Adam", "adamw", "n/a (1 seed)")
+    assert (adamp["baseline"], adamp["our_baseline"], adamp["test"]) == ("Adam", "adamw", "n/a (one seed)")
     assert math.isnan(adamp["p_value"]) and adamp["ours_gain"] == pytest.approx(70.9 - 70.5)
+    # Power beside the gain: Welch's interval, the detectable gain, the seeds for the printed +0.45.
+    assert (sgdp["ci_low"], sgdp["ci_high"]) == (
+        pytest.approx(expected.ci_low),
+        pytest.approx(expected.ci_high),
+    )
+    assert sgdp["detectable_gain"] == pytest.approx(stats.detectable_gain(expected))
+    assert sgdp["target_gain"] == pytest.approx(0.45) and sgdp["target_source"] == "P1"
+    assert sgdp["seeds_needed"] == stats.seeds_needed(expected, 0.45) >= 2
+    assert all(math.isnan(adamp[k]) for k in ("ci_low", "detectable_gain", "seeds_needed"))
+    markdown = render_markdown(layout_table(compare_table("P1", runs, paper), paper))
+    row = (f"| ResNet18 | SGDP − SGD | +0.45 | {expected.gain:+.2f} | [{expected.ci_low:+.2f}, "
+           f"{expected.ci_high:+.2f}] | 2 vs 3 |")  # fmt: skip
+    assert row in markdown
+    assert f"| {stats.detectable_gain(expected):.2f} | {int(sgdp['seeds_needed'])} |" in markdown
+    assert "| n/a (one seed) | n/a (one seed) | n/a (one seed) | n/a (one seed) |" in markdown
 
 
 def test_mini_table_shows_scale_mechanism_and_noise_in_words(runs_root: Path, paper: pd.DataFrame) -> None:
@@ -233,12 +251,17 @@ def test_mini_table_shows_scale_mechanism_and_noise_in_words(runs_root: Path, pa
     assert "Ours at scale `mini`; data: CIFAR-10 mini subset (JPEG copy)" in markdown
     assert "‖w‖ initial → final" in markdown and "3.650 → 3.950" in markdown and "1.60e-03" in markdown
     assert "SGDP vs SGD (cifar_resnet20, top-1 (%)): +0.70 points is not beyond seed noise" in markdown
+    assert "includes 0, so the gap is inside seed noise" in markdown
+    assert "detecting the printed +0.45 (P1 ResNet18) would take" in markdown
+    assert "| Seeds/arm for P1 ResNet18 gain |" in markdown and "(for +0.40) |" in markdown
     assert "SGDP's norm grew less than SGD's" in markdown
     assert "Paper" not in doc.sections[0].grids[0].header  # own table: no paper column to fill
     adamp = doc.cells.set_index("optimizer").loc["AdamP"]
     assert adamp["n_seeds"] == 2 and adamp["initial_mean_weight_norm"] == pytest.approx(3.40)
     gains = doc.gains.set_index("proposed")
     assert gains.loc["AdamP", "baseline"] == "AdamW" and gains.loc["AdamP", "expected_sign"] == 1.0
+    assert gains.loc["AdamP", "target_gain"] == pytest.approx(70.81 - 70.41)  # P1 ResNet18's AdamP − Adam
+    assert math.isnan(gains.loc["AdamP", "paper_gain"])  # an own table has no paper gain of its own
 
 
 def test_p2_and_p4a_map_their_summary_keys(runs_root: Path, paper: pd.DataFrame) -> None:
@@ -297,35 +320,6 @@ def test_paper_csvs_hold_the_reference_numbers() -> None:
     assert ours["value"].tolist() == [float(v) for v in reference["value"]]
 
 
-@pytest.mark.parametrize(
-    ("t", "dof"), [(12.7062047, 1), (2.776445105, 4), (2.228138852, 10), (2.042272456, 30)]
-)
-def test_student_t_matches_printed_critical_values(t: float, dof: float) -> None:
-    # Two-sided 5% critical values of Student's t (standard tables).
-    assert stats.t_two_sided_p(t, dof) == pytest.approx(0.05, abs=1e-7)
-    assert stats.regularized_incomplete_beta(dof / 2, 0.5, dof / (dof + t * t)) == pytest.approx(
-        0.05, abs=1e-7
-    )
-
-
-def test_welch_matches_scipy_when_installed() -> None:
-    scipy_stats = pytest.importorskip("scipy.stats")
-    a, b = [1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.5]
-    ours = stats.welch_test(a, b)
-    ref = scipy_stats.ttest_ind(b, a, equal_var=False)
-    assert ours.t == pytest.approx(ref.statistic) and ours.p == pytest.approx(ref.pvalue)
-
-
-def test_welch_edge_cases() -> None:
-    assert stats.welch_test([1.0], [2.0, 3.0]).test == stats.NOT_APPLICABLE_ONE_SEED
-    assert stats.welch_test([], [2.0]).test == stats.NOT_APPLICABLE_NO_RUNS
-    assert stats.welch_test([1.0, 1.0], [1.0, 1.0]).p == 1.0
-    result = stats.welch_test([1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0])
-    assert result.p == pytest.approx(0.010077, abs=1e-6) and result.dof == pytest.approx(4.959184, abs=1e-6)
-    with pytest.raises(ValueError, match="-1"):
-        stats.t_two_sided_p(1.0, -1)
-
-
 def test_tables_log_to_wandb_offline(runs_root: Path, tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -373,7 +367,7 @@ def test_imagenette_proxy_sets_p1_gains_beside_ours(tmp_path: Path, paper: pd.Da
     markdown = render_markdown(doc)
     assert markdown.startswith("# imagenette: Imagenette (96 px), not ImageNet")
     assert "Ours at scale `mini`; data: Imagenette (96 px), not ImageNet" in markdown
-    assert "| ResNet18 | SGDP − SGD | +0.45 | -0.75 | 2 vs 2 | no |" in markdown
+    assert "| ResNet18 | SGDP − SGD | +0.45 | -0.75 |" in markdown and "| 2 vs 2 | no |" in markdown
     assert "| Paper gain |" in markdown and "standing in for P1" in markdown
     assert (
         doc.cells["paper"].isna().all()
@@ -394,3 +388,126 @@ def test_own_table_rows_show_only_the_optimizers_run_in_them(tmp_path: Path, pap
     ]
     assert list(doc.gains["block"]) == ["momentum"]
     assert "results/figures/analysis_imagenette_analysis_<scale>.md" in render_markdown(doc)
+
+
+def test_tables_refuse_to_guess_and_say_what_they_left_out(tmp_path: Path) -> None:
+    root, out = tmp_path / "runs", tmp_path / "tables"
+    for seed, top1 in enumerate(P1_SGD):
+        p1_run(root, "sgd", seed, top1)
+    p1_run(root, "sgdp", 0, 70.6)
+    p1_run(root, "sgdp", 0, 10.0, name="rerun-s0")  # which of the two is seed 0? Nothing says: both out
+    p1_run(root, "sgdp", 1, 40.0, extra={"epochs": 1})  # "completed" after 1 of 2 planned epochs
+    p1_run(root, "sgdp", 2, 70.0, scale="mini", folder_scale="paper")  # a mini record in the paper folder
+    p1_run(root, "sgdp", 3, 70.8)
+    p1_run(root, "sgdp", 4, 70.9, extra={"code_changed_on_resume": True})  # counted, but marked
+    result = build_tables(root, out, PAPER_DIR)
+
+    left_out = {p.path: p.kind for p in result.problems if p.kind in ("duplicate", "short", "scale_mismatch")}
+    assert left_out == {
+        "p1_resnet18/paper/ResNet18-sgdp-s0": "duplicate",
+        "p1_resnet18/paper/rerun-s0": "duplicate",
+        "p1_resnet18/paper/ResNet18-sgdp-s1": "short",
+        "p1_resnet18/paper/ResNet18-sgdp-s2": "scale_mismatch",
+    }
+    assert sorted(result.runs["run_dir"]) == sorted(
+        [f"p1_resnet18/paper/ResNet18-sgd-s{s}" for s in range(3)]
+        + ["p1_resnet18/paper/ResNet18-sgdp-s3", "p1_resnet18/paper/ResNet18-sgdp-s4"]
+    )
+    cells = pd.read_csv(out / "P1.csv")
+    sgdp = cells[
+        (cells["model"] == "ResNet18") & (cells["optimizer"] == "SGDP") & (cells["scale"] == "paper")
+    ]
+    sgdp = sgdp.iloc[0]
+    assert (sgdp["n_seeds"], sgdp["ours_mean"]) == (2, pytest.approx(statistics.mean([70.8, 70.9])))
+    assert (sgdp["n_left_out"], sgdp["n_code_changed"]) == (3, 1)  # the mini record sits in a mini section
+    md = (out / "P1.md").read_text()
+    assert (
+        "Left out of the means: 3 record(s), 2 with a duplicate seed, 1 with fewer epochs than planned; "
+        in md
+    )
+    assert "Left out of the means: 1 record(s), 1 with a scale that disagrees with its folder;" in md
+    assert "| 70.85 ± 0.07 † | 2 |" in md and "resumed after a change to `src/`" in md
+    assert "`p1_resnet18/paper/ResNet18-sgdp-s4`" in md
+    for path in left_out:
+        assert f"`{path}`" in md  # each named in the notes, with its reason
+    assert "completed with 1 of 2 planned epochs" in md and "scale folder 'paper'" in md
+    tex = (out / "P1.tex").read_text()
+    assert "Left out of the means: 3 record(s)" in tex and "$^\\dagger$" in tex
+    p2 = pd.read_csv(out / "P2.csv")  # P2's with-decay block borrows P1's ResNet18 runs, left-out ones too
+    with_wd = p2[(p2["block"] == "with_wd") & (p2["optimizer"] == "SGDP") & (p2["scale"] == "paper")].iloc[0]
+    assert (with_wd["n_seeds"], with_wd["n_left_out"]) == (2, 3)
+    readme = (out / "README.md").read_text()
+    assert "Not counted, with a duplicate seed: 2" in readme and "with fewer epochs than planned: 1" in readme
+    assert "- `p1_resnet18/paper/ResNet18-sgdp-s2`: with a scale that disagrees with its folder:" in readme
+
+
+def test_a_bad_resume_flag_is_a_broken_record(tmp_path: Path) -> None:
+    p1_run(tmp_path, "sgd", 0, 70.0, extra={"code_changed_on_resume": "yes"})
+    runs, problems = collect_runs(tmp_path)
+    assert runs.empty and [p.kind for p in problems] == ["broken"]
+    assert "code_changed_on_resume must be true/false, got 'yes'" in problems[0].detail
+
+
+def adv_run(root: Path, block: str, optimizer: str, seed: int, clean: float, pgd: float, aa=None) -> Path:
+    metrics = {"final_eval_top1": clean, "final_eval_clean_top1": clean, "final_eval_robust_top1": pgd}
+    if aa is not None:
+        metrics["final_eval_autoattack_top1"] = aa
+    return write_run(root, table_id="P4a", block=block, model="Wide-ResNet", optimizer=optimizer, seed=seed,
+                     name=f"{block[:4]}-{optimizer}-s{seed}", dataset_label="CIFAR-10", metrics=metrics)  # fmt: skip
+
+
+def test_p4a_sets_autoattack_beside_the_papers_pgd10(tmp_path: Path, paper: pd.DataFrame) -> None:
+    root = tmp_path / "runs"
+    linf, l2 = "linf eps=4/255", "l2 eps=80/255"
+    adv_run(root, linf, "adam", 0, 80.0, 56.0, aa=48.0)  # AutoAttack 8 points below PGD-10: masking
+    adv_run(root, linf, "adam", 1, 81.0, 57.0, aa=49.5)
+    adv_run(root, linf, "adamp", 0, 89.0, 66.0, aa=61.2)  # 4.8 points: not more than the 5-point threshold
+    adv_run(root, linf, "adamp", 1, 90.0, 67.0, aa=62.2)
+    adv_run(root, l2, "adam", 0, 84.0, 70.0)  # a record without AutoAttack: its cell is missing, not filled
+    runs, _ = collect_runs(root)
+    doc = layout_table(compare_table("P4a", runs, paper), paper)
+    cells = doc.cells.set_index(["block", "optimizer", "metric"])
+    adam = cells.loc[(linf, "Adam", "attacked_acc")]
+    assert (adam["autoattack_mean"], adam["autoattack_n"]) == (pytest.approx(48.75), 2)
+    assert adam["pgd_minus_autoattack"] == pytest.approx(56.5 - 48.75)
+    assert cells.loc[(linf, "Adam", "standard_acc"), "autoattack_n"] == 0
+    assert cells.loc[(l2, "Adam", "attacked_acc"), "autoattack_n"] == 0
+    md = render_markdown(doc)
+    assert "| AutoAttack (ours; not in the paper) |" in md
+    # The paper's PGD-10 number, ours, and our AutoAttack in its own column, on one row.
+    assert (
+        "| linf eps=4/255 | attacked acc, PGD-10 (%) | Adam | adam | 56.58 | ±0.99 | 56.50 ± 0.71 | 2 |" in md
+    )
+    assert md.count("| 48.75 ± 1.06 |") == 1
+    assert (
+        "| l2 eps=80/255 | attacked acc, PGD-10 (%) | Adam | adam | 70.33 | ±0.91 | 70.00 | 1 | -0.33 | yes | — |"
+        in md
+    )
+    warning = "the paper's PGD-10 (sign steps, no random start at evaluation) overstates robustness here"
+    assert (
+        md.count(warning) == 1
+        and "Adam (Wide-ResNet / linf eps=4/255): AutoAttack robust accuracy 48.75" in md
+    )
+    gains = doc.gains.set_index(["block", "metric"])
+    robust = gains.loc[(linf, "attacked_acc")]
+    expected = stats.welch_test([56.0, 57.0], [66.0, 67.0])
+    assert robust["paper_gain"] == pytest.approx(9.70) and robust["ci_low"] == pytest.approx(expected.ci_low)
+    assert robust["seeds_needed"] == stats.seeds_needed(expected, 9.70)
+    assert "detecting the printed +9.70 (P4a) would take" in md
+
+
+def test_autoattack_gap_is_taken_on_the_same_samples_when_recorded(tmp_path: Path, paper) -> None:
+    # AutoAttack on a 1,000-image subset: PGD-10 on those samples (60) is what it is compared with, not the
+    # whole test set's 56: the gap is 60 - 54 = 6 points (> 5), though 56 - 54 would be only 2.
+    root = tmp_path / "runs"
+    write_run(root, table_id="P4a", block="linf eps=4/255", model="Wide-ResNet", optimizer="adamp", seed=0,
+              dataset_label="CIFAR-10", metrics={"final_eval_clean_top1": 85.0, "final_eval_robust_top1": 56.0,
+                                                 "final_eval_autoattack_top1": 54.0,
+                                                 "final_eval_autoattack_subset_robust_top1": 60.0})  # fmt: skip
+    runs, _ = collect_runs(root)
+    doc = layout_table(compare_table("P4a", runs, paper), paper)
+    cell = doc.cells.set_index(["block", "optimizer", "metric"]).loc[
+        ("linf eps=4/255", "AdamP", "attacked_acc")
+    ]
+    assert cell["pgd_minus_autoattack"] == pytest.approx(6.0)
+    assert "AutoAttack robust accuracy 54.00 is 6.00 points below PGD-10" in render_markdown(doc)

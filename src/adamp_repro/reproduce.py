@@ -15,21 +15,48 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from adamp_repro.config import SCALES
+from adamp_repro.errors import ConfigError, UsageError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TABLES_FILE = PROJECT_ROOT / "configs" / "tables.yaml"
+EXPERIMENTS_DIR = PROJECT_ROOT / "configs" / "experiment"
 
 
-def load_tables(path: Path = TABLES_FILE) -> dict:
+def load_tables(path: Path = TABLES_FILE, experiments_dir: Path = EXPERIMENTS_DIR) -> dict:
+    """The catalogue, checked against the experiment files it names before anything runs."""
     tables = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     for name, spec in tables.items():
         unknown = sorted(set(spec.get("optimizers_for", {})) - set(spec["experiments"]))
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: table {name!r} sets optimizers_for {unknown}, which are not among its "
                 f"experiments {spec['experiments']}"
             )
+        for experiment in spec["experiments"]:
+            _check_recipe(path, name, experiment, optimizers_of(spec, experiment), experiments_dir)
     return tables
+
+
+def _check_recipe(
+    path: Path, table: str, experiment: str, optimizers: list[str], experiments_dir: Path
+) -> None:
+    """An experiment file with a ``recipe`` block gives each optimizer it supports its settings: a table may
+    run only those (any other would silently fall back to the optimizer file's defaults)."""
+    file = experiments_dir / f"{experiment}.yaml"
+    if not file.is_file():
+        known = sorted(p.stem for p in experiments_dir.glob("*.yaml"))
+        raise ConfigError(
+            f"{path}: table {table!r} names experiment {experiment!r}; known: {', '.join(known)}"
+        )
+    recipe = OmegaConf.load(file).get("recipe")
+    if recipe is None:
+        return
+    missing = [o for o in optimizers if o not in recipe]
+    if missing:
+        raise ConfigError(
+            f"{path}: table {table!r} runs {missing} in experiment {experiment!r}, whose recipe covers only "
+            f"{sorted(recipe)}"
+        )
 
 
 def optimizers_of(spec: dict, experiment: str) -> list[str]:
@@ -88,7 +115,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_status
     spec = args.spec
     seeds = args.seeds or int(spec["seeds"])
     experiments = spec["experiments"]

@@ -2,8 +2,8 @@
 
 - ``reference``: the paper's printed numbers (``results/paper/*.csv``)
 - ``collect``: run records on disk (and optionally a W&B project) -> one row per completed run
-- ``compare``: cells (mean, std, n over seeds beside the paper value) and paired gains with a seed-noise test
-- ``stats``: Welch's t-test, with or without scipy
+- ``compare``: cells (mean, std, n over seeds beside the paper value); ``gains``: paired gains with their power
+- ``stats``: Welch's t-test, its interval and power (scipy.stats)
 - ``findings`` / ``tables``: the words and grids of a table, and its Markdown / LaTeX / CSV renderings
 - ``build``: everything above, written to ``results/tables`` (and optionally logged to W&B)
 """

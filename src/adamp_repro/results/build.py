@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from adamp_repro.results.collect import RunProblem, collect_runs, count_statuses
+from adamp_repro.results.collect import LEFT_OUT_KINDS, RunProblem, count_statuses, read_records
 from adamp_repro.results.compare import OWN_TABLES, compare_table
 from adamp_repro.results.reference import PAPER_TABLES, load_paper_numbers
 from adamp_repro.results.tables import TableDoc, layout_table, render_files
@@ -38,8 +38,11 @@ def table_ids(runs: pd.DataFrame) -> list[str]:
     return known + sorted(set(runs["table_id"].dropna()) - set(known))
 
 
-def build_table_docs(runs: pd.DataFrame, paper: pd.DataFrame) -> list[TableDoc]:
-    return [layout_table(compare_table(t, runs, paper), paper) for t in table_ids(runs)]
+def build_table_docs(
+    runs: pd.DataFrame, paper: pd.DataFrame, left_out: pd.DataFrame | None = None
+) -> list[TableDoc]:
+    """One doc per table; ``left_out`` (``collect.RunSet.left_out``) lets each table count what it left out."""
+    return [layout_table(compare_table(t, runs, paper, left_out), paper) for t in table_ids(runs)]
 
 
 def build_tables(
@@ -54,9 +57,10 @@ def build_tables(
     ``wandb_project`` (``entity/project``) adds runs mirrored there but missing on disk; reading it never
     fails the build. Returns the docs, the written paths, the runs frame and the runs not counted.
     """
-    runs, problems = collect_runs(runs_root, wandb_project=wandb_project)
+    found = read_records(runs_root, wandb_project=wandb_project)
+    runs, problems = found.runs, found.problems
     paper = load_paper_numbers(paper_dir)
-    docs = build_table_docs(runs, paper)
+    docs = build_table_docs(runs, paper, found.left_out)
     out_dir = Path(out_dir)
     written = []
     for doc in docs:
@@ -98,6 +102,10 @@ def render_summary_page(docs: Sequence[TableDoc], runs: pd.DataFrame, problems: 
     if broken:
         out += ["", "Records skipped (fix or delete them):", ""]
         out += [f"- `{p.path}`: {p.detail}" for p in broken]
+    doubtful = [p for p in problems if p.kind in LEFT_OUT_KINDS]
+    if doubtful:
+        out += ["", "Completed records left out of the means (each table counts its own):", ""]
+        out += [f"- `{p.path}`: {LEFT_OUT_KINDS[p.kind]}: {p.detail}" for p in doubtful]
     return "\n".join(out) + "\n"
 
 

@@ -1,8 +1,15 @@
-"""Run records -> one pandas DataFrame, one row per completed run.
+"""Run records -> one pandas DataFrame, one row per completed run that can be counted.
 
 Reads only ``summary.json`` (and checks ``config.yaml`` parses) in each run folder of the record contract
 (``tracking/records.py``). Records that are broken or half-written are reported by path and skipped;
 runs that are not ``completed`` are reported and not counted. Nothing here raises on a bad record.
+
+The collector refuses to guess. A completed record is *left out* (reported by path, kept apart in
+``RunSet.left_out`` so each table can say what it left out) when it ran fewer epochs than planned (``short``),
+when its summary's scale is not the scale folder it sits in (``<root>/<experiment>/<scale>/<run>``,
+``scale_mismatch``), or when another record claims the same table cell and seed (``duplicate``: all of them,
+since nothing says which one is right). A record resumed across a change of ``src/``
+(``code_changed_on_resume``) is counted and carries the flag, so tables mark it.
 
 W&B is an optional second source (a mirror, never the source of truth): the summary and config of each run
 of a project, read through ``wandb.Api()``; ``history()`` is never called because it samples (wandb#1783).
@@ -14,7 +21,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +66,8 @@ NUMERIC_COLUMNS = (
     "images_per_s",
     "final_eval_clean_top1",
     "final_eval_robust_top1",
+    "final_eval_autoattack_top1",
+    "final_eval_autoattack_subset_robust_top1",
     "initial_mean_weight_norm",
     "final_mean_weight_norm",
     "final_effective_step_size",
@@ -66,7 +76,24 @@ NUMERIC_COLUMNS = (
     "final_mean_filter_norm",
     "final_filter_effective_step_size",
 )
-RUN_COLUMNS = ("run_dir", "source", "status", *IDENTITY_COLUMNS, *NUMERIC_COLUMNS, "attacks")
+RUN_COLUMNS = (
+    "run_dir",
+    "source",
+    "status",
+    *IDENTITY_COLUMNS,
+    *NUMERIC_COLUMNS,
+    "attacks",
+    "code_changed_on_resume",
+)
+# Completed records that are not counted: RUN_COLUMNS plus why (``RunProblem.kind`` and ``detail``).
+LEFT_OUT_COLUMNS = (*RUN_COLUMNS, "left_out_kind", "left_out_detail")
+LEFT_OUT_KINDS = {
+    "duplicate": "with a duplicate seed",
+    "short": "with fewer epochs than planned",
+    "scale_mismatch": "with a scale that disagrees with its folder",
+}
+# A table cell and seed: two counted records may not share these (labels compared as ``placement_key`` does).
+CELL_SEED_KEYS = ("table_id", "scale", "table_block", "table_model", "optimizer", "seed")
 # Without these a completed run cannot be placed in any table.
 REQUIRED_KEYS = ("table_id", "optimizer", "scale", "seed")
 _RECORD_FILES = (SUMMARY_FILE, CONFIG_FILE, PROVENANCE_FILE, METRICS_FILE, DIAGNOSTICS_FILE)
@@ -82,7 +109,8 @@ _WANDB_STATES = {
 
 @dataclass(frozen=True, order=True)
 class RunProblem:
-    """A run that was not counted: ``kind`` is ``not_completed``, ``broken``, ``duplicate`` or ``wandb``."""
+    """A run that was not counted: ``kind`` is ``not_completed``, ``broken``, ``wandb`` or one of
+    ``LEFT_OUT_KINDS`` (a completed record left out of the means)."""
 
     path: str
     kind: str
@@ -92,15 +120,31 @@ class RunProblem:
         return f"{self.path}: {self.detail}"
 
 
+@dataclass
+class RunSet:
+    """What the records say: ``runs`` (counted, ``RUN_COLUMNS``), ``left_out`` (completed but not counted,
+    ``LEFT_OUT_COLUMNS``) and ``problems`` (every record not counted, with the reason, sorted)."""
+
+    runs: pd.DataFrame
+    left_out: pd.DataFrame
+    problems: list[RunProblem]
+
+
 def collect_runs(
     root: str | os.PathLike, *, wandb_project: str | None = None
 ) -> tuple[pd.DataFrame, list[RunProblem]]:
-    """Read every run folder under ``root`` (and optionally a W&B project) into one row per completed run.
+    """Read every run folder under ``root`` (and optionally a W&B project) into one row per counted run.
 
     Returns the frame (columns ``RUN_COLUMNS``, sorted by ``run_dir``; ``run_dir`` is relative to ``root``,
     or ``wandb:<entity>/<project>/<id>``) and the sorted list of runs not counted, with the reason.
-    A missing ``root`` gives an empty frame.
+    A missing ``root`` gives an empty frame. ``read_records`` also returns the left-out rows themselves.
     """
+    found = read_records(root, wandb_project=wandb_project)
+    return found.runs, found.problems
+
+
+def read_records(root: str | os.PathLike, *, wandb_project: str | None = None) -> RunSet:
+    """``collect_runs`` with the completed records it left out kept as rows, for the tables to count."""
     root = Path(root)
     rows: list[dict[str, Any]] = []
     problems: list[RunProblem] = []
@@ -116,12 +160,79 @@ def collect_runs(
             if row is not None and _identity(row) in on_disk:
                 continue  # the record on disk is the source of truth; the mirror only fills gaps
             _keep(row, problem, rows, problems)
-    frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    kept, left_out = _leave_out_doubtful(rows)
+    for row in left_out:
+        problem = RunProblem(row["run_dir"], row["left_out_kind"], row["left_out_detail"])
+        log.warning("Leaving out of the means %s", problem)
+        problems.append(problem)
+    return RunSet(_frame(kept, RUN_COLUMNS), _frame(left_out, LEFT_OUT_COLUMNS), sorted(problems))
+
+
+def _frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(columns))
     frame = frame.sort_values("run_dir", kind="stable", ignore_index=True)
     for column in NUMERIC_COLUMNS:
         frame[column] = frame[column].astype(float)
     frame["seed"] = frame["seed"].astype("Int64")
-    return frame, sorted(problems)
+    frame["code_changed_on_resume"] = frame["code_changed_on_resume"].astype(bool)
+    return frame
+
+
+def placement_key(label: object) -> str:
+    """Key for matching a run's ``table_block`` / ``table_model`` to a table's row labels: case-insensitive,
+    a parenthesised remark such as "(inferred)" ignored."""
+    text = re.sub(r"\([^)]*\)", " ", str(label)).lower()
+    return " ".join(text.split())
+
+
+def _leave_out_doubtful(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split completed rows into counted ones and those left out: short, scale mismatch, duplicate seed.
+
+    A short or misplaced record is left out for its own fault first, so it does not also make a sound
+    record of the same seed a duplicate.
+    """
+    kept, left_out = [], []
+    for row in rows:
+        fault = _record_fault(row)
+        if fault is None:
+            kept.append(row)
+        else:
+            left_out.append({**row, "left_out_kind": fault[0], "left_out_detail": fault[1]})
+    by_cell_seed: dict[tuple, list[dict[str, Any]]] = {}
+    for row in kept:
+        by_cell_seed.setdefault(_cell_seed(row), []).append(row)
+    counted = []
+    for row in kept:
+        same = by_cell_seed[_cell_seed(row)]
+        if len(same) == 1:
+            counted.append(row)
+            continue
+        others = ", ".join(r["run_dir"] for r in same if r is not row)
+        detail = (
+            f"duplicate seed {row['seed']} of {row['table_id']} {row['table_block']}/{row['table_model']}/"
+            f"{row['optimizer']} at scale {row['scale']} (also in {others}); none of them is counted"
+        )
+        left_out.append({**row, "left_out_kind": "duplicate", "left_out_detail": detail})
+    return counted, left_out
+
+
+def _record_fault(row: Mapping[str, Any]) -> tuple[str, str] | None:
+    epochs, planned = row["epochs"], row["epochs_planned"]
+    if not (math.isnan(epochs) or math.isnan(planned)) and epochs < planned:
+        return "short", f"completed with {epochs:g} of {planned:g} planned epochs"
+    parts = row["run_dir"].split("/")
+    if row["source"] == "disk" and len(parts) >= 3 and parts[-2] != row["scale"]:
+        return (
+            "scale_mismatch",
+            f"summary.json says scale {row['scale']!r} but the record sits in scale folder {parts[-2]!r}",
+        )
+    return None
+
+
+def _cell_seed(row: Mapping[str, Any]) -> tuple:
+    return tuple(
+        placement_key(row[k]) if k in ("table_block", "table_model") else row[k] for k in CELL_SEED_KEYS
+    )
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -202,6 +313,12 @@ def _summary_to_row(
             return None, RunProblem(run_dir, "broken", f"{key} must be a number or null, got {value!r}")
     attacks = summary.get("attacks")
     row["attacks"] = None if attacks is None else json.dumps(attacks, sort_keys=True)
+    changed = summary.get("code_changed_on_resume")
+    if changed is not None and not isinstance(changed, bool):
+        return None, RunProblem(
+            run_dir, "broken", f"code_changed_on_resume must be true/false, got {changed!r}"
+        )
+    row["code_changed_on_resume"] = bool(changed)
     return row, None
 
 
@@ -245,6 +362,10 @@ def count_statuses(problems: Iterable[RunProblem]) -> dict[str, int]:
     """How many runs were not counted, by reason (``status 'failed'``, ``broken``, ...), for summaries."""
     counts: dict[str, int] = {}
     for problem in problems:
-        key = problem.detail if problem.kind == "not_completed" else problem.kind
+        key = (
+            problem.detail
+            if problem.kind == "not_completed"
+            else LEFT_OUT_KINDS.get(problem.kind, problem.kind)
+        )
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))

@@ -6,25 +6,50 @@ A *cell* is (table, scale, block, model, optimizer, metric). Our value for a cel
 standard deviation over seeds of one summary key of the completed runs placed in it:
 
 - placement: ``summary.table_id`` == table, ``table_block`` / ``table_model`` equal to the paper's block /
-  model (case-insensitive, a parenthesised remark such as "(inferred)" ignored), ``scale`` == scale;
+  model (``collect.placement_key``: case-insensitive, a parenthesised remark such as "(inferred)" ignored),
+  ``scale`` == scale;
 - metric: ``top1_acc`` <- ``final_eval_top1`` (final epoch, not the best), ``standard_acc`` <-
-  ``final_eval_clean_top1``, ``attacked_acc`` <- ``final_eval_robust_top1``;
+  ``final_eval_clean_top1``, ``attacked_acc`` <- ``final_eval_robust_top1`` (the paper's PGD-10); beside the
+  attacked cell, our AutoAttack robust accuracy (``final_eval_autoattack_top1``, not in the paper);
 - optimizer: the paper's "Adam" baseline is our ``adamw`` where a row has adamw runs, else ``adam`` (the ICLR
   version labels its ImageNet baseline AdamW, clovaai/AdamP#10).
+
+Records the collector left out (duplicate seed, short run, scale mismatch) are counted per cell
+(``n_left_out``), never averaged. Each gain carries its Welch 95% interval, the smallest gain its seeds could
+detect and the seeds per arm needed to detect the paper's printed gain (``stats``); own tables take P1's
+ResNet18 gain of the same pair as that target (``REFERENCE_GAIN``).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from adamp_repro.results.collect import LEFT_OUT_COLUMNS, RUN_COLUMNS, placement_key
+from adamp_repro.results.gains import (
+    GAIN_COLUMNS,
+    PAIRS,
+    PROXY_TABLES,
+    REFERENCE_GAIN,
+    paired_gains,
+    paper_gain_range,
+)
 from adamp_repro.results.reference import PAPER_TABLES
-from adamp_repro.results.stats import welch_test
+
+# Gains live in ``gains``; their names stay importable from here, where a table's numbers are assembled.
+__all__ = [
+    "GAIN_COLUMNS",
+    "PAIRS",
+    "PROXY_TABLES",
+    "REFERENCE_GAIN",
+    "Comparison",
+    "compare_table",
+    "paper_gain_range",
+]
 
 SCALE_ORDER = ("smoke", "mini", "paper")
 OPTIMIZER_ORDER = ("sgd", "sgdp", "adam", "adamw", "adamp")
@@ -37,14 +62,19 @@ PAPER_OPTIMIZERS = {
     "AdamW": ("adamw",),
     "AdamP": ("adamp",),
 }
-# (baseline, proposed) pairs the paper compares; an own table's "Adam" pair uses AdamW when it has it.
-PAIRS = (("SGD", "SGDP"), ("AdamW", "AdamP"), ("Adam", "AdamP"))
 METRIC_KEYS = {
     "top1_acc": "final_eval_top1",
     "standard_acc": "final_eval_clean_top1",
     "attacked_acc": "final_eval_robust_top1",
 }
 MECHANISM_KEYS = ("initial_mean_weight_norm", "final_mean_weight_norm", "final_effective_step_size")
+# Our AutoAttack robust accuracy, set beside the PGD-10 ("attacked_acc") cell; the paper has no such number.
+AUTOATTACK_KEY = "final_eval_autoattack_top1"
+# PGD-10 accuracy on the samples AutoAttack attacked (it may run on a subset of the test set).
+AUTOATTACK_PGD_KEY = "final_eval_autoattack_subset_robust_top1"
+# PGD-10 minus AutoAttack (accuracy points, mean over the runs that report both) above which a table says the
+# paper's PGD-10 (sign steps, no random start at evaluation) overstates robustness there.
+AUTOATTACK_GAP_POINTS = 5.0
 # Our own tables: no printed counterpart. Title and the dataset they are about.
 OWN_TABLES = {
     "mini": "Quick run on the embedded CIFAR-10 subset (our own table; the default `make reproduce-table`)",
@@ -57,11 +87,6 @@ OWN_TABLES = {
 # Own tables of the paper's ResNet-18 analysis: their curves and the paper's readings are drawn by
 # results/analysis.py (results/figures/analysis_<table>_<scale>.*).
 ANALYSIS_TABLES = ("imagenette_analysis",)
-# Own tables that stand in for a paper table on other data: their paired gains are set beside the paper's
-# printed gains of the same model in that table (and signs are judged against them). Own table -> (paper
-# table, block). The paper's "Adam" column stands for our AdamW (PAPER_OPTIMIZERS), so AdamP − AdamW is
-# compared with the paper's AdamP − Adam.
-PROXY_TABLES = {"imagenette": ("P1", "imagenet")}
 # P2's "with weight decay" column is P1's ResNet18 row (identical printed values), so P1 ResNet18 runs
 # fill it when no run is tagged P2/with_wd: (table, block) -> (table, block, model) to borrow from.
 BORROWED_ROWS = {("P2", "with_wd"): ("P1", "imagenet", "resnet18")}
@@ -93,29 +118,14 @@ CELL_COLUMNS = (
     "seeds",
     "values",
     "run_dirs",
-)
-GAIN_COLUMNS = (
-    "table",
-    "scale",
-    "dataset_label",
-    "block",
-    "model",
-    "metric",
-    "baseline",
-    "proposed",
-    "our_baseline",
-    "our_proposed",
-    "paper_gain",
-    "expected_sign",
-    "ours_gain",
-    "n_baseline",
-    "n_proposed",
-    "sign_agrees",
-    "test",
-    "t_stat",
-    "dof",
-    "p_value",
-    "beyond_noise",
+    "n_code_changed",
+    "code_changed_runs",
+    "n_left_out",
+    "left_out_runs",
+    "autoattack_mean",
+    "autoattack_std",
+    "autoattack_n",
+    "pgd_minus_autoattack",
 )
 
 
@@ -127,12 +137,11 @@ class Comparison:
     cells: pd.DataFrame
     gains: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    # The table's completed records left out of the means (``collect.LEFT_OUT_COLUMNS``).
+    left_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(LEFT_OUT_COLUMNS)))
 
 
-def normalise(label: object) -> str:
-    """Key for matching a run's ``table_block`` / ``table_model`` to the paper's row labels."""
-    text = re.sub(r"\([^)]*\)", " ", str(label)).lower()
-    return " ".join(text.split())
+normalise = placement_key  # one matching rule for the collector's duplicate check and the table rows
 
 
 def ordered_scales(scales: Sequence[str]) -> list[str]:
@@ -140,19 +149,32 @@ def ordered_scales(scales: Sequence[str]) -> list[str]:
     return known + sorted(set(scales) - set(SCALE_ORDER))
 
 
-def compare_table(table_id: str, runs: pd.DataFrame, paper: pd.DataFrame) -> Comparison:
-    """Cells and gains of one table (a paper table id such as ``P1`` or an own one such as ``mini``)."""
+def compare_table(
+    table_id: str, runs: pd.DataFrame, paper: pd.DataFrame, left_out: pd.DataFrame | None = None
+) -> Comparison:
+    """Cells and gains of one table (a paper table id such as ``P1`` or an own one such as ``mini``).
+
+    ``left_out``: the completed records the collector did not count (``collect.read_records``); the table
+    counts and lists its own among them, and never averages them.
+    """
     notes: list[str] = []
-    table_runs = _runs_of_table(table_id, runs, notes)
-    template = _row_template(table_id, table_runs, paper)
-    scales = ordered_scales(sorted(table_runs["scale"].unique())) or [None]
+    if left_out is None:
+        left_out = pd.DataFrame(columns=list(LEFT_OUT_COLUMNS))
+    tagged = pd.concat([runs[["table_id", "table_block"]], left_out[["table_id", "table_block"]]])
+    table_runs = _runs_of_table(table_id, runs, notes, tagged)
+    table_left_out = _runs_of_table(table_id, left_out, [], tagged)
+    template = _row_template(table_id, pd.concat([table_runs, table_left_out[list(RUN_COLUMNS)]]), paper)
+    present = [*table_runs["scale"].unique(), *table_left_out["scale"].unique()]
+    scales = ordered_scales(sorted(set(present))) or [None]
     cells, used = [], set()
     for scale in scales:
         scale_runs = table_runs[table_runs["scale"] == scale]
+        scale_left_out = table_left_out[table_left_out["scale"] == scale]
         for group_key, group in template.groupby(["block", "model"], sort=False):
             group_runs = _match(scale_runs, *group_key)
+            group_left_out = _match(scale_left_out, *group_key)
             for row in group.to_dict("records"):
-                cells.append(_cell(table_id, scale, row, group_runs, used, notes))
+                cells.append(_cell(table_id, scale, row, group_runs, group_left_out, used, notes))
     cells_frame = pd.DataFrame(cells, columns=[*CELL_COLUMNS, "_values"])
     unplaced = sorted(set(table_runs["run_dir"]) - used)
     if unplaced:
@@ -160,14 +182,29 @@ def compare_table(table_id: str, runs: pd.DataFrame, paper: pd.DataFrame) -> Com
             f"{len(unplaced)} completed run(s) of this table are not shown (no row matches their block/model, "
             f"or another optimizer fills their column, e.g. adamw before adam): {', '.join(unplaced)}"
         )
-    gains = _gains(table_id, cells_frame, paper)
-    return Comparison(table_id, cells_frame, gains, notes)
+    if len(table_left_out):
+        notes.append(
+            f"{len(table_left_out)} completed record(s) of this table left out of the means (a table does not "
+            "guess which of two records of a seed is right, nor count a short or misfiled run): "
+            + "; ".join(f"`{r.run_dir}`: {r.left_out_detail}" for r in table_left_out.itertuples())
+        )
+    changed = sorted(set(table_runs.loc[table_runs["code_changed_on_resume"], "run_dir"]) & used)
+    if changed:
+        notes.append(
+            f"† {len(changed)} counted record(s) resumed after a change to `src/` (summary "
+            f"`code_changed_on_resume`: their epochs come from more than one version of the code): "
+            + ", ".join(f"`{d}`" for d in changed)
+        )
+    gains = paired_gains(table_id, cells_frame, paper)
+    return Comparison(table_id, cells_frame, gains, notes, table_left_out.reset_index(drop=True))
 
 
-def _runs_of_table(table_id: str, runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+def _runs_of_table(table_id: str, runs: pd.DataFrame, notes: list[str], tagged: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``runs`` placed in ``table_id``, with borrowed blocks that no record of ``tagged`` claims."""
     own = runs[runs["table_id"] == table_id].copy()
+    claimed = tagged.loc[tagged["table_id"] == table_id, "table_block"].map(normalise)
     for (table, block), (src_table, src_block, src_model) in BORROWED_ROWS.items():
-        if table != table_id or (own["table_block"].map(normalise) == normalise(block)).any():
+        if table != table_id or (claimed == normalise(block)).any():
             continue
         borrowed = _match(runs[runs["table_id"] == src_table], src_block, src_model).copy()
         if len(borrowed):
@@ -231,27 +268,29 @@ def _row_template(table_id: str, table_runs: pd.DataFrame, paper: pd.DataFrame) 
     return pd.DataFrame(rows, columns=columns)
 
 
-def _our_optimizer(table_id: str, label: str, group_runs: pd.DataFrame) -> str:
+def _our_optimizer(table_id: str, label: str, group_runs: pd.DataFrame, group_left_out: pd.DataFrame) -> str:
     if table_id not in PAPER_TABLES:
         return next((k for k, v in OPTIMIZER_LABELS.items() if v == label), label)
     candidates = PAPER_OPTIMIZERS.get(label, (label.lower(),))
-    present = set(group_runs["optimizer"])
-    return next((c for c in candidates if c in present), candidates[0])
+    # Counted runs choose the column's optimizer; left-out records only name it for a column with none.
+    for present in (set(group_runs["optimizer"]), set(group_left_out["optimizer"])):
+        chosen = next((c for c in candidates if c in present), None)
+        if chosen is not None:
+            return chosen
+    return candidates[0]
 
 
-def _cell(table_id, scale, row, group_runs, used, notes) -> dict:
-    our_optimizer = _our_optimizer(table_id, row["optimizer"], group_runs)
+def _cell(table_id, scale, row, group_runs, group_left_out, used, notes) -> dict:
+    our_optimizer = _our_optimizer(table_id, row["optimizer"], group_runs, group_left_out)
     key = METRIC_KEYS.get(row["metric"])
     runs = group_runs[group_runs["optimizer"] == our_optimizer].sort_values("run_dir")
     # A run counts for a metric only if it reports it; a metric we cannot map (P3's AP, ...) has no runs.
     runs = runs[runs[key].notna()] if key is not None else runs.iloc[0:0]
-    duplicated = runs["seed"].duplicated(keep="first")
-    if duplicated.any():
-        notes.append(
-            f"Duplicate seed records ignored (first by path kept): {', '.join(runs[duplicated].run_dir)}"
-        )
-        runs = runs[~duplicated]
+    if runs["seed"].duplicated().any():  # collect leaves duplicates out; a frame built elsewhere may not
+        raise ValueError(f"Duplicate seeds in one cell of {table_id}: {', '.join(runs['run_dir'])}")
+    left_out = group_left_out[group_left_out["optimizer"] == our_optimizer].sort_values("run_dir")
     used.update(runs["run_dir"])
+    changed = runs.loc[runs["code_changed_on_resume"], "run_dir"]
     values = [float(v) for v in runs[key]] if key is not None else []
     labels = sorted(set(runs["dataset_label"].dropna()))
     if len(labels) > 1:
@@ -284,97 +323,25 @@ def _cell(table_id, scale, row, group_runs, used, notes) -> dict:
         "seeds": ";".join(str(int(s)) for s in runs["seed"]),
         "values": ";".join(repr(v) for v in values),
         "run_dirs": ";".join(runs["run_dir"]),
+        "n_code_changed": len(changed),
+        "code_changed_runs": ";".join(changed),
+        "n_left_out": len(left_out),
+        "left_out_runs": ";".join(left_out["run_dir"]),
+        **_autoattack(row["metric"], runs),
         "_values": values,
     }
 
 
-def _gains(table_id: str, cells: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    own_sign = 1.0  # own tables: the paper puts the projected optimizer ahead in every P1 row
-    for (scale, block, model, metric), group in cells.groupby(
-        ["scale", "block", "model", "metric"], sort=False, dropna=False
-    ):
-        by_label = {r["optimizer"]: r for r in group.to_dict("records")}
-        for baseline, proposed in _pairs_for(table_id, by_label):
-            a, b = by_label[baseline], by_label[proposed]
-            result = welch_test(a["_values"], b["_values"])
-            # Printed values carry at most 2 decimals: drop the float noise of their difference (0.57, not 0.5700..074).
-            paper_gain = (
-                _proxy_gain(table_id, model, baseline, proposed, paper)
-                if table_id in PROXY_TABLES
-                else round(b["paper"] - a["paper"], 10)
-            )
-            expected = float(np.sign(paper_gain)) if not math.isnan(paper_gain) else own_sign
-            if table_id in PAPER_TABLES and math.isnan(paper_gain):
-                expected = math.nan
-            agrees = (
-                pd.NA
-                if math.isnan(result.gain) or math.isnan(expected)
-                else bool(np.sign(result.gain) == expected)
-            )
-            beyond = result.beyond_noise
-            rows.append(
-                {
-                    "table": table_id,
-                    "scale": scale,
-                    "dataset_label": _first_text(b["dataset_label"], a["dataset_label"]),
-                    "block": block,
-                    "model": model,
-                    "metric": metric,
-                    "baseline": baseline,
-                    "proposed": proposed,
-                    "our_baseline": a["our_optimizer"],
-                    "our_proposed": b["our_optimizer"],
-                    "paper_gain": paper_gain,
-                    "expected_sign": expected,
-                    "ours_gain": result.gain,
-                    "n_baseline": a["n_seeds"],
-                    "n_proposed": b["n_seeds"],
-                    "sign_agrees": agrees,
-                    "test": result.test,
-                    "t_stat": result.t,
-                    "dof": result.dof,
-                    "p_value": result.p,
-                    "beyond_noise": pd.NA if beyond is None else beyond,
-                }
-            )
-    return pd.DataFrame(rows, columns=list(GAIN_COLUMNS))
-
-
-def _proxy_gain(table_id: str, model: str, baseline: str, proposed: str, paper: pd.DataFrame) -> float:
-    """The paper's printed gain of ``proposed`` over ``baseline`` for ``model`` in the table that
-    ``table_id`` stands in for (``PROXY_TABLES``); NaN when the paper has no such row."""
-    paper_table, block = PROXY_TABLES[table_id]
-    rows = paper[
-        (paper["table"] == paper_table)
-        & (paper["block"].map(normalise) == normalise(block))
-        & (paper["model"].map(normalise) == normalise(model))
-        & (paper["metric"] == "top1_acc")
-    ]
-    values = dict(zip(rows["optimizer"], rows["value"]))
-    as_paper = {"AdamW": "Adam"}
-    a, b = values.get(as_paper.get(baseline, baseline)), values.get(as_paper.get(proposed, proposed))
-    return math.nan if a is None or b is None else round(float(b) - float(a), 10)
-
-
-def _first_text(*values) -> str | None:
-    """The first non-missing label (missing strings come back from pandas as None or NaN)."""
-    return next((v for v in values if isinstance(v, str) and v), None)
-
-
-def _pairs_for(table_id: str, by_label: dict) -> list[tuple[str, str]]:
-    pairs = [(a, b) for a, b in PAIRS if a in by_label and b in by_label]
-    if table_id not in PAPER_TABLES and ("AdamW", "AdamP") in pairs:
-        # An own table compares AdamP with AdamW when it has AdamW runs, as the paper's "Adam" column does.
-        pairs = [p for p in pairs if p != ("Adam", "AdamP")]
-    return pairs
-
-
-def paper_gain_range(paper: pd.DataFrame, table_id: str = "P1") -> tuple[float, float]:
-    """Smallest and largest printed gain (difference of printed values) of the paper's pairs in a table."""
-    rows = paper[paper["table"] == table_id]
-    gains = []
-    for _, group in rows.groupby(["block", "model", "metric"], sort=False):
-        values = dict(zip(group["optimizer"], group["value"]))
-        gains += [values[b] - values[a] for a, b in PAIRS if a in values and b in values]
-    return (min(gains), max(gains)) if gains else (math.nan, math.nan)
+def _autoattack(metric: str, runs: pd.DataFrame) -> dict:
+    """Our AutoAttack accuracy beside a PGD-10 cell (same runs), and PGD-10 − AutoAttack per run, averaged:
+    sample for sample where the record has PGD-10 on AutoAttack's samples, else against the whole test set."""
+    values = runs[AUTOATTACK_KEY].dropna() if metric == "attacked_acc" else runs[AUTOATTACK_KEY].iloc[0:0]
+    both = runs.loc[values.index]
+    pgd = both[AUTOATTACK_PGD_KEY].fillna(both[METRIC_KEYS["attacked_acc"]])
+    gap = pgd - both[AUTOATTACK_KEY]
+    return {
+        "autoattack_mean": float(values.mean()) if len(values) else math.nan,
+        "autoattack_std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
+        "autoattack_n": len(values),
+        "pgd_minus_autoattack": float(gap.mean()) if len(gap) else math.nan,
+    }

@@ -1,4 +1,5 @@
-"""A table's findings in words: each measured gap against seed noise, the weight-norm mechanism, the notes.
+"""A table's findings in words: each measured gap against seed noise and the power of its seeds, the
+weight-norm mechanism, AutoAttack against PGD-10, the notes.
 
 Kept apart from the grids (``tables``) because these sentences are what a reader of a small run needs most:
 a gap that is not beyond seed noise is said to be so, and never printed as a bare winner.
@@ -10,15 +11,30 @@ import math
 
 import pandas as pd
 
-from adamp_repro.results.compare import ANALYSIS_TABLES, PROXY_TABLES, paper_gain_range
-from adamp_repro.results.stats import ALPHA, NOT_APPLICABLE_ONE_SEED, TEST_DESCRIPTION
+from adamp_repro.results.compare import (
+    ANALYSIS_TABLES,
+    AUTOATTACK_GAP_POINTS,
+    AUTOATTACK_KEY,
+    AUTOATTACK_PGD_KEY,
+)
+from adamp_repro.results.gains import PROXY_TABLES, REFERENCE_GAIN, paper_gain_range
+from adamp_repro.results.stats import (
+    ALPHA,
+    MAX_SEEDS,
+    NOT_APPLICABLE_ONE_SEED,
+    POWER,
+    POWER_DESCRIPTION,
+    TEST_DESCRIPTION,
+)
 
 MISSING = "—"
 METRIC_LABELS = {
     "top1_acc": "top-1 (%)",
     "standard_acc": "standard acc (%)",
-    "attacked_acc": "attacked acc (%)",
+    "attacked_acc": "attacked acc, PGD-10 (%)",
 }
+AUTOATTACK_LABEL = "AutoAttack (ours; not in the paper)"
+CODE_CHANGED_MARK = "†"
 
 
 def gap_sentences(gains: pd.DataFrame, is_paper: bool, paper: pd.DataFrame) -> list[str]:
@@ -45,11 +61,47 @@ def gap_sentences(gains: pd.DataFrame, is_paper: bool, paper: pd.DataFrame) -> l
                 f"{r['n_proposed']} vs {r['n_baseline']} seeds): this run cannot tell "
                 f"{r['proposed']} and {r['baseline']} apart on accuracy."
             )
+        if r["test"] != NOT_APPLICABLE_ONE_SEED:
+            sentences.append(power_sentence(r))
     if sentences and not is_paper:
         low, high = paper_gain_range(paper, "P1")
         sentences.append(
             f"For scale: the paper's ImageNet gains (P1) are {low:+.2f} to {high:+.2f} points. A gap is called "
             "here only when the test finds it beyond seed noise; otherwise no winner is read from it."
+        )
+    return sentences
+
+
+def power_sentence(r: dict) -> str:
+    """The interval and power of one gain in words: inside noise or not, what these seeds could detect, and
+    how many seeds the printed gain would take."""
+    inside = r["ci_low"] <= 0.0 <= r["ci_high"]
+    text = (
+        f"{r['proposed']} − {r['baseline']}: 95% CI [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] "
+        + ("includes 0, so the gap is inside seed noise" if inside else "excludes 0")
+        + f"; {r['n_proposed']} vs {r['n_baseline']} seeds with this spread detect (power {POWER}) a gain of "
+        f"{r['detectable_gain']:.2f} points or more"
+    )
+    target, needed = r["target_gain"], r["seeds_needed"]
+    if isinstance(target, float) and not math.isnan(target):
+        seeds = f"more than {MAX_SEEDS:,}" if math.isinf(needed) else f"{int(needed)}"
+        text += (
+            f"; detecting the printed {target:+.2f} ({r['target_source']}) would take {seeds} seeds per arm"
+        )
+    return text + "."
+
+
+def autoattack_sentences(part: pd.DataFrame) -> list[str]:
+    """Where our AutoAttack accuracy is far below our PGD-10 one, say that PGD-10 overstates robustness."""
+    sentences = []
+    far = part[part["pgd_minus_autoattack"] > AUTOATTACK_GAP_POINTS]
+    for r in far.to_dict("records"):
+        where = " / ".join(str(r[c]) for c in ("model", "block") if r[c] not in ("-", ""))
+        sentences.append(
+            f"{r['optimizer']} ({where}): AutoAttack robust accuracy {r['autoattack_mean']:.2f} is "
+            f"{r['pgd_minus_autoattack']:.2f} points below PGD-10 (more than {AUTOATTACK_GAP_POINTS:g}; mean over "
+            "seeds of each run's gap, on the same samples where recorded): the paper's PGD-10 (sign steps, no "
+            "random start at evaluation) overstates robustness here."
         )
     return sentences
 
@@ -123,5 +175,29 @@ def table_notes(table_id: str, is_paper: bool, cells: pd.DataFrame) -> list[str]
             f"‖w‖ here is the whole-tensor norm after the first epoch. The paper's analysis layout (norm per "
             f"filter from the initial weights, effective step, top-1 per epoch) with the paper's readings beside "
             f"ours: `results/figures/analysis_{table_id}_<scale>.md` and `.png` (`make figures`)."
+        )
+    return notes + _power_and_robustness_notes(is_paper or table_id in PROXY_TABLES, cells)
+
+
+def _power_and_robustness_notes(has_paper_gain: bool, cells: pd.DataFrame) -> list[str]:
+    target = "the printed gain (Paper gain)"
+    if not has_paper_gain:
+        ref_table, _, ref_model = REFERENCE_GAIN
+        target = (
+            f"{ref_table}'s printed {ref_model} gain of the same pair (SGDP − SGD, AdamP − Adam; our AdamW "
+            "stands for the paper's Adam), shown beside the count, as a scale for what a real effect needs"
+        )
+    notes = [
+        "95% CI: Welch's interval of the gain. Detectable gain: the smallest gain these seeds detect; "
+        f"Seeds/arm: seeds per optimizer to detect {target} ({POWER_DESCRIPTION}). The spread is itself "
+        f"estimated from few seeds, so both are planning figures, not guarantees. `{NOT_APPLICABLE_ONE_SEED}`: "
+        "no spread to estimate."
+    ]
+    if (cells["metric"] == "attacked_acc").any():
+        notes.append(
+            f"{AUTOATTACK_LABEL}: mean ± std over the same runs of `{AUTOATTACK_KEY}`, AutoAttack (Croce & "
+            "Hein, ICML 2020) at the run's threat model and eps; the paper reports PGD-10 only. Where it is "
+            f"more than {AUTOATTACK_GAP_POINTS:g} points below our PGD-10 (on the same samples where the record "
+            f"has `{AUTOATTACK_PGD_KEY}`) the findings say so."
         )
     return notes

@@ -1,8 +1,17 @@
-"""Seed-noise test for a gain between two optimizers: Welch's two-sample t-test, two-sided.
+"""Seed-noise statistics of a gain between two optimizers: Welch's test, its interval, and its power.
 
-scipy is not a dependency of the suite, so the t distribution is evaluated here from the regularized
-incomplete beta function (continued fraction, modified Lentz); when scipy is importable it is used instead
-and the tests check the two agree. ``TEST_DESCRIPTION`` names the backend so every table says which ran.
+Everything is two-sided at ``ALPHA``; the power figures use ``POWER``. The t and noncentral t distributions
+come from ``scipy.stats`` (the tests check the power figures against ``statsmodels``' ``TTestIndPower`` and
+Cohen's published sample sizes).
+
+- ``welch_test``: the gain ``mean(b) - mean(a)``, Welch's t, its Welch-Satterthwaite degrees of freedom, the
+  p value and the 95% confidence interval ``gain ± t_{1-alpha/2, dof} · se``.
+- ``detectable_gain``: the smallest |gain| that the seeds at hand detect with probability ``POWER``, from the
+  noncentral t with the observed spread (the spread is an estimate, so this is a planning figure, not a bound).
+- ``seeds_needed``: seeds per arm (equal arms, the observed spreads) to detect a target gain with ``POWER``.
+
+With fewer than two seeds on a side there is no spread: every figure is NaN and ``test`` says
+``NOT_APPLICABLE_ONE_SEED``.
 """
 
 from __future__ import annotations
@@ -11,68 +20,48 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-try:  # optional: identical results to ~1e-12, see tests
-    from scipy import stats as _scipy_stats
-except ImportError:  # pragma: no cover - depends on the environment
-    _scipy_stats = None
+from scipy import optimize
+from scipy import stats as scipy_stats
 
 ALPHA = 0.05
-BACKEND = "scipy.stats.t" if _scipy_stats is not None else "own regularized incomplete beta"
+POWER = 0.8
+CONFIDENCE = 1.0 - ALPHA
+# Beyond this many seeds per arm the answer is "more than MAX_SEEDS" (inf), not a number to plan with.
+MAX_SEEDS = 100_000
 TEST_DESCRIPTION = (
-    f"Welch's t-test, two-sided, p < {ALPHA} (needs ≥ 2 seeds on each side; t distribution: {BACKEND})"
+    f"Welch's t-test, two-sided, p < {ALPHA} (needs ≥ 2 seeds on each side; t distribution: scipy.stats.t)"
 )
-NOT_APPLICABLE_ONE_SEED = "n/a (1 seed)"
+POWER_DESCRIPTION = (
+    f"two-sided, alpha {ALPHA}, power {POWER}, from the noncentral t (scipy.stats.nct) with the observed "
+    "spread of each arm and Welch's degrees of freedom"
+)
+NOT_APPLICABLE_ONE_SEED = "n/a (one seed)"
 NOT_APPLICABLE_NO_RUNS = "n/a (no runs)"
 
 
 @dataclass(frozen=True)
 class WelchResult:
-    """``gain = mean(b) - mean(a)``; ``p`` is NaN and ``test`` says why when a side has fewer than 2 seeds."""
+    """``gain = mean(b) - mean(a)``; the rest is NaN and ``test`` says why when a side has fewer than 2 seeds.
+
+    ``var_a`` / ``var_b`` are the sample variances (ddof 1) of each side, ``se`` the standard error of the gain.
+    """
 
     gain: float
     t: float
     dof: float
     p: float
     test: str
+    n_a: int = 0
+    n_b: int = 0
+    var_a: float = math.nan
+    var_b: float = math.nan
+    se: float = math.nan
+    ci_low: float = math.nan
+    ci_high: float = math.nan
 
     @property
     def beyond_noise(self) -> bool | None:
         return None if math.isnan(self.p) else self.p < ALPHA
-
-
-def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
-    """I_x(a, b) for a, b > 0 and 0 <= x <= 1 (Numerical Recipes 6.4, continued fraction)."""
-    if a <= 0 or b <= 0:
-        raise ValueError(f"Invalid beta parameters: a={a!r}, b={b!r} (both must be > 0)")
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"Invalid x for the incomplete beta: {x!r} (expected 0 <= x <= 1)")
-    if x in (0.0, 1.0):
-        return x
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    # The fraction converges fast only for x < (a+1)/(a+b+2); use the symmetry I_x(a,b) = 1 - I_{1-x}(b,a).
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
-
-
-def _beta_fraction(a: float, b: float, x: float, max_iter: int = 500, eps: float = 1e-15) -> float:
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, max_iter + 1):
-        for numerator in (
-            m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0)),
-        ):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < eps:
-            return h
-    raise ArithmeticError(f"Incomplete beta did not converge for a={a}, b={b}, x={x}")
 
 
 def t_two_sided_p(t: float, dof: float) -> float:
@@ -81,29 +70,111 @@ def t_two_sided_p(t: float, dof: float) -> float:
         raise ValueError(f"Invalid degrees of freedom: {dof!r} (must be > 0)")
     if math.isinf(t):
         return 0.0
-    if _scipy_stats is not None:
-        return float(2.0 * _scipy_stats.t.sf(abs(t), dof))
-    return regularized_incomplete_beta(dof / 2.0, 0.5, dof / (dof + t * t))
+    return float(2.0 * scipy_stats.t.sf(abs(t), dof))
+
+
+def welch_dof(var_a: float, n_a: int, var_b: float, n_b: int) -> float:
+    """Welch-Satterthwaite degrees of freedom of ``mean(b) - mean(a)``; NaN when both spreads are zero."""
+    va, vb = var_a / n_a, var_b / n_b
+    se2 = va + vb
+    if se2 == 0.0:
+        return math.nan
+    return se2 * se2 / (va * va / (n_a - 1) + vb * vb / (n_b - 1))
 
 
 def welch_test(a: Sequence[float], b: Sequence[float]) -> WelchResult:
     """Test whether ``mean(b) - mean(a)`` is beyond seed noise; ``a`` is the baseline's per-seed values."""
     a, b = [float(v) for v in a], [float(v) for v in b]
     if not a or not b:
-        return WelchResult(math.nan, math.nan, math.nan, math.nan, NOT_APPLICABLE_NO_RUNS)
+        return WelchResult(math.nan, math.nan, math.nan, math.nan, NOT_APPLICABLE_NO_RUNS, len(a), len(b))
     gain = _mean(b) - _mean(a)
     if len(a) < 2 or len(b) < 2:
-        return WelchResult(gain, math.nan, math.nan, math.nan, NOT_APPLICABLE_ONE_SEED)
-    va, vb = _variance(a) / len(a), _variance(b) / len(b)
-    se2 = va + vb
+        return WelchResult(gain, math.nan, math.nan, math.nan, NOT_APPLICABLE_ONE_SEED, len(a), len(b))
+    var_a, var_b = _variance(a), _variance(b)
+    se2 = var_a / len(a) + var_b / len(b)
+    sizes = {"n_a": len(a), "n_b": len(b), "var_a": var_a, "var_b": var_b}
     if se2 == 0.0:
         # Identical values within each side (e.g. fully deterministic runs): any nonzero gap is exact.
+        t = math.copysign(math.inf, gain) if gain else 0.0
         return WelchResult(
-            gain, math.copysign(math.inf, gain) if gain else 0.0, math.nan, 0.0 if gain else 1.0, "welch_t"
+            gain, t, math.nan, 0.0 if gain else 1.0, "welch_t", **sizes, se=0.0, ci_low=gain, ci_high=gain
         )
-    dof = se2 * se2 / (va * va / (len(a) - 1) + vb * vb / (len(b) - 1))
-    t = gain / math.sqrt(se2)
-    return WelchResult(gain, t, dof, t_two_sided_p(t, dof), "welch_t")
+    dof = welch_dof(var_a, len(a), var_b, len(b))
+    se = math.sqrt(se2)
+    half = float(scipy_stats.t.ppf(1.0 - ALPHA / 2.0, dof)) * se
+    return WelchResult(
+        gain,
+        gain / se,
+        dof,
+        t_two_sided_p(gain / se, dof),
+        "welch_t",
+        **sizes,
+        se=se,
+        ci_low=gain - half,
+        ci_high=gain + half,
+    )
+
+
+def power_of(gain: float, se: float, dof: float, alpha: float = ALPHA) -> float:
+    """Probability that a two-sided t-test at ``alpha`` rejects when the true gain is ``gain``.
+
+    The statistic is noncentral t with ``dof`` degrees of freedom and noncentrality ``gain / se``; both tails
+    count, as in ``statsmodels.stats.power.TTestIndPower``.
+    """
+    crit = float(scipy_stats.t.ppf(1.0 - alpha / 2.0, dof))
+    nc = gain / se
+    # The lower tail P(T < -crit) as P(T > crit) at -nc: scipy's nct.cdf returns NaN there for large nc.
+    power = float(scipy_stats.nct.sf(crit, dof, nc) + scipy_stats.nct.sf(crit, dof, -nc))
+    if not math.isfinite(power):
+        raise ArithmeticError(f"Power is not finite for gain={gain!r}, se={se!r}, dof={dof!r}")
+    return min(power, 1.0)
+
+
+def detectable_gain(result: WelchResult, power: float = POWER, alpha: float = ALPHA) -> float:
+    """Smallest |gain| that ``result``'s seeds detect with probability ``power`` (their observed spreads).
+
+    NaN without a spread estimate (fewer than 2 seeds on a side); 0 when both spreads are exactly zero.
+    """
+    if math.isnan(result.se):
+        return math.nan
+    if result.se == 0.0:
+        return 0.0
+    high = 1.0
+    while power_of(high, 1.0, result.dof, alpha) < power:
+        high *= 2.0
+    nc = optimize.brentq(lambda x: power_of(x, 1.0, result.dof, alpha) - power, 0.0, high, xtol=1e-12)
+    return float(nc) * result.se
+
+
+def seeds_needed(
+    result: WelchResult, target_gain: float, power: float = POWER, alpha: float = ALPHA
+) -> float:
+    """Seeds per arm (both arms equal, each with its observed spread) to detect ``target_gain`` with ``power``.
+
+    NaN without a spread estimate or without a target; ``inf`` for a zero target or beyond ``MAX_SEEDS``;
+    2 (the fewest a Welch test takes) when both spreads are exactly zero and the target is not.
+    """
+    if math.isnan(result.se) or math.isnan(target_gain):
+        return math.nan
+    if target_gain == 0.0:
+        return math.inf
+    if result.se == 0.0:
+        return 2.0
+    total_var = result.var_a + result.var_b
+
+    def power_at(n: int) -> float:
+        dof = welch_dof(result.var_a, n, result.var_b, n)
+        return power_of(abs(target_gain), math.sqrt(total_var / n), dof, alpha)
+
+    if power_at(MAX_SEEDS) < power:
+        return math.inf
+    low, high = 2, MAX_SEEDS  # power grows with n: the smallest n with power_at(n) >= power, by bisection
+    if power_at(low) >= power:
+        return float(low)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if power_at(mid) >= power else (mid, high)
+    return float(high)
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -13,26 +13,33 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from adamp_repro.results.compare import MECHANISM_KEYS, OWN_TABLES, PROXY_TABLES, Comparison
+from adamp_repro.results.collect import LEFT_OUT_KINDS
+from adamp_repro.results.compare import MECHANISM_KEYS, OWN_TABLES, Comparison
 from adamp_repro.results.findings import (
+    AUTOATTACK_LABEL,
+    CODE_CHANGED_MARK,
     METRIC_LABELS,
     MISSING,
+    autoattack_sentences,
     gap_sentences,
     mechanism_sentences,
     table_notes,
 )
+from adamp_repro.results.gains import PROXY_TABLES, REFERENCE_GAIN
 from adamp_repro.results.reference import PAPER_TABLES
-from adamp_repro.results.stats import NOT_APPLICABLE_ONE_SEED
+from adamp_repro.results.stats import MAX_SEEDS, NOT_APPLICABLE_ONE_SEED, POWER
 
 
 @dataclass
 class Grid:
-    """One displayed table: header, rows of already-formatted text, and per-column alignment (l / r)."""
+    """One displayed table: header, rows of already-formatted text, per-column alignment (l / r), and lines
+    that belong right under it (Markdown) or in its caption (LaTeX)."""
 
     caption: str
     header: list[str]
     rows: list[list[str]]
     align: str
+    footer: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -75,7 +82,10 @@ def layout_table(comparison: Comparison, paper: pd.DataFrame) -> TableDoc:
                 f"comparable with the paper's, so only the paper's printed gains of the same model in {source} "
                 "are set beside our gains (`Paper gain`), and each sign is judged against them."
             ]
-    sections = [_section(table_id, is_paper, scale, cells, gains, paper) for scale in _scales(cells)]
+    left_out = comparison.left_out
+    sections = [
+        _section(table_id, is_paper, scale, cells, gains, paper, left_out) for scale in _scales(cells)
+    ]
     if not sections:
         sections = [Section(f"No completed runs tagged table_id={table_id!r} yet", [])]
     notes = table_notes(table_id, is_paper, cells) + comparison.notes
@@ -88,9 +98,10 @@ def _scales(cells: pd.DataFrame) -> list:
     return list(dict.fromkeys(cells["scale"].tolist()))
 
 
-def _section(table_id, is_paper, scale, cells, gains, paper) -> Section:
+def _section(table_id, is_paper, scale, cells, gains, paper, left_out) -> Section:
     part = cells[_same(cells["scale"], scale)]
     gain_part = gains[_same(gains["scale"], scale)]
+    left_out_part = left_out[_same(left_out["scale"], scale)]
     if scale is None or (isinstance(scale, float) and math.isnan(scale)):
         heading = "No completed runs of this table: ours shown as " + MISSING
     else:
@@ -106,6 +117,12 @@ def _section(table_id, is_paper, scale, cells, gains, paper) -> Section:
     ]
     mechanism = not is_paper and (table_id == "mini" or part[list(MECHANISM_KEYS)].notna().any().any())
     grids = [_cell_grid(part, varying, is_paper, scale, mechanism)]
+    grids[0].footer = [_left_out_line(left_out_part)]
+    if part["n_code_changed"].sum():
+        grids[0].footer.append(
+            f"{CODE_CHANGED_MARK} Some seeds of the marked cells were resumed after a change to `src/` "
+            "(summary `code_changed_on_resume`); they are counted, and the notes list them."
+        )
     if len(gain_part):
         paper_gain = is_paper or table_id in PROXY_TABLES
         grids.append(_gain_grid(gain_part, [c for c in varying if c != "dataset"], paper_gain))
@@ -114,6 +131,7 @@ def _section(table_id, is_paper, scale, cells, gains, paper) -> Section:
         sentences = gap_sentences(gain_part, is_paper, paper)
         if mechanism:
             sentences += mechanism_sentences(part)
+        sentences += autoattack_sentences(part)
     return Section(heading, grids, sentences)
 
 
@@ -136,12 +154,16 @@ def _cell_grid(part, varying, is_paper, scale, mechanism) -> Grid:
     )
     if mechanism:
         header += ["‖w‖ initial → final", "Eff. step (final)"]
+    attacked = bool((part["metric"] == "attacked_acc").any())
+    if attacked:
+        header += [AUTOATTACK_LABEL]
     rows = []
     for r in part.to_dict("records"):
         row = [_label(r, c) for c in varying] + [r["optimizer"]]
         if is_paper:
             row += [_text(r["our_optimizer"]), _text(r["paper_printed"]), _band(r["tolerance"])]
-        row += [_ours(r["ours_mean"], r["ours_std"], r["n_seeds"]), str(r["n_seeds"])]
+        ours = _ours(r["ours_mean"], r["ours_std"], r["n_seeds"])
+        row += [ours + (f" {CODE_CHANGED_MARK}" if r["n_code_changed"] else ""), str(r["n_seeds"])]
         if is_paper:
             row += [_signed(r["diff"]), _in_band(r["within_tolerance"], scale, r["tolerance"])]
         if mechanism:
@@ -149,6 +171,9 @@ def _cell_grid(part, varying, is_paper, scale, mechanism) -> Grid:
                 _norms(r["initial_mean_weight_norm"], r["final_mean_weight_norm"]),
                 _sci(r["final_effective_step_size"]),
             ]
+        if attacked:
+            aa = _ours(r["autoattack_mean"], r["autoattack_std"], r["autoattack_n"])
+            row += [aa if r["metric"] == "attacked_acc" else ""]
         rows.append(row)
     align = "l" * (len(varying) + 1 + is_paper) + "r" * (len(header) - len(varying) - 1 - is_paper)
     return Grid("Per optimizer", header, rows, align)
@@ -156,12 +181,16 @@ def _cell_grid(part, varying, is_paper, scale, mechanism) -> Grid:
 
 def _gain_grid(part, varying, paper_gain: bool) -> Grid:
     header = [c.capitalize() for c in varying] + ["Comparison"]
+    target = "paper gain" if paper_gain else f"{REFERENCE_GAIN[0]} {REFERENCE_GAIN[2]} gain"
     header += (["Paper gain"] if paper_gain else []) + [
         "Our gain",
+        "95% CI",
         "n",
         "Sign agrees",
         "p",
         "Beyond seed noise",
+        f"Detectable gain (power {POWER})",
+        f"Seeds/arm for {target}",
     ]
     rows = []
     for r in part.to_dict("records"):
@@ -169,10 +198,13 @@ def _gain_grid(part, varying, paper_gain: bool) -> Grid:
         row += [_signed(r["paper_gain"])] if paper_gain else []
         row += [
             _signed(r["ours_gain"]),
+            _interval(r["ci_low"], r["ci_high"], r["test"]),
             f"{r['n_proposed']} vs {r['n_baseline']}",
             _yes_no(r["sign_agrees"]),
             _p(r["p_value"], r["test"]),
             _yes_no(r["beyond_noise"], r["test"]),
+            _magnitude(r["detectable_gain"], r["test"]),
+            _seeds(r["seeds_needed"], r["test"], None if paper_gain else r["target_gain"]),
         ]
         rows.append(row)
     return Grid(
@@ -243,6 +275,35 @@ def _yes_no(value, test: str | None = None) -> str:
     return MISSING if _isnan(value) else ("yes" if value else "no")
 
 
+def _left_out_line(left_out: pd.DataFrame) -> str:
+    """How many of the section's records were left out of the means, and why (paths in the notes)."""
+    if left_out.empty:
+        return "Left out of the means: no record (no duplicate seed, short run or scale mismatch)."
+    counts = left_out["left_out_kind"].value_counts()
+    why = ", ".join(f"{counts[k]} {LEFT_OUT_KINDS[k]}" for k in LEFT_OUT_KINDS if k in counts)
+    return f"Left out of the means: {len(left_out)} record(s), {why}; the notes name each one."
+
+
+def _interval(low, high, test) -> str:
+    if _isnan(low) or _isnan(high):
+        return test if test == NOT_APPLICABLE_ONE_SEED else MISSING
+    return f"[{low:+.2f}, {high:+.2f}]"
+
+
+def _magnitude(x, test) -> str:
+    if _isnan(x):
+        return test if test == NOT_APPLICABLE_ONE_SEED else MISSING
+    return f"{x:.2f}"
+
+
+def _seeds(n, test, target=None) -> str:
+    """Seeds per arm; ``target`` is shown beside them when no Paper gain column says what they aim at."""
+    if _isnan(n):
+        return test if test == NOT_APPLICABLE_ONE_SEED else MISSING
+    text = f"> {MAX_SEEDS:,}" if math.isinf(n) else str(int(n))
+    return text if _isnan(target) else f"{text} (for {target:+.2f})"
+
+
 def _p(p, test) -> str:
     if _isnan(p):
         return test if test == NOT_APPLICABLE_ONE_SEED else MISSING
@@ -268,6 +329,7 @@ def render_markdown(doc: TableDoc) -> str:
             out += [f"{grid.caption}:", "", _md_row(grid.header)]
             out.append("|" + "|".join("---:" if a == "r" else "---" for a in grid.align) + "|")
             out += [_md_row(row) for row in grid.rows] + [""]
+            out += [*grid.footer, ""] if grid.footer else []
         out += [f"- {s}" for s in section.sentences] + ([""] if section.sentences else [])
     out += ["## Notes", ""] + [f"{i}. {n}" for i, n in enumerate(doc.notes, 1)]
     return "\n".join(out) + "\n"
@@ -301,6 +363,7 @@ _TEX_UNICODE = {
     "–": "--",
     "<": "$<$",
     ">": "$>$",
+    "†": r"$^\dagger$",
 }
 
 
@@ -320,7 +383,9 @@ def render_latex(doc: TableDoc) -> str:
     ]
     for section in doc.sections:
         for grid in section.grids:
-            caption = f"{doc.table_id}: {doc.title}. {section.heading}. {grid.caption}."
+            caption = " ".join(
+                [f"{doc.table_id}: {doc.title}. {section.heading}. {grid.caption}.", *grid.footer]
+            )
             out += [
                 "\\begin{table}[t]",
                 "\\centering",
