@@ -54,6 +54,10 @@ OPTIM_INFOS = [
             (dict(weight_decay=-1e-2), "-0.01"),
             (dict(betas=(0.9,)), "(0.9,)"),
             (dict(foreach="yes"), "'yes'"),
+            (dict(lr=math.nan), "Invalid learning rate: nan"),
+            (dict(weight_decay=math.inf), "Invalid weight_decay value: inf"),
+            (dict(eps=0.0), "Invalid epsilon value: 0.0"),
+            (dict(nesterov="no"), "Invalid nesterov: 'no'"),
         ],
     ),
     OptimInfo(
@@ -77,6 +81,9 @@ OPTIM_INFOS = [
             (dict(eps=-1e-8), "-1e-08"),
             (dict(nesterov=True, momentum=0.0), "momentum=0.0"),
             (dict(nesterov=True, dampening=0.1), "dampening=0.1"),
+            (dict(lr=math.inf), "Invalid learning rate: inf"),
+            (dict(delta=math.nan), "Invalid delta: nan"),
+            (dict(project_buffer="no"), "Invalid project_buffer: 'no'"),
         ],
     ),
 ]
@@ -262,7 +269,7 @@ def test_low_precision_zero_gradient_row_gives_no_nan(info, kwargs, dtype, forea
     optimizer = info.cls([weight, bias], foreach=foreach, **kwargs)
     for _ in range(3):
         weight.grad = torch.randn_like(weight)
-        weight.grad[1] = 0  # the official fp16 code divides 0 by 0 on this row (facts 1.5.12)
+        weight.grad[1] = 0  # the official fp16 code divides 0 by 0 here (eps=1e-8 is 0 in fp16)
         bias.grad = torch.zeros_like(bias)
         optimizer.step()
     assert torch.isfinite(weight).all() and torch.isfinite(bias).all()

@@ -128,10 +128,8 @@ def test_defaults_equal_the_official_signature(ours, official) -> None:
     for name, parameter in theirs.items():
         if name in {"self", "params"}:
             continue
-        if name == "lr" and ours is SGDP:  # official: lr=required; ours: no default either
-            assert mine[name].default is inspect.Parameter.empty
-            continue
-        assert mine[name].default == parameter.default, name
+        # SGDP's lr: both default to torch's ``required`` sentinel (the same object).
+        assert mine[name].default is parameter.default or mine[name].default == parameter.default, name
         assert mine[name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD, name
     # Positional order matches too, so SGDP(params, 0.1, 0.9) means the same in both.
     assert list(mine)[: len(theirs)] == list(theirs)

@@ -3,7 +3,7 @@
 Provenance: Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
 Weights", ICLR 2021, arXiv 2006.08217 (Algorithm 2). Checked against the official package ``adamp==0.3.0``
 (clovaai/AdamP, ``adamp.AdamP``), which tests/test_optim_parity.py runs as the oracle; the operation order of
-the reference form follows that code (notes: /work/shared/paper/optimizer_facts.md, sections 1.2, 1.4, 1.5).
+the reference form follows that code.
 
 NOTE: [projection scope] (stated once in ``adamp_repro.optim.projection``): weights with ndim > 1 are tested
 against the gradient, in the channel view then the layer view; a passing weight has its update projected and
@@ -14,6 +14,7 @@ get the full ``weight_decay`` of their group.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,9 +25,11 @@ from adamp_repro.optim import fused_cpu
 from adamp_repro.optim.base import (
     LOW_PRECISION,
     ProjectedOptimizer,
+    check_flag,
     check_range,
     compiled_kernel,
     fused_kernels_support,
+    state_dtype,
     step_tensors,
 )
 from adamp_repro.optim.projection import (
@@ -61,15 +64,19 @@ class AdamP(ProjectedOptimizer):
     :math:`\lambda > 0`.
 
     Args:
-        params: iterable of parameters or param-group dicts (each group may override any option below).
-        lr: learning rate :math:`\eta` (default 1e-3), >= 0.
+        params: iterable of parameters, (name, parameter) pairs or param-group dicts (each group may
+            override any option below).
+        lr: learning rate :math:`\eta` (default 1e-3), finite and >= 0.
         betas: :math:`(\beta_1, \beta_2)` of the first and second moment averages (default (0.9, 0.999)),
             each in [0, 1).
-        eps: :math:`\epsilon`, >= 0 (default 1e-8); added to the denominator, to the row norm of
-            :math:`\hat w`, and the norm clamp of the cosine.
-        weight_decay: decoupled decay :math:`\lambda` in torch units (multiplied by lr; default 0), >= 0.
-        delta: threshold :math:`\delta` of the scale-invariance test (default 0.1), > 0.
-        wd_ratio: weight-decay multiplier for weights that pass the test (default 0.1), >= 0.
+        eps: :math:`\epsilon` (default 1e-8), finite and > 0 (nonzero in fp32); added to the denominator, to
+            the row norm of :math:`\hat w`, and the norm clamp of the cosine. eps = 0 is refused although the
+            official class takes it: :math:`D_t = 0` wherever a gradient entry has been 0 at every step so far
+            (a dead unit, an unused embedding row), and the step there is 0/0 = NaN.
+        weight_decay: decoupled decay :math:`\lambda` in torch units (multiplied by lr; default 0), finite and
+            >= 0.
+        delta: threshold :math:`\delta` of the scale-invariance test (default 0.1), finite and > 0.
+        wd_ratio: weight-decay multiplier for weights that pass the test (default 0.1), finite and >= 0.
         nesterov: use the Nesterov numerator :math:`\beta_1 m_t + (1-\beta_1) g_t` (default False; no
             NAdam schedule, as in the official code).
         foreach: None (default) -> the fused C++ kernels for fp32 CPU parameters (``fused_cpu``; compiled on
@@ -80,10 +87,12 @@ class AdamP(ProjectedOptimizer):
             than the fused default on fp32); falls back to the fast form with a warning if the compiler fails.
 
     State per parameter (same keys as the official package): ``step`` (Python int), ``exp_avg``,
-    ``exp_avg_sq`` (param dtype and strides). fp16/bf16 parameters: the update is computed in fp32 and rounded
-    once, so a zero gradient gives no NaN (the official code computes in fp16, where eps=1e-8 underflows and
-    a zero-gradient row becomes 0/0, facts 1.5.12). The fast form keeps one extra parameter-sized buffer
-    (two with nesterov) so that no weight-sized temporaries are allocated per step.
+    ``exp_avg_sq`` (param strides; param dtype, but fp32 for fp16/bf16 parameters). fp16/bf16 parameters:
+    every form computes the update in fp32 and rounds the weight once (NOTE: [low-precision state] in
+    ``base.py``). The official code and ``torch.optim.Adam`` keep fp16 moments, where ``v`` underflows to 0
+    for typical gradients (|g| ~ 1e-3) and the step becomes m / eps, and eps=1e-8 itself underflows, so a
+    zero-gradient row is 0/0. The fast form keeps one extra parameter-sized buffer (two with nesterov) so that
+    no weight-sized temporaries are allocated per step.
     """
 
     def __init__(
@@ -116,6 +125,11 @@ class AdamP(ProjectedOptimizer):
     def _check_group(self, group: dict[str, Any]) -> None:
         check_range("learning rate", group["lr"], 0.0, None)
         check_range("epsilon value", group["eps"], 0.0, None)
+        if array("f", [group["eps"]])[0] == 0.0:
+            raise ValueError(
+                f"Invalid epsilon value: {group['eps']!r}; AdamP needs eps > 0 (nonzero in float32): it "
+                "divides by sqrt(v) + eps, 0/0 = nan wherever a gradient entry has been 0 at every step"
+            )
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"Invalid betas: {betas!r}; expected a pair (beta1, beta2), each in [0, 1)")
@@ -124,20 +138,15 @@ class AdamP(ProjectedOptimizer):
         check_range("weight_decay value", group["weight_decay"], 0.0, None)
         check_range("delta", group["delta"], 0.0, None, low_open=True)
         check_range("wd_ratio", group["wd_ratio"], 0.0, None)
-        if group["foreach"] not in (None, True, False):
-            raise ValueError(f"Invalid foreach: {group['foreach']!r}; expected None, True or False")
+        check_flag("nesterov", group["nesterov"])
+        check_flag("foreach", group["foreach"], (None, True, False))
+        check_flag("compile", group["compile"])
 
     def _init_state(self, group: dict[str, Any], p: Tensor) -> None:
         state = self.state[p]
         state["step"] = 0
-        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-
-    def _fast_eligible(self, group: dict[str, Any], p: Tensor, g: Tensor) -> bool:
-        # The foreach (nesterov) form divides in the param dtype, where eps underflows in fp16.
-        if group["nesterov"] and p.dtype in LOW_PRECISION:
-            return False
-        return super()._fast_eligible(group, p, g)
+        state["exp_avg"] = torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.preserve_format)
 
     @staticmethod
     def _decays(group: dict[str, Any]) -> tuple[float, float]:
@@ -150,16 +159,19 @@ class AdamP(ProjectedOptimizer):
     # --- reference form: official operation order, one parameter --------------------------------------
 
     def _reference_update(self, group: dict[str, Any], p: Tensor, g: Tensor) -> None:
-        state = self.state[p]
+        state = self._state_of(p)
         state["step"] += 1
         m, v = state["exp_avg"], state["exp_avg_sq"]
         if p.dtype not in LOW_PRECISION:
             self._reference_math(group, state["step"], p, g, m, v)
             return
-        # fp16/bf16: compute in fp32 and round once (see class docstring).
+        # fp16/bf16: compute in fp32 and round once; m and v are fp32 already (NOTE: [low-precision state]).
         p32, g32, m32, v32 = p.float(), g.float(), m.float(), v.float()
         self._reference_math(group, state["step"], p32, g32, m32, v32)
-        p.copy_(p32), m.copy_(m32), v.copy_(v32)
+        p.copy_(p32)
+        for kept, computed in ((m, m32), (v, v32)):
+            if computed is not kept:
+                kept.copy_(computed)
 
     def _reference_math(
         self, group: dict[str, Any], step: int, p: Tensor, g: Tensor, m: Tensor, v: Tensor
@@ -190,7 +202,7 @@ class AdamP(ProjectedOptimizer):
     def _fast_bucket(
         self, group: dict[str, Any], layout: RowLayout | None, params: list[Tensor], grads: list[Tensor]
     ) -> None:
-        states = [self.state[p] for p in params]
+        states = [self._state_of(p) for p in params]
         for state in states:
             state["step"] += 1
         beta1, beta2 = group["betas"]
@@ -273,7 +285,7 @@ class AdamP(ProjectedOptimizer):
         tensors, rows, scalars = [], [], []
         factors: dict[int, tuple[float, float]] = {}
         for p, g in zip(params, grads):
-            state = self.state[p]
+            state = self._state_of(p)
             state["step"] += 1
             step = state["step"]
             if step not in factors:
@@ -296,7 +308,7 @@ class AdamP(ProjectedOptimizer):
         if not (has_row_blocks(p) if candidate else p.is_contiguous() and p.numel() > 0):
             self._reference_update(group, p, g)  # the kernel writes through views; no copy allowed here
             return
-        state = self.state[p]
+        state = self._state_of(p)
         step = state["step"] + 1
         beta1, beta2 = group["betas"]
         decay_projected, decay_plain = self._decays(group)

@@ -17,13 +17,31 @@ Each optimizer supplies three update forms; ``ProjectedOptimizer.step`` picks on
 
 None of them reads a tensor on the host: every data-dependent choice is a ``torch.where`` on the device
 (in the fused form, a branch inside the C++ kernel).
+
 The fused, fast and compiled forms need a dense parameter whose gradient and state have its strides (true
 for autograd gradients, including channels_last); other parameters take the reference form (and weights whose
 output-channel rows are not contiguous blocks take "fast" rather than "fused").
+
+NOTE: [low-precision state]
+    fp16/bf16 parameters keep their optimizer state (SGDP's ``momentum``, AdamP's ``exp_avg`` and
+    ``exp_avg_sq``) in fp32, and every form computes their step in fp32 and rounds the weight once. In fp16
+    the official package and ``torch.optim.Adam`` keep the state in the parameter's dtype, where
+    ``(1 - beta2) * g**2`` rounds to 0 for |g| below about 5e-3 (beta2 = 0.999) and the step becomes m / eps;
+    a bf16 buffer drops every addend under 1/256 of its own magnitude. The reference form upcasts each
+    parameter; the other forms step a persistent fp32 working copy of each weight (refreshed from the weight
+    every step, never saved) through the fp32 code, so fused, fast and compiled behave as on fp32 weights.
+    Cost per fp16/bf16 element: 4 (SGDP) or 8 (AdamP) bytes of state instead of 2 or 4, plus 4 for the
+    working copy. ``load_state_dict`` keeps saved fp32 state in fp32 (torch would cast it to the parameter's
+    dtype) and upcasts fp16 state saved by the official package; loading ours into the official class casts
+    it back, as torch does. What fp32 state cannot fix: a step smaller than half an ulp of the weight is lost
+    in the rounding (bf16 weights of magnitude 1 ignore steps under 4e-3); keep fp32 weights (autocast) for
+    that.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -31,6 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import required
 
 from adamp_repro.optim import fused_cpu
 from adamp_repro.optim.projection import (
@@ -42,9 +61,14 @@ from adamp_repro.optim.projection import (
     row_statistics,
 )
 
-__all__ = ["ProjectedOptimizer", "check_range"]
+__all__ = ["LOW_PRECISION", "ProjectedOptimizer", "check_flag", "check_range", "state_dtype"]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def state_dtype(param: Tensor) -> torch.dtype:
+    """fp32 for fp16/bf16 parameters (NOTE: [low-precision state]), the parameter's dtype otherwise."""
+    return torch.float32 if param.dtype in LOW_PRECISION else param.dtype
 
 
 def check_range(
@@ -56,17 +80,50 @@ def check_range(
     low_open: bool = False,
     high_open: bool = True,
 ) -> None:
-    """Raise ValueError naming ``value`` and the allowed interval unless low <=/< value </<= high."""
-    try:
+    """Raise ValueError naming ``value`` and what is allowed unless it is a finite real number in range.
+
+    NaN and +-inf are refused even where the interval is unbounded: the official classes take them and then
+    produce NaN weights. A bool is refused (``lr=True`` is a typo, not 1.0); a one-element real tensor is
+    taken, as torch and the official classes take a tensor lr.
+    """
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+            raise ValueError(
+                f"Invalid {name}: {value!r}; expected a real number or a one-element real tensor"
+            )
         number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"Invalid {name}: {value!r}; expected a real number") from None
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"Invalid {name}: {value!r}; expected a real number")
+    else:
+        number = float(value)
     too_low = number <= low if low_open else number < low
     too_high = high is not None and (number >= high if high_open else number > high)
-    if too_low or too_high or number != number:
-        left, right = "(" if low_open else "[", ")" if high_open or high is None else "]"
-        upper = "inf" if high is None else f"{high:g}"
-        raise ValueError(f"Invalid {name}: {value!r}; expected a value in {left}{low:g}, {upper}{right}")
+    if too_low or too_high or not math.isfinite(number):
+        if high is None:
+            allowed = f"a finite number {'>' if low_open else '>='} {low:g}"
+        else:
+            left, right = "(" if low_open else "[", ")" if high_open else "]"
+            allowed = f"a value in {left}{low:g}, {high:g}{right}"
+        raise ValueError(f"Invalid {name}: {value!r}; expected {allowed}")
+
+
+def check_flag(name: str, value: Any, allowed: tuple[Any, ...] = (True, False)) -> None:
+    """Raise ValueError unless ``value`` is one of ``allowed`` (a string such as "no" would be truthy)."""
+    if not any(value is option or (isinstance(value, (bool, int)) and value == option) for option in allowed):
+        names = ", ".join(repr(option) for option in allowed)
+        raise ValueError(f"Invalid {name}: {value!r}; expected one of {names}")
+
+
+def _float_hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
+    """The group as the update forms read it: one-element tensor hyper-parameters (torch lets lr, weight_decay
+    and betas be tensors) as Python floats for this step; the group itself is left as the user set it."""
+    floats = {
+        key: float(value) for key, value in group.items() if key != "params" and isinstance(value, Tensor)
+    }
+    betas = group.get("betas")
+    if isinstance(betas, (tuple, list)) and any(isinstance(beta, Tensor) for beta in betas):
+        floats["betas"] = tuple(float(beta) for beta in betas)
+    return {**group, **floats} if floats else group
 
 
 class ProjectedOptimizer(Optimizer):
@@ -82,6 +139,8 @@ class ProjectedOptimizer(Optimizer):
         # Derived from the params alone, rebuilt on demand; never part of state_dict.
         self._layouts: dict[tuple[int, torch.device, torch.dtype], RowLayout] = {}
         self._scratch: tuple[dict[Tensor, Tensor], ...] = ({}, {})
+        self._working: dict[Tensor, Tensor] = {}  # fp16/bf16 parameter -> its fp32 working copy
+        self._owners: dict[Tensor, Tensor] = {}  # working copy -> parameter (whose state it uses)
         self._compile_failed = False
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -89,13 +148,33 @@ class ProjectedOptimizer(Optimizer):
         for group in self.param_groups:
             for key, value in self._late_defaults().items():
                 group.setdefault(key, value)
+        # deepcopy/pickle make a new sentinel object; torch tests ``default is required``.
+        for key, value in self.defaults.items():
+            if isinstance(value, type(required)):
+                self.defaults[key] = required
         self._reset_caches()
 
     def _late_defaults(self) -> dict[str, Any]:
         return {"foreach": None, "compile": False}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load, after checking every saved group's values as the constructor does (nothing is
+        changed when one is refused); fp16/bf16 parameters get their saved state in fp32 (NOTE:
+        [low-precision state]) where torch would round it to the parameter's dtype."""
+        saved_groups = state_dict["param_groups"]
+        for saved in saved_groups:
+            self._check_group({**self._late_defaults(), **saved})
+        low_precision_state = {
+            p: state_dict["state"][saved_id]
+            for group, saved in zip(self.param_groups, saved_groups)
+            for p, saved_id in zip(group["params"], saved["params"])
+            if p.dtype in LOW_PRECISION and saved_id in state_dict["state"]
+        }
         super().load_state_dict(state_dict)
+        for p, saved_state in low_precision_state.items():
+            for key, value in saved_state.items():
+                if key != "step" and isinstance(value, Tensor) and value.is_floating_point():
+                    self.state[p][key] = value.to(device=p.device, dtype=torch.float32, copy=True)
         self._reset_caches()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -140,7 +219,7 @@ class ProjectedOptimizer(Optimizer):
                 params.append(p)
                 grads.append(p.grad)
             if params:
-                self._step_group(index, group, params, grads)
+                self._step_group(index, _float_hyperparameters(group), params, grads)
         return loss
 
     def _step_group(
@@ -161,6 +240,31 @@ class ProjectedOptimizer(Optimizer):
                 bucket[1].append(g)
             else:
                 self._reference_update(group, p, g)
+        for (device, dtype), (bucket_params, bucket_grads) in buckets.items():
+            if dtype not in LOW_PRECISION:
+                self._step_bucket(index, group, device, dtype, bucket_params, bucket_grads)
+            elif torch.compiler.is_compiling():
+                # A traced step plans its own buffers: no persistent working copies there.
+                for p, g in zip(bucket_params, bucket_grads):
+                    self._reference_update(group, p, g)
+            else:
+                # NOTE: [low-precision state]: the fp32 code on fp32 copies, then one rounding per weight.
+                copies = self._working_copies(bucket_params)
+                grads32 = [g.to(torch.float32) for g in bucket_grads]
+                self._step_bucket(index, group, device, dtype, copies, grads32)
+                torch._foreach_copy_(bucket_params, copies)
+
+    def _step_bucket(
+        self,
+        index: int,
+        group: dict[str, Any],
+        device: torch.device,
+        dtype: torch.dtype,
+        params: list[Tensor],
+        grads: list[Tensor],
+    ) -> None:
+        """One (device, dtype) bucket through the fused, compiled or fast form; ``dtype`` keys the layout
+        cache (the parameters' own dtype; ``params`` may be their fp32 working copies)."""
         use_compiled = group["compile"] and not self._compile_failed and not torch.compiler.is_compiling()
         # The fused C++ kernels are opaque to torch.compile: a traced step takes the torch form.
         use_fused = (
@@ -169,27 +273,52 @@ class ProjectedOptimizer(Optimizer):
             and not torch.compiler.is_compiling()
             and fused_cpu.enabled()
         )
-        for (device, dtype), (bucket_params, bucket_grads) in buckets.items():
-            if use_fused and device.type == "cpu" and dtype == torch.float32 and fused_cpu.load() is not None:
-                bucket_params, bucket_grads = self._fused_cpu_bucket(group, bucket_params, bucket_grads)
-                if not bucket_params:
-                    continue
-            if use_compiled and device.type == "cpu":
-                self._compiled_bucket(group, bucket_params, bucket_grads)
-            else:
-                self._fast_bucket(
-                    group,
-                    self._layout(index, device, dtype, bucket_params, group["delta"]),
-                    bucket_params,
-                    bucket_grads,
-                )
+        compute_dtype = params[0].dtype
+        if (
+            use_fused
+            and device.type == "cpu"
+            and compute_dtype == torch.float32
+            and fused_cpu.load() is not None
+        ):
+            params, grads = self._fused_cpu_bucket(group, params, grads)
+            if not params:
+                return
+        if use_compiled and device.type == "cpu":
+            self._compiled_bucket(group, params, grads)
+        else:
+            self._fast_bucket(
+                group, self._layout(index, device, dtype, params, group["delta"]), params, grads
+            )
+
+    def _working_copies(self, params: Sequence[Tensor]) -> list[Tensor]:
+        """fp32 copies of fp16/bf16 parameters (same strides), refreshed from the parameters; persistent
+        buffers, as in ``_scratch_for``. ``_state_of(copy)`` is the parameter's state."""
+        copies = []
+        for p in params:
+            copy = self._working.get(p)
+            if copy is None or copy.stride() != p.stride() or copy.device != p.device:
+                if copy is not None:
+                    self._owners.pop(copy, None)
+                copy = self._working[p] = torch.empty_like(p, dtype=torch.float32)
+                self._owners[copy] = p
+            copies.append(copy)
+        torch._foreach_copy_(copies, list(params))
+        return copies
+
+    def _state_of(self, p: Tensor) -> dict[str, Any]:
+        """The state of ``p``, or of the parameter whose fp32 working copy ``p`` is."""
+        return self.state[self._owners.get(p, p)]
 
     def _fast_eligible(self, group: dict[str, Any], p: Tensor, g: Tensor) -> bool:
-        """Dense parameter whose gradient and state share its strides (what the multi-tensor kernels need)."""
+        """Dense parameter whose gradient and state share its strides (what the multi-tensor kernels need) and
+        whose state has the dtype ``_init_state`` gives it (the C++ kernels read it as that type); anything
+        else, such as state a user put there by hand, takes the reference form."""
         if g.stride() != p.stride() or not is_dense(p):
             return False
         return all(
-            s.stride() == p.stride() for s in self.state[p].values() if isinstance(s, Tensor) and s.dim()
+            s.stride() == p.stride() and s.dtype == state_dtype(p)
+            for s in self.state[p].values()
+            if isinstance(s, Tensor) and s.dim()
         )
 
     def _fused_cpu_bucket(

@@ -7,8 +7,9 @@ One call per param group runs the whole step of every eligible parameter inside 
   what phase A reads is still in cache when phase B reads it again;
 - phase A (candidates, ndim > 1): per output-channel row the sums <g, w>, |g|^2, |w|^2 in double;
 - decision (one thread, per weight): the channel test max_r |cos_r| < delta / sqrt(K), then the layer test on
-  the summed rows, each cosine computed in double and compared in fp32 as the official code compares
-  (facts 1.5.1-1.5.2), so the branch is taken inside the kernel: no Python ``if`` on a tensor, no sync;
+  the summed rows, each cosine computed in double (norms clamped as in ``F.cosine_similarity``) and compared
+  in fp32 as the official ``tensor < float`` compares, so the branch is taken inside the kernel: no Python
+  ``if`` on a tensor, no sync;
 - phase B, one pass over p, g and the state: the moments (or momentum buffer) are updated in the official
   operation order (``mul`` then ``add`` with alpha as one FMA, ``addcmul``, sqrt, true division by
   fp32 sqrt(bc2), + eps, m / denom), then

@@ -75,7 +75,7 @@ def project_reference(param: Tensor, grad: Tensor, update: Tensor, delta: float,
     for shape in ((param.shape[0], -1), (1, -1)):
         param_rows = param.reshape(shape)
         cosine = F.cosine_similarity(grad.reshape(shape), param_rows, dim=1, eps=eps).abs_()
-        # tensor < Python float compares in the tensor's dtype, as the official `if` does (facts 1.5.2).
+        # tensor < Python float compares in the tensor's dtype, as the official `if` does.
         passed.append(cosine.max() < delta / math.sqrt(param_rows.shape[1]))
         param_hat = param / param_rows.norm(dim=1).view(expand).add_(eps)
         row_sums = (param_hat * update).reshape(shape).sum(dim=1).view(expand)
@@ -128,7 +128,7 @@ class RowLayout:
     """Where each candidate weight's rows sit in the concatenated row axis of one bucket (one dtype/device).
 
     ``segment[r]`` is the weight index of row r; thresholds are stored in the weights' dtype so the test
-    compares in that dtype (facts 1.5.2).
+    compares in that dtype, as the official ``cosine.max() < float`` does.
     """
 
     params: tuple[Tensor, ...]
@@ -220,15 +220,14 @@ def projection_row_factors(
     With d the (scaled) update, the projected update is ``d - c_r * w`` where ``c_r = <w_r, d_r> / n_r^2`` and
     ``n_r = |w_r| + eps`` on the passing view (layer view: sums over all rows), 0 when no view passes.
     Returns ``(coef (R,), decay (N,))``; decay is ``decay_projected`` where a view passed, else
-    ``decay_plain`` (both computed by the caller in Python double, facts 1.5.8).
+    ``decay_plain`` (both computed by the caller in Python double, as the official code does).
     """
     p_norm, g_norm, gp, pd = stats.unbind(0)
     segment, lengths, dtype = layout.segment, layout.lengths, layout.threshold_channel.dtype
     # index_select / segment_reduce rather than x[segment] / index_add_: on CPU the latter take milliseconds
     # for ~30k rows, the former tens of microseconds.
     spread = lambda per_weight: per_weight.index_select(0, segment)  # noqa: E731 - (N,) -> (R,)
-    # |<g, w>| / (max(|g|, eps) max(|w|, eps)): F.cosine_similarity's definition since torch ~1.12
-    # (facts 1.5.1).
+    # |<g, w>| / (max(|g|, eps) max(|w|, eps)): F.cosine_similarity's definition since torch ~1.12.
     cos_channel = gp.abs() / (g_norm.clamp_min(eps) * p_norm.clamp_min(eps))
     channel = torch.segment_reduce(cos_channel, "max", lengths=lengths).to(dtype) < layout.threshold_channel
     per_row = torch.stack((p_norm * p_norm, g_norm * g_norm, gp, pd), dim=1)

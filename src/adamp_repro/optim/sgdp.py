@@ -3,7 +3,7 @@
 Provenance: Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
 Weights", ICLR 2021, arXiv 2006.08217 (Algorithm 1). Checked against the official package ``adamp==0.3.0``
 (clovaai/AdamP, ``adamp.SGDP``), which tests/test_optim_parity.py runs as the oracle; the operation order of
-the reference form follows that code (notes: /work/shared/paper/optimizer_facts.md, sections 1.3-1.5).
+the reference form follows that code.
 
 NOTE: [projection scope] (stated once in ``adamp_repro.optim.projection``): weights with ndim > 1 are tested
 against the gradient, in the channel view then the layer view; a passing weight has its update projected and
@@ -20,14 +20,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import required
 
 from adamp_repro.optim import fused_cpu
 from adamp_repro.optim.base import (
     LOW_PRECISION,
     ProjectedOptimizer,
+    check_flag,
     check_range,
     compiled_kernel,
     fused_kernels_support,
+    state_dtype,
 )
 from adamp_repro.optim.projection import (
     RowLayout,
@@ -62,15 +65,20 @@ class SGDP(ProjectedOptimizer):
     (``torch.optim.SGD`` gives :math:`g_1`; they differ only with dampening).
 
     Args:
-        params: iterable of parameters or param-group dicts (each group may override any option below).
-        lr: learning rate :math:`\eta` (required), >= 0.
+        params: iterable of parameters, (name, parameter) pairs or param-group dicts (each group may
+            override any option below).
+        lr: learning rate :math:`\eta`, finite and >= 0. Required, as in the official class: torch's
+            ``required`` sentinel is the default, so ``SGDP([{"params": ps, "lr": 0.1}])`` works and a group
+            with no lr of its own and no default raises torch's "didn't specify a value" error.
         momentum: :math:`\mu` in [0, 1) (default 0; 1 would divide the decay by zero).
         dampening: :math:`\tau` in [0, 1] (default 0).
-        weight_decay: decoupled decay :math:`\lambda` in torch units (default 0), >= 0.
+        weight_decay: decoupled decay :math:`\lambda` in torch units (default 0), finite and >= 0.
         nesterov: Nesterov momentum (default False); needs momentum > 0 and dampening 0.
-        eps: added to the row norm of :math:`\hat w` and the norm clamp of the cosine (default 1e-8), >= 0.
-        delta: threshold :math:`\delta` of the scale-invariance test (default 0.1), > 0.
-        wd_ratio: weight-decay multiplier for weights that pass the test (default 0.1), >= 0.
+        eps: added to the row norm of :math:`\hat w` and the norm clamp of the cosine (default 1e-8), finite
+            and >= 0 (0 gives no NaN: a zero row makes its cosine NaN, which fails the test, so no zero norm
+            is ever divided by).
+        delta: threshold :math:`\delta` of the scale-invariance test (default 0.1), finite and > 0.
+        wd_ratio: weight-decay multiplier for weights that pass the test (default 0.1), finite and >= 0.
         foreach: None (default) -> the fused C++ kernels for fp32 CPU parameters (``fused_cpu``; compiled on
             first use, cached; ``ADAMP_REPRO_FUSED_CPU=0`` disables them) and the multi-tensor fast form for
             the rest; True -> the multi-tensor fast form; False -> one parameter at a time in the official
@@ -81,14 +89,14 @@ class SGDP(ProjectedOptimizer):
             True); False projects a copy and keeps the plain heavy-ball buffer.
 
     State per parameter (same key as the official package): ``momentum`` (allocated even when momentum is 0,
-    as there). fp16/bf16 parameters: the reference form computes in fp32 and rounds once; the fast form
-    accumulates the row statistics in fp32.
+    as there), in fp32 for fp16/bf16 parameters, whose step every form computes in fp32 and rounds once
+    (NOTE: [low-precision state] in ``base.py``; ``torch.optim.SGD`` keeps the buffer in the param dtype).
     """
 
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float,
+        lr: float = required,  # type: ignore[assignment]  # torch's sentinel, as in adamp.SGDP
         momentum: float = 0,
         dampening: float = 0,
         weight_decay: float = 0,
@@ -127,16 +135,19 @@ class SGDP(ProjectedOptimizer):
         check_range("epsilon value", group["eps"], 0.0, None)
         check_range("delta", group["delta"], 0.0, None, low_open=True)
         check_range("wd_ratio", group["wd_ratio"], 0.0, None)
+        check_flag("nesterov", group["nesterov"])
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(
                 f"Invalid nesterov with momentum={group['momentum']!r} and dampening="
                 f"{group['dampening']!r}; nesterov requires momentum > 0 and dampening = 0"
             )
-        if group["foreach"] not in (None, True, False):
-            raise ValueError(f"Invalid foreach: {group['foreach']!r}; expected None, True or False")
+        check_flag("foreach", group["foreach"], (None, True, False))
+        check_flag("compile", group["compile"])
+        check_flag("project_buffer", group["project_buffer"])
 
     def _init_state(self, group: dict[str, Any], p: Tensor) -> None:
-        self.state[p]["momentum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        buffer = torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.preserve_format)
+        self.state[p]["momentum"] = buffer
 
     @staticmethod
     def _decays(group: dict[str, Any]) -> tuple[float, float]:
@@ -149,13 +160,15 @@ class SGDP(ProjectedOptimizer):
     # --- reference form: official operation order, one parameter --------------------------------------
 
     def _reference_update(self, group: dict[str, Any], p: Tensor, g: Tensor) -> None:
-        buf = self.state[p]["momentum"]
+        buf = self._state_of(p)["momentum"]
         if p.dtype not in LOW_PRECISION:
             self._reference_math(group, p, g, buf)
             return
-        p32, buf32 = p.float(), buf.float()
+        p32, buf32 = p.float(), buf.float()  # the buffer is fp32 already (NOTE: [low-precision state])
         self._reference_math(group, p32, g.float(), buf32)
-        p.copy_(p32), buf.copy_(buf32)
+        p.copy_(p32)
+        if buf32 is not buf:
+            buf.copy_(buf32)
 
     def _reference_math(self, group: dict[str, Any], p: Tensor, g: Tensor, buf: Tensor) -> None:
         momentum = group["momentum"]
@@ -179,7 +192,7 @@ class SGDP(ProjectedOptimizer):
     def _fast_bucket(
         self, group: dict[str, Any], layout: RowLayout | None, params: list[Tensor], grads: list[Tensor]
     ) -> None:
-        bufs = [self.state[p]["momentum"] for p in params]
+        bufs = [self._state_of(p)["momentum"] for p in params]
         # torch.optim.SGD's fused kernel has the official buffer update when momentum > 0 (the buffer starts
         # at zero and is_first_step=False); with momentum 0 it would skip the buffer the official code keeps.
         fused = group["momentum"] > 0 and fused_kernels_support(params[0].device, params[0].dtype)
@@ -298,7 +311,7 @@ class SGDP(ProjectedOptimizer):
         lr, delta = group["lr"], group["delta"]
         tensors, rows, scalars = [], [], []
         for p, g in zip(params, grads):
-            tensors.append((p, g, self.state[p]["momentum"], None))
+            tensors.append((p, g, self._state_of(p)["momentum"], None))
             if is_projection_candidate(p):
                 rows.append(p.shape[0])
                 scalars.extend((-lr, 1.0, *view_thresholds(p.shape, delta)))
@@ -325,7 +338,7 @@ class SGDP(ProjectedOptimizer):
             return
         thresholds = view_thresholds(p.shape, group["delta"]) if candidate else (0.0, 0.0)
         scalars = torch.tensor([group["lr"], *self._decays(group), *thresholds], dtype=torch.float64)
-        tensors = (p, g, self.state[p]["momentum"])
+        tensors = (p, g, self._state_of(p)["momentum"])
         views = [row_view(t) for t in tensors] if candidate else [t.view(-1) for t in tensors]
         options = (
             float(group["momentum"]),
