@@ -56,6 +56,10 @@ bench: $(STAMP) ## run the benchmarks (writes results/bench/)
 	$(PY) scripts/bench_optim.py
 	$(PY) scripts/bench_trainer.py
 
+.PHONY: device-check
+device-check: ## run the GPU check (scripts/device_check.py) on a CUDA device
+	PYTHONPATH=src $(PYTHON) scripts/device_check.py $(ARGS)
+
 .PHONY: data-cifar10
 data-cifar10: $(STAMP) ## put CIFAR-10 in data/cifar10: link the shared offline JPEG copy if present, else download
 	@mkdir -p data/cifar10
@@ -87,7 +91,7 @@ dashboards: $(STAMP) ## write the W&B dashboard specs to results/dashboards (PUB
 dashboard: dashboards ## alias of `make dashboards`
 
 .PHONY: sync-wandb
-sync-wandb: $(STAMP) ## upload the offline W&B runs under results/runs (and the tables run in ./wandb) with `wandb sync`
-	@files=$$(find results/runs wandb -path '*/offline-run-*/*.wandb' 2>/dev/null | sort); \
-	if [ -z "$$files" ]; then echo "no offline W&B runs under results/runs or ./wandb"; exit 0; fi; \
+sync-wandb: $(STAMP) ## upload the offline W&B runs under results/runs, ./wandb and $WANDB_DIR with `wandb sync`
+	@files=$$(find results/runs wandb $${WANDB_DIR:+"$$WANDB_DIR"} -path '*/offline-run-*/*.wandb' 2>/dev/null | sort -u); \
+	if [ -z "$$files" ]; then echo "no offline W&B runs under results/runs, ./wandb$${WANDB_DIR:+ or $$WANDB_DIR}"; exit 0; fi; \
 	$(VENV)/bin/wandb sync $$files

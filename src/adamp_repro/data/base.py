@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -104,7 +103,11 @@ class ClassificationData(abc.ABC):
 
 def plain_config(cfg: Any) -> dict[str, Any]:
     """A plain dict of a dataset config given as an OmegaConf DictConfig or a mapping."""
-    if isinstance(cfg, DictConfig):
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:  # omegaconf comes with hydra; plain mappings still work without it
+        DictConfig = OmegaConf = None
+    if DictConfig is not None and isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     if isinstance(cfg, Mapping):
         return dict(cfg)

@@ -107,9 +107,11 @@ def set_channels_last(model: nn.Module) -> nn.Module:
 
 
 def _plain(cfg: Any) -> dict[str, Any]:
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(cfg, DictConfig):
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:  # omegaconf comes with hydra; plain mappings still work without it
+        DictConfig = OmegaConf = None
+    if DictConfig is not None and isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     if isinstance(cfg, Mapping):
         return dict(cfg)

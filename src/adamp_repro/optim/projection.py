@@ -225,13 +225,19 @@ def projection_row_factors(
     p_norm, g_norm, gp, pd = stats.unbind(0)
     segment, lengths, dtype = layout.segment, layout.lengths, layout.threshold_channel.dtype
     # index_select / segment_reduce rather than x[segment] / index_add_: on CPU the latter take milliseconds
-    # for ~30k rows, the former tens of microseconds.
+    # for ~30k rows, the former tens of microseconds. unsafe=True: the lengths are valid by construction
+    # (RowLayout), and the safe form checks them with .item() calls, i.e. host syncs on CUDA.
     spread = lambda per_weight: per_weight.index_select(0, segment)  # noqa: E731 - (N,) -> (R,)
     # |<g, w>| / (max(|g|, eps) max(|w|, eps)): F.cosine_similarity's definition since torch ~1.12.
     cos_channel = gp.abs() / (g_norm.clamp_min(eps) * p_norm.clamp_min(eps))
-    channel = torch.segment_reduce(cos_channel, "max", lengths=lengths).to(dtype) < layout.threshold_channel
+    channel = (
+        torch.segment_reduce(cos_channel, "max", lengths=lengths, unsafe=True).to(dtype)
+        < layout.threshold_channel
+    )
     per_row = torch.stack((p_norm * p_norm, g_norm * g_norm, gp, pd), dim=1)
-    p_sq, g_sq, gp_sum, pd_sum = torch.segment_reduce(per_row, "sum", lengths=lengths, axis=0).unbind(1)
+    p_sq, g_sq, gp_sum, pd_sum = torch.segment_reduce(
+        per_row, "sum", lengths=lengths, axis=0, unsafe=True
+    ).unbind(1)
     p_norm_layer, g_norm_layer = p_sq.sqrt(), g_sq.sqrt()
     cos_layer = gp_sum.abs() / (g_norm_layer.clamp_min(eps) * p_norm_layer.clamp_min(eps))
     layer = (cos_layer.to(dtype) < layout.threshold_layer) & ~channel
