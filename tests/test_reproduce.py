@@ -41,19 +41,24 @@ def test_reproduce_table_smoke_end_to_end(tmp_path):
     first = _reproduce(tmp_path)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("summary.json")]
-    assert sorted(s["optimizer"] for s in summaries) == ["adamp", "adamw", "sgd", "sgdp"]
+    assert sorted(s["optimizer"] for s in summaries) == ["adam", "adamp", "sgd", "sgd", "sgdp"]
     assert {s["status"] for s in summaries} == {"completed"} and {s["scale"] for s in summaries} == {"smoke"}
+    assert {s["table_block"] for s in summaries if s["optimizer"] == "sgd"} == {"momentum", "vanilla"}
     tables = tmp_path / "tables"
     assert (tables / "README.md").is_file()
-    cells = pd.read_csv(tables / "mini.csv")
-    text = (tables / "mini.md").read_text()
+    cells = pd.read_csv(tables / "mechanism.csv")
+    text = (tables / "mechanism.md").read_text()
     assert "smoke" in text  # the scale of our runs is printed in the table
     measured = {s["optimizer"]: s["final_eval_top1"] for s in summaries}
     for optimizer, value in measured.items():
         assert any(abs(v - value) < 1e-9 for v in pd.to_numeric(cells.select_dtypes("number").stack())), (
             optimizer
         )
+    assert "| 0 |" in (tables / "mechanism_mechanism.md").read_text()  # seed 0 of each pair, judged
     assert list((tmp_path / "figures").glob("*.png"))
+    # The terminal output ends with the findings, the comparison with the committed records and the paths.
+    assert "findings:" in first.stdout and "SGDP vs momentum SGD" in first.stdout
+    assert "no committed reference" in first.stdout and f"tables in {tables}" in first.stdout
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("summary.json")}
     second = _reproduce(tmp_path, "--no-figures")
     assert second.returncode == 0, second.stderr[-3000:]

@@ -249,7 +249,7 @@ def test_mini_table_shows_scale_mechanism_and_noise_in_words(runs_root: Path, pa
     doc = layout_table(compare_table("mini", runs, paper), paper)
     markdown = render_markdown(doc)
     assert "Ours at scale `mini`; data: CIFAR-10 mini subset (JPEG copy)" in markdown
-    assert "‖w‖ initial → final" in markdown and "3.650 → 3.950" in markdown and "1.60e-03" in markdown
+    assert "‖w‖ after epoch 1 → final" in markdown and "3.650 → 3.950" in markdown and "1.60e-03" in markdown
     assert "SGDP vs SGD (cifar_resnet20, top-1 (%)): +0.70 points is not beyond seed noise" in markdown
     assert "includes 0, so the gap is inside seed noise" in markdown
     assert "detecting the printed +0.45 (P1 ResNet18) would take" in markdown

@@ -3,11 +3,20 @@
 Which experiments, optimizers and seeds a table needs lives in ``configs/tables.yaml``. The runs go through
 ``scripts/train.py -m`` (so ``hydra/launcher=...`` can send them to a cluster); a run whose record is complete
 returns at once, an interrupted one resumes from its checkpoint.
+
+Where things go: ``--out`` (default ``results/local``, not tracked by git) holds ``runs/``, ``tables/`` and
+``figures/``, so a user's own runs never mix with the committed records under ``results/runs``. After the runs,
+each fresh record is compared with the committed one of the same config (the same folder under
+``results/runs``), seed by seed: bit-identical on the same CPU type, or how far apart. ``--out results``
+writes the committed layout itself (how the committed records are made); ``make tables`` rebuilds
+``results/tables`` from ``results/runs`` alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +29,11 @@ from adamp_repro.errors import ConfigError, UsageError
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TABLES_FILE = PROJECT_ROOT / "configs" / "tables.yaml"
 EXPERIMENTS_DIR = PROJECT_ROOT / "configs" / "experiment"
+DEFAULT_OUT = PROJECT_ROOT / "results" / "local"
+REFERENCE_RUNS = PROJECT_ROOT / "results" / "runs"
+# Summary keys that differ between two runs of the same config without any number of the run changing.
+UNCOMPARED_KEYS = ("wall_time_s", "images_per_s", "run_dir", "error")
+NO_REFERENCE = "no committed record of this config"
 
 
 def load_tables(path: Path = TABLES_FILE, experiments_dir: Path = EXPERIMENTS_DIR) -> dict:
@@ -71,11 +85,15 @@ def multirun_command(
     scale: str,
     extra: list[str],
     output_root: str | None = None,
+    overrides: list[str] = (),
 ) -> list[str]:
+    """The Hydra multirun of one experiment; ``overrides``: the table's own (``overrides:`` in the catalogue,
+    e.g. its launcher and threads), before the user's ``extra`` so that a user's value wins."""
     cmd = [
         sys.executable,
         str(PROJECT_ROOT / "scripts" / "train.py"),
         "-m",
+        *overrides,
         f"experiment={experiment}",
         f"optimizer={','.join(optimizers)}",
         f"seed={','.join(str(s) for s in range(seeds))}",
@@ -94,9 +112,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--table", default="default", help=f"one of {sorted(tables)}")
     parser.add_argument("--scale", default="mini", help=f"one of {list(SCALES)}")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per optimizer (default: the table's)")
-    parser.add_argument("--output-root", default=None, help="where run records go (default: results/runs)")
-    parser.add_argument("--tables-out", default=str(PROJECT_ROOT / "results" / "tables"))
-    parser.add_argument("--figures-out", default=str(PROJECT_ROOT / "results" / "figures"))
+    parser.add_argument(
+        "--out",
+        default=str(DEFAULT_OUT),
+        help="folder of runs/, tables/ and figures/ (default: results/local; `results` = the committed layout)",
+    )
+    parser.add_argument("--output-root", default=None, help="where run records go (default: <out>/runs)")
+    parser.add_argument("--tables-out", default=None, help="default: <out>/tables")
+    parser.add_argument("--figures-out", default=None, help="default: <out>/figures")
+    parser.add_argument(
+        "--reference",
+        default=str(REFERENCE_RUNS),
+        help="committed records to compare the fresh runs with (default: results/runs)",
+    )
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument(
@@ -111,6 +139,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"invalid --seeds {args.seeds}; expected a positive integer")
     args.spec = tables[args.table]
+    out = Path(args.out)
+    args.output_root = args.output_root or str(out / "runs")
+    args.tables_out = args.tables_out or str(out / "tables")
+    args.figures_out = args.figures_out or str(out / "figures")
     return args
 
 
@@ -133,7 +165,9 @@ def main(argv: list[str]) -> int:
     for index, experiment in enumerate(experiments, 1):
         extra = [*args.extra, "resume=never"] if args.fresh else args.extra
         optimizers = optimizers_of(spec, experiment)
-        cmd = multirun_command(experiment, optimizers, seeds, args.scale, extra, args.output_root)
+        cmd = multirun_command(
+            experiment, optimizers, seeds, args.scale, extra, args.output_root, spec.get("overrides", [])
+        )
         print(f"[reproduce-table] ({index}/{len(experiments)}) {' '.join(cmd[1:])}", flush=True)
         if args.dry_run:
             continue
@@ -147,7 +181,7 @@ def main(argv: list[str]) -> int:
             )
     if args.dry_run:
         return 0
-    runs_root = args.output_root or str(PROJECT_ROOT / "results" / "runs")
+    runs_root = args.output_root
     steps = [("building tables", "build_tables.py", args.tables_out)]
     if not args.no_figures:
         steps.append(("drawing figures", "make_figures.py", args.figures_out))
@@ -155,5 +189,106 @@ def main(argv: list[str]) -> int:
         print(f"[reproduce-table] {what}", flush=True)
         cmd = [sys.executable, str(PROJECT_ROOT / "scripts" / script), "--runs", runs_root, "--out", out]
         failed = subprocess.run(cmd, cwd=PROJECT_ROOT).returncode != 0 or failed
-    print(f"[reproduce-table] done: see {args.tables_out}/README.md")
+    for line in reference_lines(runs_root, args.reference, experiments, args.scale):
+        print(f"[reproduce-table] {line}")
+    for line in findings_lines(runs_root, experiments):
+        print(f"[reproduce-table] {line}")
+    print(
+        f"[reproduce-table] done: tables in {args.tables_out} (index: README.md), figures in {args.figures_out}"
+    )
     return 1 if failed else 0
+
+
+def _table_ids(experiments: list[str]) -> list[str]:
+    ids = []
+    for experiment in experiments:
+        table = OmegaConf.load(EXPERIMENTS_DIR / f"{experiment}.yaml").get("table") or {}
+        if table.get("id") and table["id"] not in ids:
+            ids.append(str(table["id"]))
+    return ids
+
+
+def findings_lines(runs_root: str, experiments: list[str]) -> list[str]:
+    """The table's findings in a few lines: the mechanism per seed, then each gain and whether it is noise."""
+    from adamp_repro.results.build import build_table_docs
+    from adamp_repro.results.collect import read_records
+    from adamp_repro.results.mechanism import MECHANISM_CHECKS, mechanism_findings, seed_rows
+    from adamp_repro.results.reference import load_paper_numbers
+
+    found = read_records(runs_root)
+    if found.runs.empty:
+        return ["findings: no completed run to read"]
+    ids = _table_ids(experiments)
+    lines = []
+    for table_id in ids:
+        if table_id in MECHANISM_CHECKS:
+            check = MECHANISM_CHECKS[table_id]
+            lines += mechanism_findings(seed_rows(found.runs, table_id, check), check)
+    paper = load_paper_numbers(PROJECT_ROOT / "results" / "paper")
+    for doc in build_table_docs(found.runs, paper, found.left_out):
+        if doc.table_id in ids:
+            for section in doc.sections:
+                lines += [s.lstrip("- ") for s in section.sentences if "seed noise" in s][:4]
+    return ["findings:", *[f"  {line}" for line in lines]]
+
+
+def reference_lines(runs_root: str, reference_root: str, experiments: list[str], scale: str) -> list[str]:
+    """Each fresh record of the table against the committed record of the same config, seed by seed."""
+    fresh_root, reference = Path(runs_root).resolve(), Path(reference_root).resolve()
+    if fresh_root == reference:
+        return [f"records written to the reference folder {reference_root} itself: nothing to compare"]
+    rows = compare_with_reference(fresh_root, reference, experiments, scale)
+    if not [r for r in rows if r["detail"] != NO_REFERENCE]:
+        return [f"no committed reference under {reference_root} for these runs (scale {scale})"]
+    same = [r for r in rows if r["identical"]]
+    lines = [
+        f"against the committed records ({reference_root}): {len(same)} of {len(rows)} run(s) bit-identical "
+        "in every numeric summary key (wall time and throughput aside)"
+    ]
+    for r in rows:
+        if not r["identical"]:
+            lines.append(f"  {r['run']}: {r['detail']}")
+    return lines
+
+
+def compare_with_reference(
+    fresh_root: Path, reference: Path, experiments: list[str], scale: str
+) -> list[dict]:
+    rows = []
+    for experiment in experiments:
+        for summary in sorted((fresh_root / experiment / scale).glob("*/summary.json")):
+            rel = summary.parent.relative_to(fresh_root)
+            ref_summary = reference / rel / "summary.json"
+            if not ref_summary.is_file():
+                rows.append(
+                    {"run": str(rel), "identical": False, "detail": "no committed record of this config"}
+                )
+                continue
+            rows.append({"run": str(rel), **_compare_summaries(summary, ref_summary)})
+    return rows
+
+
+def _compare_summaries(fresh_path: Path, ref_path: Path) -> dict:
+    fresh, ref = json.loads(fresh_path.read_text()), json.loads(ref_path.read_text())
+    if fresh.get("status") != "completed":
+        return {"identical": False, "detail": f"fresh run is {fresh.get('status')!r}, not completed"}
+    diffs = {}
+    for key in sorted(set(fresh) | set(ref)):
+        if key in UNCOMPARED_KEYS:
+            continue
+        a, b = fresh.get(key), ref.get(key)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+            if not (a == b or (math.isnan(a) and math.isnan(b))):
+                diffs[key] = abs(a - b)
+        elif key not in fresh or key not in ref:
+            continue  # a key one version of the code writes and the other does not: not a number that moved
+        elif a != b and isinstance(a, (int, float, bool)):
+            diffs[key] = math.inf
+    if not diffs:
+        return {"identical": True, "detail": "bit-identical"}
+    worst = sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
+    return {
+        "identical": False,
+        "detail": f"{len(diffs)} key(s) differ; largest |diff|: "
+        + ", ".join(f"{k} {v:.3g}" for k, v in worst),
+    }

@@ -41,6 +41,9 @@ CURVES = {
     ("vanilla", "sgd"): ("vanilla_sgd", "vanilla SGD", "tab:gray"),
     ("momentum", "sgd"): ("momentum_sgd", "momentum SGD", "tab:blue"),
     ("momentum", "sgdp"): ("sgdp", "SGDP", "tab:orange"),
+    # The default table (``mechanism``) also runs the Adam pair beside the three SGD curves.
+    ("momentum", "adam"): ("adam", "Adam", "tab:green"),
+    ("momentum", "adamp"): ("adamp", "AdamP", "tab:red"),
 }
 CURVE_BY_KEY = {v[0]: v for v in CURVES.values()}
 PANELS = (

@@ -16,6 +16,7 @@ import pandas as pd
 
 from adamp_repro.results.collect import LEFT_OUT_KINDS, RunProblem, count_statuses, read_records
 from adamp_repro.results.compare import OWN_TABLES, compare_table
+from adamp_repro.results.mechanism import mechanism_outputs
 from adamp_repro.results.reference import PAPER_TABLES, load_paper_numbers
 from adamp_repro.results.tables import TableDoc, layout_table, render_files
 from adamp_repro.tracking.records import atomic_write_text
@@ -67,6 +68,8 @@ def build_tables(
         for name, text in render_files(doc).items():
             atomic_write_text(out_dir / name, text)
             written.append(out_dir / name)
+    mechanism_files, _ = mechanism_outputs(runs, out_dir)
+    written += mechanism_files
     atomic_write_text(out_dir / SUMMARY_PAGE, render_summary_page(docs, runs, problems))
     written.append(out_dir / SUMMARY_PAGE)
     log.info(

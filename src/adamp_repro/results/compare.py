@@ -77,7 +77,9 @@ AUTOATTACK_PGD_KEY = "final_eval_autoattack_subset_robust_top1"
 AUTOATTACK_GAP_POINTS = 5.0
 # Our own tables: no printed counterpart. Title and the dataset they are about.
 OWN_TABLES = {
-    "mini": "Quick run on the embedded CIFAR-10 subset (our own table; the default `make reproduce-table`)",
+    "mechanism": "The mechanism on a CPU: momentum SGD vs SGDP (and vanilla SGD), Adam vs AdamP, no weight decay, "
+    "on the embedded CIFAR-10 data (our own table; the default `make reproduce-table`)",
+    "mini": "Quick run on the embedded CIFAR-10 subset with the accuracy recipe (our own table; `make reproduce-table TABLE=mini`)",
     "cifar": "CIFAR classification (our own table: no printed CIFAR classification table could be read)",
     "imagenette": "Imagenette (96 px), not ImageNet: classification with P1's recipe (our own table; a proxy "
     "of P1's ResNet18 row)",
@@ -86,7 +88,7 @@ OWN_TABLES = {
 }
 # Own tables of the paper's ResNet-18 analysis: their curves and the paper's readings are drawn by
 # results/analysis.py (results/figures/analysis_<table>_<scale>.*).
-ANALYSIS_TABLES = ("imagenette_analysis",)
+ANALYSIS_TABLES = ("mechanism", "imagenette_analysis")
 # P2's "with weight decay" column is P1's ResNet18 row (identical printed values), so P1 ResNet18 runs
 # fill it when no run is tagged P2/with_wd: (table, block) -> (table, block, model) to borrow from.
 BORROWED_ROWS = {("P2", "with_wd"): ("P1", "imagenet", "resnet18")}

@@ -124,7 +124,7 @@ def mechanism_sentences(part: pd.DataFrame) -> list[str]:
             for r in rows.itertuples()
         }
         text = (
-            f"{where}: mean norm of the scale-invariant weights, initial → final (mean over seeds), changed by "
+            f"{where}: mean norm of the scale-invariant weights, end of epoch 1 → final (mean over seeds), changed by "
             + "; ".join(f"{opt} {g:+.1%}" for opt, g in growth.items())
             + "."
         )

@@ -153,7 +153,7 @@ def _cell_grid(part, varying, is_paper, scale, mechanism) -> Grid:
         else ["Ours (mean ± std)", "n"]
     )
     if mechanism:
-        header += ["‖w‖ initial → final", "Eff. step (final)"]
+        header += ["‖w‖ after epoch 1 → final", "Eff. step (final)"]
     attacked = bool((part["metric"] == "attacked_acc").any())
     if attacked:
         header += [AUTOATTACK_LABEL]

@@ -1,0 +1,100 @@
+"""The default table's mechanism check, seed by seed, and the comparison of fresh runs with committed records.
+
+Records are written through the real ``RunRecord`` writer (``test_results.write_run``) into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adamp_repro.reproduce import compare_with_reference, findings_lines, reference_lines
+from adamp_repro.results.build import build_tables
+from adamp_repro.results.collect import read_records
+from adamp_repro.results.mechanism import MECHANISM_CHECKS, mechanism_findings, seed_rows
+
+from .test_results import PAPER_DIR, write_run
+
+CHECK = MECHANISM_CHECKS["mechanism"]
+# (block, optimizer) -> per seed (initial per-filter norm, final per-filter norm, final effective step)
+ARMS = {
+    ("momentum", "sgd"): [(1.30, 1.56, 0.080), (1.30, 1.60, 0.078), (1.30, 1.58, 0.081)],  # +20%, +23%, +22%
+    ("momentum", "sgdp"): [(1.30, 1.33, 0.110), (1.30, 1.32, 0.112), (1.30, 1.45, 0.100)],  # +2%, +2%, +12%
+    ("momentum", "adam"): [(1.30, 1.69, 2.0e-3)] * 3,  # +30%
+    ("momentum", "adamp"): [(1.30, 1.31, 3.0e-3)] * 3,  # +1%
+    ("vanilla", "sgd"): [(1.30, 1.35, 0.110)] * 3,  # +4%
+}
+
+
+def mechanism_runs(root: Path) -> Path:
+    for (block, optimizer), per_seed in ARMS.items():
+        for seed, (init, final, step) in enumerate(per_seed):
+            write_run(
+                root, table_id="mechanism", block=block, model="CIFAR ResNet-20", optimizer=optimizer,
+                seed=seed, scale="mini", name=f"{block}-{optimizer}-s{seed}",
+                metrics={"final_eval_top1": 50.0 + seed, "at_init_mean_filter_norm": init,
+                         "final_mean_filter_norm": final, "final_filter_effective_step_size": step},
+            )  # fmt: skip
+    return root
+
+
+def test_each_seed_is_judged_on_its_own(tmp_path):
+    runs = read_records(mechanism_runs(tmp_path / "runs")).runs
+    rows = seed_rows(runs, "mechanism", CHECK)
+    sgd = [r for r in rows if r["baseline"] == "momentum SGD"]
+    adam = [r for r in rows if r["baseline"] == "Adam"]
+    assert [r["seed"] for r in sgd] == [0, 1, 2] and len(adam) == 3
+    assert sgd[0]["baseline_growth"] == pytest.approx(0.20) and sgd[0]["projected_growth"] == pytest.approx(0.3 / 13)
+    # Seed 2: SGDP grew +11.5%, more than a third of SGD's +21.5%: that seed fails, the others pass.
+    assert [r["projection_holds"] for r in sgd] == [True, True, False]
+    assert [r["all_met"] for r in sgd] == [True, True, False]
+    assert all(r["baseline_step_smaller"] for r in sgd)
+    assert all(r["all_met"] and r["baseline_step_smaller"] is None for r in adam)  # no step check for Adam
+    assert sgd[0]["vanilla SGD_growth"] == pytest.approx(0.05 / 1.3)
+    lines = mechanism_findings(rows, CHECK)
+    assert "SGDP vs momentum SGD" in lines[0] and "met in 2 of 3 seeds" in lines[0]
+    assert "seed 2: momentum SGD +21.5% vs SGDP +11.5%" in lines[0]
+    assert "AdamP vs Adam" in lines[1] and "met in every seed" in lines[1]
+
+
+def test_a_seed_missing_one_arm_is_not_judged(tmp_path):
+    root = mechanism_runs(tmp_path / "runs")
+    summary = root / "mechanism_cifar_resnet-20" / "mini" / "momentum-sgdp-s1" / "summary.json"
+    data = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**data, "status": "failed"}))
+    rows = seed_rows(read_records(root).runs, "mechanism", CHECK)
+    assert [r["seed"] for r in rows if r["baseline"] == "momentum SGD"] == [0, 2]
+
+
+def test_build_writes_the_per_seed_page(tmp_path):
+    root = mechanism_runs(tmp_path / "runs")
+    build_tables(root, tmp_path / "tables", PAPER_DIR)
+    text = (tmp_path / "tables" / "mechanism_mechanism.md").read_text()
+    assert "| 2 | +21.5% | +11.5% |" in text and "**no**" in text
+    assert "at least 10%" in text and "met in 2 of 3 seeds" in text
+    assert (tmp_path / "tables" / "mechanism_mechanism.csv").read_text().startswith("scale,pair,seed")
+    assert "mechanism" in (tmp_path / "tables" / "README.md").read_text()
+    lines = findings_lines(str(root), ["mini_mechanism", "mini_mechanism_vanilla"])
+    assert any("met in 2 of 3 seeds" in line for line in lines)
+
+
+def test_fresh_runs_are_compared_with_the_committed_ones_seed_by_seed(tmp_path):
+    fresh, reference = tmp_path / "fresh", tmp_path / "reference"
+    for root in (fresh, reference):
+        mechanism_runs(root)
+    experiment = "mechanism_cifar_resnet-20"
+    changed = fresh / experiment / "mini" / "momentum-sgd-s1" / "summary.json"
+    data = json.loads(changed.read_text())
+    changed.write_text(json.dumps({**data, "final_eval_top1": data["final_eval_top1"] + 0.25, "wall_time_s": 9.0}))
+    timed = fresh / experiment / "mini" / "momentum-sgd-s0" / "summary.json"
+    timed.write_text(json.dumps({**json.loads(timed.read_text()), "wall_time_s": 123.0, "images_per_s": 5.0}))
+    rows = compare_with_reference(fresh, reference, [experiment], "mini")
+    assert len(rows) == 15
+    differing = [r for r in rows if not r["identical"]]
+    assert [r["run"] for r in differing] == [f"{experiment}/mini/momentum-sgd-s1"]
+    assert "final_eval_top1 0.25" in differing[0]["detail"]
+    lines = reference_lines(str(fresh), str(reference), [experiment], "mini")
+    assert "14 of 15 run(s) bit-identical" in lines[0]
+    assert reference_lines(str(fresh), str(fresh), [experiment], "mini")[0].startswith("records written to the")
