@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adamp_repro.tracking.records import read_csv_rows, read_summary
+from adamp_repro.tracking.records import read_csv_rows, read_provenance_segments, read_summary
 from adamp_repro.train import run, run_dir_for
 from adamp_repro.train.checkpoint import CHECKPOINT_NAME
 from adamp_repro.train.schedule import build_lr_factor
@@ -49,8 +49,9 @@ def test_smoke_run_writes_a_complete_record(smoke_cfg):
     rows = read_csv_rows(run_dir / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert {"train_loss", "eval_top1", "lr", "images_per_s"} <= set(rows[0])
-    prov = json.loads((run_dir / "provenance.json").read_text())
-    assert {"git_commit", "git_dirty", "packages", "device", "seed"} <= set(prov)
+    (prov,) = read_provenance_segments(run_dir)  # one segment: the run was never resumed
+    assert {"git_commit", "git_dirty", "src_hash", "started_at", "packages", "device", "seed"} <= set(prov)
+    assert on_disk["segments"] == 1 and on_disk["code_changed_on_resume"] is False
     assert "hostname" not in json.dumps(prov)
     assert prov["packages"]["torch"] == torch.__version__.split("+")[0]
 

@@ -7,19 +7,24 @@ Determinism: the sampler, iterated in the main process, yields ``(index, sample_
 worker applies the random transform under a torch RNG seeded with ``sample_seed`` (saved and restored
 around it). The augmentation of a sample is thus a function of (seed, epoch, sample) alone: the same
 with 0 or 8 workers, persistent or not, and after a resume.
+
+An image that cannot be read (truncated, not an image) is an error naming its path. With
+``dataset.skip_unreadable_images: true`` it is left out of its batch instead, with a warning naming it; the
+trainer counts the skipped images per epoch (``skipped_images`` in ``metrics.csv`` and the summary).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
@@ -41,16 +46,31 @@ from adamp_repro.data.sharding import (
     steps_per_epoch,
     train_shard,
 )
+from adamp_repro.errors import UsageError
+
+log = logging.getLogger("adamp_repro")
 
 TRAIN_DIR, EVAL_DIR = "train", "val"
+_UNREADABLE = "cannot read image "
 INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
 GENERIC_HOW_TO_OBTAIN = "point dataset.root at a folder holding train/<class>/* and val/<class>/* images"
 
 
+class UnreadableImageError(UsageError, OSError):
+    """An image file of the tree that PIL cannot decode; the one-line message names the file."""
+
+
 def load_rgb(path: str) -> Image.Image:
     """Open an image file as RGB (some ImageNet and Imagenette images are greyscale or CMYK)."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        # PIL's own message ("Truncated File Read", "image file is truncated") names no file.
+        raise UnreadableImageError(
+            f"{_UNREADABLE}{path}: {type(exc).__name__}: {exc}; replace or delete the file, or set "
+            "dataset.skip_unreadable_images=true to leave such images out (counted in the run's summary)"
+        ) from exc
 
 
 def train_transform(
@@ -79,23 +99,47 @@ def _mode(name: str) -> T.InterpolationMode:
 
 
 class SeededImageDataset(Dataset):
-    """Image files transformed under a per-sample seed: ``dataset[(index, seed)] -> (x, label)``."""
+    """Image files transformed under a per-sample seed: ``dataset[(index, seed)] -> (x, label)``, or None for
+    an unreadable file when ``skip_unreadable`` (``collate_readable`` then leaves it out of the batch)."""
 
-    def __init__(self, samples: list[tuple[str, int]], transform: Callable[[Image.Image], torch.Tensor]):
+    def __init__(
+        self,
+        samples: list[tuple[str, int]],
+        transform: Callable[[Image.Image], torch.Tensor],
+        skip_unreadable: bool = False,
+    ):
         self.samples = samples
         self.transform = transform
+        self.skip_unreadable = skip_unreadable
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int] | None:
         index, sample_seed = key
         path, label = self.samples[index]
-        image = load_rgb(path)
+        try:
+            image = load_rgb(path)
+        except UnreadableImageError as exc:
+            if not self.skip_unreadable:
+                raise
+            log.warning("WARNING: skipped: %s", exc)
+            return None
         # fork_rng restores the RNG afterwards: with num_workers=0 this runs in the trainer's process.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed)
             return self.transform(image), label
+
+
+def collate_readable(samples: list[tuple[torch.Tensor, int] | None]) -> tuple[Any, Any, int]:
+    """``(images, labels, skipped)``: the batch of the readable samples (None, None when there are none) and
+    the number left out. With every sample readable the tensors are exactly ``default_collate``'s."""
+    readable = [s for s in samples if s is not None]
+    skipped = len(samples) - len(readable)
+    if not readable:
+        return None, None, skipped
+    images, labels = default_collate(readable)
+    return images, labels, skipped
 
 
 class SeededShardSampler(Sampler):
@@ -178,17 +222,32 @@ class LoaderData(ClassificationData):
         )
         self.train_loader = train_loader
         self.eval_loader = eval_loader
+        self.skipped_images = 0
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """See :meth:`ClassificationData.train_batches`; x is float32 (B, 3, crop, crop) in [0, 1]."""
         self.train_loader.sampler.set_epoch(epoch)
-        for images, labels in self.train_loader:
-            yield self._to_device(images, labels)
+        yield from self._readable(self.train_loader)
 
     def eval_batches(self) -> Iterator[Batch]:
         """See :meth:`ClassificationData.eval_batches`."""
-        for images, labels in self.eval_loader:
-            yield self._to_device(images, labels)
+        yield from self._readable(self.eval_loader)
+
+    def take_skipped_images(self) -> int:
+        """Unreadable images left out since the last call (``dataset.skip_unreadable_images``)."""
+        count, self.skipped_images = self.skipped_images, 0
+        return count
+
+    def _readable(self, loader: DataLoader) -> Iterator[Batch]:
+        try:
+            for images, labels, skipped in loader:
+                self.skipped_images += skipped
+                if images is not None:
+                    yield self._to_device(images, labels)
+        except UnreadableImageError as exc:
+            # From a worker process the message carries the worker's traceback: keep our own line only.
+            text = str(exc)
+            raise UnreadableImageError(text[text.rfind(_UNREADABLE) :].strip()) from None
 
     def _to_device(self, images: torch.Tensor, labels: torch.Tensor) -> Batch:
         return (
@@ -223,6 +282,7 @@ def build_loader_data(
         interpolation,
     )
     center = eval_transform(positive_int(cfg, "resize_size"), crop_size, interpolation)
+    skip = _skip_unreadable(cfg)
     shard = dict(seed=seed, rank=rank, world_size=world_size)
     # The loaders draw their workers' base seed from this generator, not from the global RNG, which they
     # would otherwise advance at every epoch.
@@ -243,9 +303,9 @@ def build_loader_data(
     )
     return LoaderData(
         info,
-        loader(SeededImageDataset(train_samples, augment), train_sampler, batch_size, drop_last=True),
+        loader(SeededImageDataset(train_samples, augment, skip), train_sampler, batch_size, drop_last=True),
         loader(
-            SeededImageDataset(eval_samples, center),
+            SeededImageDataset(eval_samples, center, skip),
             SeededShardSampler(eval_index, train=False, **shard),
             eval_batch_size,
             drop_last=False,
@@ -309,6 +369,13 @@ def _pair(cfg: Mapping[str, Any], key: str) -> tuple[float, float]:
     return float(value[0]), float(value[1])
 
 
+def _skip_unreadable(cfg: Mapping[str, Any]) -> bool:
+    value = cfg.get("skip_unreadable_images", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"dataset.skip_unreadable_images must be true or false, got {value!r}")
+    return value
+
+
 def _num_workers(cfg: Mapping[str, Any]) -> int:
     value = require(cfg, "num_workers")
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -331,6 +398,7 @@ def _make_loader(
         batch_size=batch_size,
         sampler=sampler,
         drop_last=drop_last,
+        collate_fn=collate_readable,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,  # restarting workers every epoch costs seconds on ImageNet

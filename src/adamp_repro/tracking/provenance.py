@@ -1,7 +1,14 @@
-"""What produced a run: code version, packages, device, seed and determinism settings (no hostname)."""
+"""What produced a run: code version, packages, device, seed and determinism settings (no hostname).
+
+The code version is the git commit and dirty flag where the package sits in a checkout, and always a content
+hash of the installed package's files (``source_hash``), so a pip install without git is covered too and a
+resume on changed code can be told apart from one on the same code.
+"""
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import platform
 import subprocess
 from importlib import metadata
@@ -33,6 +40,19 @@ def git_state(cwd: str | Path | None = None) -> dict[str, Any]:
         return {"git_commit": None, "git_dirty": None}
 
 
+def source_hash(package_dir: str | Path | None = None) -> str:
+    """SHA-256 (16 hex digits) of every file of the installed ``adamp_repro`` package (paths and contents;
+    byte-code caches left out)."""
+    root = Path(package_dir or Path(__file__).resolve().parents[1])
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if "__pycache__" in rel.parts or path.suffix in (".pyc", ".pyo"):
+            continue
+        digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def package_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
     for name in PACKAGES:
@@ -52,6 +72,8 @@ def device_description(device: torch.device) -> str:
 def collect_provenance(device: torch.device, seed: int, world_size: int) -> dict[str, Any]:
     return {
         **git_state(),
+        "src_hash": source_hash(),
+        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "packages": package_versions(),
         "python": platform.python_version(),
         "device": device_description(device),

@@ -3,7 +3,10 @@
 One folder per run (``results/runs/<experiment>/<scale>/<run_name>/``) with a fixed contract:
 
 - ``config.yaml``      the resolved Hydra config of the run
-- ``provenance.json``  git commit and dirty flag, package versions, device, seed, torch determinism settings
+- ``provenance.json``  ``{"segments": [...]}``, one entry per segment of the run (the first start and every
+                       resume): git commit and dirty flag, a hash of the package's source files, package
+                       versions, device, seed, torch determinism settings, start time. Older records hold a
+                       single dict, read as one segment (``read_provenance_segments``).
 - ``metrics.csv``      one row per epoch, prefixed columns (``train_loss``, ``eval_top1``, ``lr``, ...)
 - ``diagnostics.csv``  optional: per-epoch weight-norm diagnostics of the scale-invariant weights
 - ``summary.json``     the final state: ``status`` (running / completed / failed / diverged / interrupted),
@@ -32,8 +35,12 @@ DIAGNOSTICS_FILE = "diagnostics.csv"
 SUMMARY_FILE = "summary.json"
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, backup: str | os.PathLike | None = None) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename.
+
+    ``backup``: the file being replaced is first renamed to this name (a crash in between leaves the backup
+    and no ``path``, never a torn file).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -43,6 +50,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if backup is not None and path.exists():
+            os.replace(path, backup)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -95,22 +104,49 @@ class RunRecord:
         self.metrics: list[dict[str, Any]] = []
         self.diagnostics: list[dict[str, Any]] = []
 
-    def start(self, config_yaml: str, provenance: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
-        """Write config and provenance, mark the run ``running`` (kept rows survive a resume)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / CONFIG_FILE, config_yaml)
-        atomic_write_json(self.run_dir / PROVENANCE_FILE, dict(provenance))
-        self.write_summary({**summary, "status": "running"})
+    def start(
+        self,
+        config_yaml: str,
+        provenance: Mapping[str, Any],
+        summary: Mapping[str, Any],
+        earlier_segments: Iterable[Mapping[str, Any]] = (),
+    ) -> list[dict[str, Any]]:
+        """Write config and provenance, mark the run ``running`` (kept rows survive a resume).
 
-    def restore_rows(self, up_to_epoch: int) -> None:
-        """On resume: keep the rows of epochs ``< up_to_epoch`` already on disk, drop later ones."""
-        for name, rows in ((METRICS_FILE, self.metrics), (DIAGNOSTICS_FILE, self.diagnostics)):
-            path = self.run_dir / name
+        ``provenance`` describes this segment; a resumed run passes the segments already recorded
+        (``read_provenance_segments``) as ``earlier_segments``. Returns all segments, oldest first.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        segments = [*map(dict, earlier_segments), dict(provenance)]
+        atomic_write_text(self.run_dir / CONFIG_FILE, config_yaml)
+        atomic_write_json(self.run_dir / PROVENANCE_FILE, {"segments": segments})
+        self.write_summary({**summary, "status": "running"})
+        return segments
+
+    def restore_rows(
+        self,
+        up_to_epoch: int,
+        metrics: Iterable[Mapping[str, Any]] | None = None,
+        diagnostics: Iterable[Mapping[str, Any]] | None = None,
+    ) -> list[str]:
+        """On resume: keep the rows of epochs ``< up_to_epoch``, drop later ones.
+
+        ``metrics`` / ``diagnostics``: the rows the checkpoint holds. A file that is missing or lacks some of
+        those epochs is rebuilt from them. Returns the names of the files rebuilt.
+        """
+        rebuilt = []
+        for name, rows, kept in (
+            (METRICS_FILE, self.metrics, metrics),
+            (DIAGNOSTICS_FILE, self.diagnostics, diagnostics),
+        ):
             rows.clear()
-            if path.exists():
-                rows.extend(
-                    r for r in read_csv_rows(path) if r.get("epoch") is None or int(r["epoch"]) < up_to_epoch
-                )
+            rows.extend(_rows_before(self.run_dir / name, up_to_epoch))
+            kept = [dict(r) for r in kept or () if int(r["epoch"]) < up_to_epoch]
+            if kept and (len(rows) != len(kept) or {_epoch(r) for r in rows} != {_epoch(r) for r in kept}):
+                rows[:] = kept
+                atomic_write_text(self.run_dir / name, rows_to_csv(rows))
+                rebuilt.append(name)
+        return rebuilt
 
     def log_epoch(self, row: Mapping[str, Any], diagnostics: Iterable[Mapping[str, Any]] = ()) -> None:
         self.metrics.append(dict(row))
@@ -125,6 +161,36 @@ class RunRecord:
         if status not in STATUSES:
             raise ValueError(f"Invalid run status: {status!r}; expected one of {STATUSES}")
         atomic_write_json(self.run_dir / SUMMARY_FILE, dict(summary))
+
+
+def _rows_before(path: Path, epoch: int) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [r for r in read_csv_rows(path) if r.get("epoch") is None or _epoch(r) < epoch]
+
+
+def _epoch(row: Mapping[str, Any]) -> int:
+    try:
+        return int(row["epoch"])
+    except (TypeError, ValueError):
+        return -1  # a torn or hand-edited line: kept, and the epoch check then rebuilds the file
+
+
+def read_provenance_segments(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The provenance of each segment of a run, oldest first: ``[]`` without a file, one segment for a record
+    written before segments existed (a single dict)."""
+    path = Path(run_dir) / PROVENANCE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable provenance ({exc})") from exc
+    if isinstance(data, dict) and isinstance(data.get("segments"), list):
+        return [dict(s) for s in data["segments"]]
+    if isinstance(data, dict):
+        return [data]
+    raise ValueError(f"{path}: provenance is neither a dict nor {{'segments': [...]}}")
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:

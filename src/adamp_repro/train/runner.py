@@ -3,7 +3,13 @@
 The Hydra entry point (``scripts/train.py``) only composes the config and calls this; tests call it directly.
 Building happens in a fixed order (seed -> data -> model -> optimizer -> task), so the same config and seed give
 the same numbers. The record's ``summary.json`` is written in a ``finally``: a crash still leaves a record
-with status ``failed`` and the error, a NaN loss leaves ``diverged``, Ctrl-C leaves ``interrupted``.
+with status ``failed`` and the error, a NaN loss leaves ``diverged``, Ctrl-C, SIGTERM and SIGHUP leave
+``interrupted`` with the signal (see ``train.stopping``), an unreadable checkpoint leaves ``failed``.
+
+Before anything is written, rank 0 locks the run folder (``tracking.run_lock``); before anything is read, a
+resume checks that the package's source hash is the one the run's last segment recorded (``allow_code_change``
+lets it go on anyway, and the summary then says ``code_changed_on_resume``). What happens on each fault, and
+the way out, is in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -24,17 +30,33 @@ from omegaconf import DictConfig, OmegaConf
 
 from adamp_repro.tracking.provenance import collect_provenance
 from adamp_repro.tracking.records import RunRecord, is_completed, read_summary
+from adamp_repro.tracking.run_lock import RunLock
 from adamp_repro.tracking.wandb_mirror import WandbMirror
 from adamp_repro.train.diagnostics import SUMMARY_KEYS as DIAGNOSTIC_SUMMARY_KEYS
 from adamp_repro.train.distributed import DistContext, init_distributed, resolve_device, shutdown
+from adamp_repro.train.resume import code_changed, prepare_resume
 from adamp_repro.train.schedule import build_lr_factor
+from adamp_repro.train.stopping import RunInterrupted, StopSignals, exit_by_signal
 from adamp_repro.train.tasks import build_task
 from adamp_repro.train.trainer import DivergedError, Trainer, TrainerSettings
 
 log = logging.getLogger("adamp_repro")
 
 # Keys that do not change what a run computes: they stay out of the run folder's config hash.
-VOLATILE_KEYS = ("logger", "progress", "resume", "output_root", "threads", "device", "hydra", "run_name")
+VOLATILE_KEYS = (
+    "logger",
+    "progress",
+    "resume",
+    "output_root",
+    "threads",
+    "device",
+    "hydra",
+    "run_name",
+    "allow_code_change",
+)
+# Options that change a run only when set: at this value they stay out of the hash, so adding one to a config
+# file leaves every earlier record in its folder. Dotted paths.
+HASHED_ONLY_WHEN_SET = {"dataset.skip_unreadable_images": False}
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -43,6 +65,13 @@ def config_hash(cfg: DictConfig) -> str:
     for key in VOLATILE_KEYS:
         data.pop(key, None)
     data.get("distributed", {}).pop("backend", None)
+    for dotted, default in HASHED_ONLY_WHEN_SET.items():
+        *parents, key = dotted.split(".")
+        node = data
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in node and node[key] == default:
+            del node[key]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -112,20 +141,41 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if ctx.enabled and device.type == "cuda":
         device = torch.device(f"cuda:{ctx.local_rank}")
     run_dir = run_dir_for(cfg)
+    stops = StopSignals().install()
+    lock = RunLock(run_dir) if ctx.is_main else None
+    stopped_by = None
     try:
+        if lock is not None:
+            lock.acquire()  # before anything is read or written: a second process of this run stops here
         if cfg.resume == "auto" and is_completed(run_dir):
             log.info("run already completed: %s", run_dir)
             return read_summary(run_dir)
-        return _run(cfg, device, ctx, run_dir)
+        return _run(cfg, device, ctx, run_dir, stops, lock)
+    except RunInterrupted as exc:
+        stopped_by = exc.signum
+        raise
     finally:
+        if lock is not None:
+            lock.release()
+        stops.restore()
         shutdown(ctx)
+        if stopped_by is not None:
+            exit_by_signal(stopped_by)  # the record is written: end as the signal would have (128 + signum)
 
 
-def _run(cfg: DictConfig, device: torch.device, ctx: DistContext, run_dir: Path) -> dict[str, Any]:
+def _run(
+    cfg: DictConfig,
+    device: torch.device,
+    ctx: DistContext,
+    run_dir: Path,
+    stops: StopSignals,
+    lock: RunLock | None,
+) -> dict[str, Any]:
     from adamp_repro.data import build_data
     from adamp_repro.models import build_model
     from adamp_repro.optim import build_optimizer
 
+    resume_point, earlier_segments = prepare_resume(cfg, ctx, run_dir, _identity(cfg, None))
     seed_everything(int(cfg.seed))
     data = build_data(
         cfg.dataset,
@@ -185,13 +235,20 @@ def _run(cfg: DictConfig, device: torch.device, ctx: DistContext, run_dir: Path)
         run_dir=run_dir,
         seed=int(cfg.seed),
         diagnostics=diagnostics,
+        stop=stops,
     )
-    if cfg.resume == "auto" and trainer.try_resume():
-        log.info("resuming %s after epoch %d", run_dir, trainer.state.epoch)
-    elif cfg.resume not in ("auto", "never"):
-        raise ValueError(f"Invalid resume: {cfg.resume!r}; expected 'auto' or 'never'")
+    segment: dict[str, Any] = {}
+    if resume_point is not None:
+        (path, ckpt), resume_point = resume_point, None
+        trainer.load_state(ckpt)
+        del ckpt  # the state now lives in the model and optimizer
+        segment = {"resumed_from": path.name, "resumed_after_epoch": trainer.state.epoch}
+        log.info("resuming %s from %s after epoch %d", run_dir, path.name, trainer.state.epoch)
     identity = _identity(cfg, data) | {"world_size": ctx.world_size, "task_settings": task.describe()}
-    return _fit_and_record(cfg, trainer, record, identity, device, ctx, run_dir)
+    if lock is not None:
+        identity["run_lock"] = lock.status
+    provenance = collect_provenance(device, int(cfg.seed), ctx.world_size) | segment
+    return _fit_and_record(cfg, trainer, record, identity, (provenance, earlier_segments), ctx, run_dir)
 
 
 def _fit_and_record(
@@ -199,18 +256,20 @@ def _fit_and_record(
     trainer: Trainer,
     record: RunRecord | None,
     identity: dict[str, Any],
-    device: torch.device,
+    provenance: tuple[dict[str, Any], list[dict[str, Any]]],
     ctx: DistContext,
     run_dir: Path,
 ) -> dict[str, Any]:
     wandb = None
     if record is not None:
-        record.start(
-            OmegaConf.to_yaml(cfg, resolve=True),
-            collect_provenance(device, int(cfg.seed), ctx.world_size),
-            identity,
+        segment, earlier = provenance
+        segments = record.start(
+            OmegaConf.to_yaml(cfg, resolve=True), segment, identity, earlier_segments=earlier
         )
-        record.restore_rows(trainer.state.epoch)
+        identity |= {"segments": len(segments), "code_changed_on_resume": code_changed(segments)}
+        state = trainer.state
+        for name in record.restore_rows(state.epoch, state.history, state.diagnostics_history):
+            log.warning("%s was missing or short: rebuilt from the checkpoint's rows", name)
         wandb = WandbMirror(
             cfg.logger,
             name=f"{cfg.run_name}",
@@ -235,8 +294,16 @@ def _fit_and_record(
     except DivergedError as exc:
         status, error = "diverged", str(exc)
         log.error("run diverged: %s", exc)
+    except RunInterrupted as exc:
+        status, error = "interrupted", f"stopped by {exc}"
+        raise
     except KeyboardInterrupt:
-        status, error = "interrupted", "KeyboardInterrupt"
+        status, error = "interrupted", "stopped by SIGINT (KeyboardInterrupt)"
+        raise
+    except (
+        SystemExit
+    ) as exc:  # submitit's requeue on preemption or a time limit exits from its signal handler
+        status, error = "interrupted", f"stopped by SystemExit({exc.code}) (a launcher's requeue or exit)"
         raise
     except Exception as exc:
         status, error = "failed", "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -254,6 +321,12 @@ def _fit_and_record(
         )
         if trainer.diag is not None:  # the weights before the first step (the paper's curves start there)
             summary |= {f"at_init_{k}": v for k, v in trainer.diag.at_init.items()}
+        skipped = sum(int(row.get("skipped_images", 0)) for row in trainer.state.history)
+        if skipped:
+            summary["skipped_images"] = skipped
+            log.warning(
+                "WARNING: %d unreadable images were skipped (dataset.skip_unreadable_images)", skipped
+            )
         if record is not None:
             record.write_summary(summary)
             wandb.finish(summary)

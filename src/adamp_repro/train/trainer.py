@@ -3,12 +3,17 @@
 ``Trainer.fit`` runs epochs of train -> evaluate -> record -> checkpoint. Tasks only decide how a batch becomes
 a loss and what evaluation measures. The loop keeps per-step work on the device: losses and accuracies are
 accumulated as tensors and read back once per logging interval and once per epoch.
+
+A stop signal (``train.stopping``) is honoured before a training step and after an epoch's checkpoint: one
+process checks before every step (a Python flag, no device sync); the ranks of a distributed job agree at each
+logging interval and each epoch's end, so they all stop at the same step.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -19,8 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from adamp_repro.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
+from adamp_repro.train.checkpoint import (
+    CHECKPOINT_NAME,
+    load_resume_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from adamp_repro.train.distributed import DistContext, all_reduce_sums, broadcast_flag
+from adamp_repro.train.stopping import RunInterrupted, StopSignals
 from adamp_repro.train.tasks import correct_topk, finalize_sums
 
 
@@ -51,7 +62,8 @@ class TrainState:
     global_step: int = 0
     best_eval: float = float("-inf")  # best value of eval_<task.primary_metric>
     wandb_id: str | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # the rows of metrics.csv
+    diagnostics_history: list[dict[str, Any]] = field(default_factory=list)  # the rows of diagnostics.csv
 
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -74,13 +86,14 @@ class Trainer:
         diagnostics: Any = None,
         on_epoch: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
         on_step: Callable[[int, dict[str, float]], None] | None = None,
+        stop: StopSignals | None = None,
     ):
         if settings.amp not in AMP_DTYPES:
             raise ValueError(f"Invalid train.amp: {settings.amp!r}; expected one of {list(AMP_DTYPES)}")
         self.model, self.optimizer, self.task, self.data = model, optimizer, task, data
         self.lr_factor, self.s, self.device, self.ctx = lr_factor, settings, device, ctx
         self.run_dir, self.seed, self.diag = run_dir, seed, diagnostics
-        self.on_epoch, self.on_step = on_epoch, on_step
+        self.on_epoch, self.on_step, self.stop = on_epoch, on_step, stop
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.amp_dtype = AMP_DTYPES[settings.amp]
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.amp == "fp16")
@@ -112,15 +125,24 @@ class Trainer:
                 "best_eval": self.state.best_eval,
                 "wandb_id": self.state.wandb_id,
                 "history": self.state.history,
+                "diagnostics_history": self.state.diagnostics_history,
             },
         )
 
     def try_resume(self) -> bool:
-        """Load ``last.ckpt`` when the run folder holds one (every rank reads the same file)."""
-        path = self.checkpoint_path
-        if path is None or not path.exists():
+        """Load the run folder's newest readable checkpoint, if any (every rank reads the same file)."""
+        point = (
+            None
+            if self.run_dir is None
+            else load_resume_checkpoint(self.run_dir, move_unreadable=self.ctx.is_main)
+        )
+        if point is None:
             return False
-        ckpt = load_checkpoint(path)
+        self.load_state(point[1])
+        return True
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint's state (see ``checkpoint.load_resume_checkpoint``)."""
         self._unwrapped().load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -134,9 +156,9 @@ class Trainer:
             ckpt["best_eval"],
             ckpt.get("wandb_id"),
             list(ckpt.get("history", [])),
+            list(ckpt.get("diagnostics_history") or []),
         )
         set_rng_state(ckpt["rng"])
-        return True
 
     # ----------------------------------------------------------------------------------------------- loop
     def fit(self) -> TrainState:
@@ -152,15 +174,38 @@ class Trainer:
             if self.diag is not None:
                 diag_summary, diag_rows = self.diag.epoch_end(epoch)
                 row.update(diag_summary)
+            skipped = self._take_skipped_images()
+            if skipped:
+                row["skipped_images"] = skipped
             primary = f"eval_{self.task.primary_metric}"
             if primary in row:
                 self.state.best_eval = max(self.state.best_eval, row[primary])
             self.state.epoch = epoch + 1
             self.state.history.append(row)
+            self.state.diagnostics_history.extend(diag_rows)
             if self.on_epoch is not None and self.ctx.is_main:
                 self.on_epoch(row, diag_rows)
             self.save()
+            self._stop_if_asked(agree=True)
         return self.state
+
+    def _stop_if_asked(self, agree: bool) -> None:
+        """Raise ``RunInterrupted`` when a stop signal came. ``agree``: a point where the ranks of a distributed
+        job meet, so that one signal (to any rank) stops them all at the same step."""
+        received = None if self.stop is None else self.stop.received
+        if not self.ctx.enabled:
+            if received is not None:
+                raise RunInterrupted(received)
+        elif agree and broadcast_flag(received is not None, self.ctx, self.device):
+            raise RunInterrupted(received or signal.SIGTERM)
+
+    def _take_skipped_images(self) -> int:
+        """Unreadable images the data skipped since the last call (``dataset.skip_unreadable_images``)."""
+        take = getattr(self.data, "take_skipped_images", None)
+        if take is None:
+            return 0
+        count = torch.tensor(float(take()), device=self.device)
+        return int(all_reduce_sums({"skipped": count}, self.ctx)["skipped"].item())
 
     def _set_lr(self, step: int) -> float:
         factor = self.lr_factor(step)
@@ -181,6 +226,7 @@ class Trainer:
         for x, y in self.data.train_batches(epoch):
             if steps >= self.steps_per_epoch:
                 break
+            self._stop_if_asked(agree=False)
             lr = self._set_lr(self.state.global_step)
             loss, logits = self._train_step(x, y)
             with torch.no_grad():
@@ -192,6 +238,7 @@ class Trainer:
             if self.state.global_step % self.s.log_every_n_steps == 0:
                 self._check_finite(loss)
                 self._report_step(loss, lr, bar)
+                self._stop_if_asked(agree=True)
             elif bar is not None:
                 bar.update(1)
         elapsed = time.perf_counter() - started
