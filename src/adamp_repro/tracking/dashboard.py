@@ -315,14 +315,38 @@ def _paths(key: str, value: Any) -> Iterator[str]:
         yield from _paths(f"{key}.{sub}", inner)
 
 
+def _offline_files(path: Path) -> list[Path]:
+    """The ``.wandb`` files under ``path``; for a run folder (or its ``wandb/``) whose W&B files went to the
+    user's ``WANDB_DIR`` (wandb_mirror.wandb_root), the runs there that logged this folder as their run_dir."""
+    if path.is_file():
+        return [path]
+    files = sorted(path.rglob("*.wandb")) if path.is_dir() else []
+    if files or not os.environ.get("WANDB_DIR"):
+        return files
+    run_dir = (path.parent if path.name == "wandb" else path).resolve()
+    shared = sorted(Path(os.environ["WANDB_DIR"]).rglob("*.wandb"))
+    return [f for f in shared if _logged_run_dir(f) == run_dir]
+
+
+def _logged_run_dir(file: Path) -> Path | None:
+    for raw in _leveldb_records(file.read_bytes()):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "run":
+            logged = {i.key: i.value_json for i in record.run.config.update}.get("run_dir")
+            return Path(json.loads(logged)).resolve() if logged else None
+    return None
+
+
 def read_offline_run(path: str | os.PathLike, wait_s: float = 0.0) -> LoggedRun:
     """Keys logged by the run under ``path`` (a ``.wandb`` file, an ``offline-run-*`` folder or a run folder;
     the files of a resumed run are merged). wandb's service writes these files after ``finish()`` returns, so
     this waits up to ``wait_s`` seconds for each to end with its exit record (``finished``)."""
     path, deadline = Path(path), time.monotonic() + wait_s
-    files = [path] if path.is_file() else sorted(path.rglob("*.wandb"))
+    files = _offline_files(path)
     if not files:
-        raise FileNotFoundError(f"no .wandb file under {path}")
+        where = f" (nor under WANDB_DIR={os.environ['WANDB_DIR']})" if os.environ.get("WANDB_DIR") else ""
+        raise FileNotFoundError(f"no .wandb file under {path}{where}")
     while True:
         job_type, history, summary, config, exits = "", set(), set(), set(), 0
         for raw in (raw for f in files for raw in _leveldb_records(f.read_bytes())):

@@ -2,6 +2,8 @@
 
 Project, group (the experiment / table) and name (model-dataset-optimizer-seed) are fixed by config, so
 dashboards group cleanly. With no API key the run is offline and can be uploaded later with ``wandb sync``.
+W&B's local files go into the run folder (``<run_dir>/wandb/``), or under ``$WANDB_DIR/wandb/`` when the user
+sets ``WANDB_DIR`` (``make sync-wandb`` and ``dashboard.read_offline_run`` look there too).
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ def resolve_mode(mode: str) -> str:
     return mode
 
 
+def wandb_root(run_dir: Path) -> Path:
+    """The folder given to ``wandb.init(dir=...)``: the user's ``WANDB_DIR`` when set, else the run folder.
+
+    Read at every run, not once per process: wandb caches its settings at a process's first ``init``."""
+    return Path(os.environ.get("WANDB_DIR") or run_dir)
+
+
 class WandbMirror:
     """Thin wrapper over one ``wandb`` run; every method is a no-op when the logger is ``none``."""
 
@@ -44,7 +53,8 @@ class WandbMirror:
         import wandb
 
         mode = resolve_mode(logger_cfg.get("mode", "auto"))
-        run_dir.mkdir(parents=True, exist_ok=True)
+        root = wandb_root(run_dir)
+        root.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=logger_cfg.get("project", "adamp-repro"),
             entity=logger_cfg.get("entity"),
@@ -54,8 +64,9 @@ class WandbMirror:
             name=name,
             id=resume_id,
             resume="allow" if resume_id else None,
-            config=dict(config),
-            dir=str(run_dir),
+            # run_dir: how dashboard.read_offline_run finds this run's files under a shared WANDB_DIR.
+            config={**config, "run_dir": str(run_dir)},
+            dir=str(root),
             mode=mode,
             reinit="finish_previous",
         )

@@ -1,0 +1,105 @@
+"""Checks across keys: values each fine alone that make an impossible (or silently altered) run together.
+
+Each is refused before any data is read, in one line that says what to change. Refused rather than warned:
+a warning scrolls away in a sweep's log while the run record keeps the config as written, so the record would
+describe a run that did not happen (a warmup cut short, batch norm not synchronised).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from adamp_repro.config.messages import show, suggest
+from adamp_repro.errors import ConfigError
+
+
+def check_combinations(data: Mapping[str, Any]) -> None:
+    """Raise ConfigError at the first impossible combination in the resolved config ``data``."""
+    _check_model(data["model"], data["dataset"])
+    _check_optimizer_keys(data["optimizer"])
+    _check_schedule(data["scheduler"], data["scale"])
+    _check_device(data)
+
+
+def _check_model(model: Mapping[str, Any], dataset: Mapping[str, Any]) -> None:
+    import timm
+
+    from adamp_repro.models import close_model_names  # importing registers the CIFAR networks with timm
+
+    name = model["name"]
+    if not timm.is_model(name):
+        raise ConfigError(f"model.name={name!r}: not a timm model; close matches: {close_model_names(name)}")
+    if "num_classes" in model["kwargs"]:
+        raise ConfigError(
+            f"model.kwargs.num_classes={show(model['kwargs']['num_classes'])}: set by the data set "
+            "(dataset.num_classes); remove it"
+        )
+    _check_input_size(name, model["kwargs"], dataset)
+
+
+def _check_input_size(name: str, kwargs: Mapping[str, Any], dataset: Mapping[str, Any]) -> None:
+    """Networks with a fixed input size (ViT, Swin: timm's ``pretrained_cfg.fixed_input_size``) take only the
+    size they were built for: ``kwargs.img_size`` when given, else the size of their pretrained config."""
+    from timm.models import get_pretrained_cfg
+
+    pretrained = get_pretrained_cfg(name)
+    if pretrained is None or not pretrained.fixed_input_size or kwargs.get("dynamic_img_size"):
+        return
+    size = kwargs.get("img_size", list(pretrained.input_size[1:]))
+    built = [size, size] if isinstance(size, int) else list(size)
+    key = "crop_size" if "crop_size" in dataset else "image_size"
+    fed = dataset[key]
+    if built != [fed, fed]:
+        raise ConfigError(
+            f"model.name={name!r} takes {built[0]}x{built[1]} images only, but the data gives {fed}x{fed} "
+            f"(dataset.{key}={fed}); set model.kwargs.img_size={fed} (on the command line "
+            f"+model.kwargs.img_size={fed}) or choose a model that takes any size"
+        )
+
+
+def _check_optimizer_keys(optimizer: Mapping[str, Any]) -> None:
+    """The package's own registry names each optimizer's keywords; an optimizer given by ``_target_`` is open."""
+    from adamp_repro.optim.factory import OPTIMIZERS
+
+    if "_target_" in optimizer:
+        return
+    name = optimizer["name"]
+    entry = OPTIMIZERS.get(name)
+    if entry is None:
+        raise ConfigError(f"optimizer.name={name!r}: expected one of {sorted(OPTIMIZERS)}")
+    allowed = entry.allowed()
+    for key in optimizer:
+        if key not in allowed:
+            hint = suggest(key, allowed, ["optimizer"])
+            raise ConfigError(f"optimizer.{key}={show(optimizer[key])}: not a keyword of {name!r}{hint}")
+
+
+def _check_schedule(scheduler: Mapping[str, Any], scale: Mapping[str, Any]) -> None:
+    warmup, epochs = scheduler.get("warmup_epochs", 0), scale["epochs"]
+    if warmup > 0 and warmup >= epochs:
+        raise ConfigError(
+            f"scheduler.warmup_epochs={show(warmup)}: expected fewer than the run's scale.epochs={epochs} "
+            "(the warmup would be cut at the end of the run and the schedule never start); lower it, or run "
+            "more epochs"
+        )
+    fracs = scheduler.get("milestones_frac")
+    if fracs is not None and fracs != sorted(fracs):
+        raise ConfigError(f"scheduler.milestones_frac={show(fracs)}: expected increasing fractions in (0, 1]")
+
+
+def _check_device(data: Mapping[str, Any]) -> None:
+    import torch
+
+    device = data["device"]
+    cuda = torch.cuda.is_available()
+    if device.startswith("cuda") and not cuda:
+        raise ConfigError(f"device={device!r}: CUDA is not available here; expected auto or cpu")
+    world_size = max(int(os.environ.get(k, "1") or 1) for k in ("WORLD_SIZE", "SLURM_NTASKS"))
+    on_cpu = device == "cpu" or (device == "auto" and not cuda)
+    if data["distributed"]["sync_batchnorm"] and world_size > 1 and on_cpu:
+        raise ConfigError(
+            f"distributed.sync_batchnorm=true: SyncBatchNorm needs CUDA and this {world_size}-process job runs "
+            f"on the CPU (device={device}); set distributed.sync_batchnorm=false"
+        )
