@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from adamp_repro.results.figures import make_figures
+from adamp_repro.results.robustness import robustness_figures
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -16,7 +17,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="results/figures", help="where figures and toy numbers are written")
     parser.add_argument("--no-toys", action="store_true", help="only the figures read from run records")
     args = parser.parse_args(argv)
-    for path in make_figures(args.runs, args.out, toys=not args.no_toys):
+    paths = make_figures(args.runs, args.out, toys=not args.no_toys) + robustness_figures(args.runs, args.out)
+    for path in paths:
         print(path)
 
 

@@ -19,8 +19,10 @@ from PIL import Image
 from torch import nn
 
 from adamp_repro.data.sharding import make_generator
+from adamp_repro.errors import ConfigError
 from adamp_repro.train.adversarial import AdversarialTask, build_adversarial_task
 from adamp_repro.train.attacks import PGD
+from adamp_repro.train.autoattack import WARNING_FLAGS
 from adamp_repro.train.tasks import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +100,7 @@ def random_model(seed: int = 0) -> TinyNet:
 def test_config_builds_the_protocol():
     task = build_task(task_cfg())
     assert isinstance(task, AdversarialTask)
-    tr, ev, st = task.train_attack, task.eval_attack, task.strong_attack
+    tr, ev, aa, sweep = task.train_attack, task.eval_attack, task.autoattack, task.eps_sweep
     assert (tr.norm, tr.eps, tr.step_size, tr.steps) == ("linf", 4 / 255, 2 / 255, 10)
     assert tr.random_start and tr.step_rule == "sign" and tr.bn_mode == "eval" and tr.restarts == 1
     assert (ev.eps, ev.step_size, ev.steps, ev.random_start, ev.bn_mode) == (
@@ -108,8 +110,26 @@ def test_config_builds_the_protocol():
         False,
         "eval",
     )
-    assert st.step_size == pytest.approx(1 / 255) and st.steps > ev.steps and st.restarts > 1
-    assert task.strong_subset == 1000
+    # Without a scale (mini has no such key) the subsets fall back to the file's defaults.
+    assert (aa.norm, aa.eps, aa.version, aa.attacks, aa.seed) == ("linf", 4 / 255, "standard", None, 0)
+    assert task.autoattack_subset == 1000 and sweep.subset == 200
+    assert sweep.eps_factors == (0.0, 0.5, 1.0, 2.0, 4.0) and sweep.attack.attacks == ("apgd-ce",)
+    assert sweep.eps == pytest.approx([0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255])
+
+
+def test_the_scale_sets_the_attacked_subsets_never_the_attack(smoke_cfg):
+    from .conftest import compose_config
+
+    smoke, mini = smoke_cfg("task=adversarial"), compose_config(["task=adversarial"])
+    paper = compose_config(["task=adversarial", "scale=paper"])
+    assert (smoke.task.autoattack.subset, smoke.task.eps_sweep.subset) == (8, 8)
+    assert (mini.task.autoattack.subset, mini.task.eps_sweep.subset) == (1000, 200)
+    assert (paper.task.autoattack.subset, paper.task.eps_sweep.subset) == (None, 1000)
+    for cfg in (smoke, paper):
+        for section in ("autoattack", "eps_sweep", "train_attack", "eval_attack"):
+            a, b = OmegaConf.to_container(cfg.task[section]), OmegaConf.to_container(mini.task[section])
+            a.pop("subset", None), b.pop("subset", None)
+            assert a == b, section
 
 
 @pytest.mark.parametrize(
@@ -119,8 +139,9 @@ def test_experiment_files_set_the_threat_model(name, norm, eps):
     exp = OmegaConf.load(ROOT / "configs" / "experiment" / f"{name}.yaml")
     cfg = OmegaConf.merge(OmegaConf.load(TASK_YAML), exp.task)
     task = build_adversarial_task(cfg)
-    assert task.train_attack.norm == task.eval_attack.norm == norm
-    assert task.train_attack.eps == pytest.approx(eps, abs=1e-15)
+    assert task.train_attack.norm == task.eval_attack.norm == task.autoattack.norm == norm
+    assert task.train_attack.eps == task.autoattack.eps == pytest.approx(eps, abs=1e-15)
+    assert task.autoattack.version == "standard"  # the paper-scale files: RobustBench's protocol
     assert exp.table.id == "P4a" and exp.experiment_name == name and exp.epochs == 200
     assert exp.dataset.batch_size == 128 and list(exp.scheduler.milestones_frac) == [0.5, 0.75]
     assert (
@@ -132,20 +153,19 @@ def test_describe_lists_every_setting():
     cfg = task_cfg()
     d = build_adversarial_task(cfg).describe()
     assert json.loads(json.dumps(d)) == d  # goes into summary.json as is
-    for section in ("train_attack", "eval_attack", "strong_attack"):
+    for section in ("train_attack", "eval_attack", "autoattack", "eps_sweep"):
         for key, value in cfg[section].items():
-            if key == "enabled":
-                continue
-            if key == "subset" or value is not None:
+            if key != "enabled" and not (key == "attacks" and value is None):
                 assert d[section][key] == value, (section, key)
-    assert d["strong_attack"]["step_size"] == pytest.approx(cfg.eps / 4)
+    assert d["autoattack"]["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]  # what `standard` runs
+    assert d["autoattack"]["seed"] == d["eps_sweep"]["seed"] == d["eval_seed"] == cfg.eval_seed == 0
+    assert set(d["autoattack"]["warning_flags"]) == set(WARNING_FLAGS)
+    assert d["eps_sweep"]["eps_x255"] == [0.0, 2.0, 4.0, 8.0, 16.0]
     assert d["train_attack"]["bn_mode"] == d["train_attack_bn_mode"] == "eval"
-    assert d["eval_seed"] == cfg.eval_seed == 0
-    assert (
-        d["norm"] == "linf"
-        and d["eps"] == cfg.eps
-        and d["denominators"] == {"strong_robust_top1": "strong_count"}
-    )
+    assert d["norm"] == "linf" and d["eps"] == cfg.eps
+    assert d["denominators"]["autoattack_top1"] == "autoattack_images"
+    assert d["denominators"]["eps_sweep_4_top1"] == "eps_sweep_images"
+    assert d["denominators"]["autoattack_warn_zero_gradients"] == "autoattack_runs"
 
 
 @pytest.mark.parametrize(
@@ -162,33 +182,50 @@ def test_describe_lists_every_setting():
         ({"eval_attack.bn_mode": "train"}, r"Unknown key\(s\) \['bn_mode'\] in task.eval_attack"),
         ({"epsilon": 0.1}, r"Unknown task key\(s\) \['epsilon'\]"),
         ({"eval_seed": -1}, r"Invalid eval_seed: -1; expected an integer >= 0"),
-        ({"strong_attack.subset": 0}, r"Invalid strong_attack.subset: 0; expected an integer >= 1 or null"),
+        ({"autoattack.subset": 0}, r"Invalid autoattack.subset: 0; expected an integer >= 1 or null"),
+        ({"autoattack.version": "fast"}, r"task.autoattack: Invalid autoattack version: 'fast'"),
+        ({"autoattack.attacks": ["apgd-ce"]}, r"task.autoattack: .*only version 'custom' takes a list"),
+        ({"eps_sweep.attacks": ["pgd"]}, r"task.eps_sweep: Invalid autoattack attacks: \('pgd',\)"),
+        ({"eps_sweep.eps_factors": [1.0, 0.5]}, r"Invalid task.eps_sweep.eps_factors: \[1.0, 0.5\]"),
+        ({"eps_sweep.subset": -3}, r"Invalid eps_sweep.subset: -3"),
+        ({"autoattack.enabled": "yes"}, r"Invalid task.autoattack.enabled: 'yes'; expected true or false"),
     ],
 )
 def test_config_errors_name_the_bad_value(overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         build_adversarial_task(task_cfg(**overrides))
 
 
 def test_missing_keys_are_errors_not_defaults():
     cfg = OmegaConf.to_container(task_cfg())
     del cfg["train_attack"]["bn_mode"]
-    with pytest.raises(ValueError, match=r"Missing key\(s\) \['bn_mode'\] in task.train_attack"):
+    with pytest.raises(ConfigError, match=r"Missing key\(s\) \['bn_mode'\] in task.train_attack"):
+        build_adversarial_task(cfg)
+    cfg = OmegaConf.to_container(task_cfg())
+    del cfg["autoattack"]["batch_size"]
+    with pytest.raises(ConfigError, match=r"Missing key\(s\) \['batch_size'\] in task.autoattack"):
         build_adversarial_task(cfg)
 
 
-def test_strong_attack_can_be_disabled():
-    task = build_adversarial_task(task_cfg(**{"strong_attack": {"enabled": False}}))
-    assert task.strong_attack is None and task.describe()["strong_attack"] is None
+def test_final_checks_can_be_disabled(real_batches):
+    task = build_adversarial_task(
+        task_cfg(
+            **{"autoattack": {"enabled": False}, "eps_sweep": {"enabled": False}, "eval_attack.steps": 1}
+        )
+    )
+    assert task.autoattack is None and task.eps_sweep is None and task.denominators == {}
+    assert task.describe()["autoattack"] is None and task.describe()["eps_sweep"] is None
+    assert set(task.evaluate(random_model(), real_batches)) == set(task.metric_keys(final=True))
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
 def small_task(**overrides) -> AdversarialTask:
     base = {
         "eval_attack.steps": 5,
-        "strong_attack.steps": 5,
-        "strong_attack.restarts": 2,
-        "strong_attack.subset": 24,
+        "autoattack.version": "custom",
+        "autoattack.attacks": ["apgd-ce", "apgd-t"],
+        "autoattack.subset": 24,
+        "eps_sweep.subset": 12,
     }
     return build_adversarial_task(task_cfg(**{**base, **overrides}))
 
@@ -206,6 +243,7 @@ def test_zero_step_attack_gives_robust_equal_to_clean(real_batches):
         sums["robust_loss"], sums["loss"]
     )
     assert set(sums) == {"clean_top1", "robust_top1", "loss", "robust_loss", "count"}
+    assert set(sums) == set(task.metric_keys(final=False))
 
 
 def test_reported_accuracy_equals_accuracy_recomputed_on_the_examples(real_batches, trained):
@@ -213,76 +251,55 @@ def test_reported_accuracy_equals_accuracy_recomputed_on_the_examples(real_batch
     generator = make_generator(0)
     total = {}
     for x, y in real_batches:
-        n = min(8, y.shape[0])
-        sums, examples = task.evaluate_batch(model, x, y, strong_n=n, generator=generator)
+        sums, details = task.evaluate_batch(model, x, y, generator=generator)
         with torch.no_grad():
             clean_ok = model(x).argmax(1).eq(y)
-            robust_ok = model(examples["robust"]).argmax(1).eq(y)
-            strong_ok = model(examples["strong"]).argmax(1).eq(y[:n])
+            robust_ok = model(details["robust"]).argmax(1).eq(y)
         assert sums["clean_top1"] == 100 * clean_ok.sum() and sums["robust_top1"] == 100 * robust_ok.sum()
-        assert sums["strong_robust_top1"] == 100 * strong_ok.sum() and sums["strong_count"] == n
-        # The strong check is the per-sample worst case: it never credits a sample the others got wrong.
-        assert torch.all(~strong_ok | (clean_ok[:n] & robust_ok[:n]))
+        assert torch.equal(details["clean_ok"], clean_ok) and torch.equal(details["robust_ok"], robust_ok)
         for key, value in sums.items():
             total[key] = total.get(key, 0) + value
     assert total["robust_top1"] < total["clean_top1"]  # the attack does something
     metrics = task.finalize(total)
-    assert metrics["count"] == 64 and metrics["strong_count"] == 28  # 8 + 8 + 8 + 4
-    assert metrics["strong_robust_top1"] == pytest.approx(float(total["strong_robust_top1"]) / 28)
-    assert metrics["clean_top1"] == pytest.approx(float(total["clean_top1"]) / 64)
+    assert metrics["count"] == 64 and metrics["clean_top1"] == pytest.approx(float(total["clean_top1"]) / 64)
 
 
-def test_strong_check_never_credits_a_clean_error(real_batches, trained):
-    # A strong "attack" that only draws random starts of a large ball can turn clean errors into correct answers;
-    # the per-sample worst case must still count those samples as wrong.
-    task = small_task(
-        **{
-            "eps": 0.3,
-            "eval_attack.steps": 0,
-            "eval_attack.random_start": True,
-            "strong_attack.steps": 0,
-            "strong_attack.restarts": 1,
-            "strong_attack.keep_best": False,
-        }
-    )
-    model = trained["clean"]
-    x, y = torch.cat([b[0] for b in real_batches]), torch.cat([b[1] for b in real_batches])
-    sums, examples = task.evaluate_batch(model, x, y, strong_n=len(y), generator=make_generator(0))
-    with torch.no_grad():
-        clean_ok = model(x).argmax(1).eq(y)
-        strong_ok = model(examples["strong"]).argmax(1).eq(y)
-    assert torch.all(~strong_ok | clean_ok) and sums["strong_robust_top1"] <= sums["clean_top1"]
-
-
-def test_evaluate_sums_batches_and_limits_the_strong_subset(real_batches, trained):
-    model, task = trained["clean"], small_task()
+def test_final_evaluation_runs_autoattack_alone_on_the_subset(real_batches, trained):
+    model, task = trained["adv"], small_task(**{"autoattack.subset": 12, "eps_sweep.subset": 6})
     model.train()
-    sums = task.evaluate(model, real_batches)  # final=True: the strong check runs on the first 24 samples
+    # final=True: AutoAttack on the first 12 samples, the sweep on the first 6.
+    sums = task.evaluate(model, real_batches)
     assert model.training  # the caller's mode is restored
-    assert float(sums["count"]) == 64 and float(sums["strong_count"]) == 24
-    again = task.evaluate(model, real_batches)
-    for key in sums:  # the strong check's random starts are seeded per call: same numbers every epoch
-        assert torch.equal(sums[key], again[key]), key
-    per_batch = {}
-    generator = make_generator(task.eval_seed)
-    left = 24
-    for x, y in real_batches:
-        n = min(left, y.shape[0])
-        s, _ = task.evaluate_batch(model, x, y, strong_n=n, strong_keys=True, generator=generator)
-        left -= n
-        for key, value in s.items():
-            per_batch[key] = per_batch.get(key, 0) + value
-    for key in sums:
-        torch.testing.assert_close(sums[key], per_batch[key], rtol=0, atol=1e-4)
+    assert set(sums) == set(task.metric_keys(final=True))
+    assert float(sums["count"]) == 64 and float(sums["autoattack_images"]) == 12
+    assert float(sums["eps_sweep_images"]) == 6 and float(sums["autoattack_runs"]) == 1
     model.eval()
+    x, y = torch.cat([b[0] for b in real_batches])[:12], torch.cat([b[1] for b in real_batches])[:12]
+    alone = task.autoattack(model, x, y)  # the number is AutoAttack's own, not merged with PGD per sample
+    assert float(sums["autoattack_top1"]) == 100 * float(alone.correct.sum())
+    sample_by_sample = task.evaluate_batch(model, x, y, generator=make_generator(0))[0]
+    assert torch.equal(sums["autoattack_subset_clean_top1"], sample_by_sample["clean_top1"])
+    assert torch.equal(sums["autoattack_subset_robust_top1"], sample_by_sample["robust_top1"])
+    assert sums["autoattack_top1"] <= sums["autoattack_subset_clean_top1"]
+    assert float(sums["autoattack_s_per_1000_images"]) > 0
+    assert all(float(sums[f"autoattack_warn_{flag}"]) == 0 for flag in WARNING_FLAGS)
+    metrics = task.finalize(sums)
+    assert metrics["autoattack_top1"] == pytest.approx(float(sums["autoattack_top1"]) / 12)
+    first6 = task.evaluate_batch(model, x[:6], y[:6], generator=make_generator(0))[0]
+    assert torch.equal(sums["eps_sweep_0_top1"], first6["clean_top1"])  # factor 0: no attack
+    again = task.evaluate(model, real_batches)
+    for key in sums:  # seeded per call: the same numbers every time (timing aside)
+        if key != "autoattack_s_per_1000_images":
+            assert torch.equal(sums[key], again[key]), key
 
 
-def test_strong_keys_present_on_every_rank_even_past_the_subset(real_batches):
-    task = small_task(**{"strong_attack.subset": 1})
+def test_final_keys_present_on_every_rank_even_past_the_subset(real_batches):
+    task = small_task(**{"autoattack.subset": 1, "eps_sweep.subset": 1, "eval_attack.steps": 1})
     sums = task.evaluate(random_model(), real_batches[-1:])
-    assert float(sums["strong_count"]) == 1
+    assert float(sums["autoattack_images"]) == 1 and float(sums["eps_sweep_images"]) == 1
     empty = task.evaluate(random_model(), [])
-    assert set(empty) == set(sums) and float(empty["count"]) == 0
+    assert set(empty) == set(sums) and float(empty["count"]) == 0 and float(empty["autoattack_runs"]) == 0
+    assert set(task.finalize(empty)) == set(sums)
 
 
 # --------------------------------------------------------------------------------------------- train step
@@ -374,6 +391,16 @@ def test_robust_accuracy_falls_with_eps_to_near_zero(sweeps, key):
     assert accs[0] > 20.0, accs  # the model learnt something
     assert all(b < a for a, b in zip(accs, accs[1:])), accs
     assert accs[-1] <= 2.0, accs
+
+
+def test_eps_sweep_falls_as_eps_grows(trained):
+    # The task's own sweep (APGD-CE at 0, 1/2, 1, 2, 4 x eps = 8/255) on the adversarially trained tiny model.
+    # Measured (200 test images): 25.5 20.5 17.5 11.0 2.0.
+    x, y = trained["test"]
+    task = small_task(**{"eps": TRAIN_EPS, "eps_sweep.subset": 200, "autoattack.enabled": False})
+    metrics = task.finalize(task.evaluate(trained["adv"], [(x[:100], y[:100]), (x[100:200], y[100:200])]))
+    accs = [metrics[key] for key in task.eps_sweep.keys()]
+    assert accs[0] > 20.0 and all(b < a for a, b in zip(accs, accs[1:])) and accs[-1] <= 6.0, accs
 
 
 def test_adversarial_training_buys_robustness(sweeps):

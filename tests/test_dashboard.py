@@ -43,9 +43,8 @@ ADVERSARIAL = [
     "dataset.batch_size=16",
     "task.train_attack.steps=1",
     "task.eval_attack.steps=1",
-    "task.strong_attack.steps=1",
-    "task.strong_attack.restarts=1",
-    "task.strong_attack.subset=8",
+    "task.autoattack.version=custom",
+    "task.autoattack.attacks=[apgd-ce]",
 ]
 
 

@@ -10,7 +10,7 @@ with the step direction ``d`` chosen by ``step_rule``:
 
 - ``"sign"``: ``d(g) = sign(g)`` for **both** norms. This is the rule of the codebase the project page links for its
   adversarial-training table (louis2889184/pytorch-adversarial-training @ 4c18cef, ``FastGradientSignUntargeted``;
-  ../shared/paper/tables.md section 3), so its l2 "PGD" is a sign step followed by the l2 projection.
+  docs/paper.md §3), so its l2 "PGD" is a sign step followed by the l2 projection.
 - ``"steepest"``: the steepest-ascent direction of the threat norm: ``sign(g)`` for l-inf, ``g / ||g||_2`` for l2
   (the standard l2 PGD of Madry et al., 2018). For l-inf it is the same attack as ``"sign"``.
 
@@ -85,7 +85,7 @@ def module_modes(model: nn.Module, training: bool, restore_buffers: bool = False
                 buf.copy_(value)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     # The attack's forwards are not training steps: calling the module inside DDP skips DDP's per-forward work
     # (reducer bookkeeping for a backward that never reaches the parameters; buffer broadcasts in train mode).
     return model.module if isinstance(model, DistributedDataParallel) else model
@@ -213,7 +213,7 @@ class PGD:
                 "or with grad enabled instead"
             )
         x = x.detach()
-        net = _unwrap(model)
+        net = unwrap(model)
         track = self.restarts > 1 or self.keep_best
         with module_modes(model, self.bn_mode == "train", restore_buffers=self.bn_mode == "train"):
             with torch.enable_grad():
