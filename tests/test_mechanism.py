@@ -46,7 +46,9 @@ def test_each_seed_is_judged_on_its_own(tmp_path):
     sgd = [r for r in rows if r["baseline"] == "momentum SGD"]
     adam = [r for r in rows if r["baseline"] == "Adam"]
     assert [r["seed"] for r in sgd] == [0, 1, 2] and len(adam) == 3
-    assert sgd[0]["baseline_growth"] == pytest.approx(0.20) and sgd[0]["projected_growth"] == pytest.approx(0.3 / 13)
+    assert sgd[0]["baseline_growth"] == pytest.approx(0.20) and sgd[0]["projected_growth"] == pytest.approx(
+        0.3 / 13
+    )
     # Seed 2: SGDP grew +11.5%, more than a third of SGD's +21.5%: that seed fails, the others pass.
     assert [r["projection_holds"] for r in sgd] == [True, True, False]
     assert [r["all_met"] for r in sgd] == [True, True, False]
@@ -87,7 +89,9 @@ def test_fresh_runs_are_compared_with_the_committed_ones_seed_by_seed(tmp_path):
     experiment = "mechanism_cifar_resnet-20"
     changed = fresh / experiment / "mini" / "momentum-sgd-s1" / "summary.json"
     data = json.loads(changed.read_text())
-    changed.write_text(json.dumps({**data, "final_eval_top1": data["final_eval_top1"] + 0.25, "wall_time_s": 9.0}))
+    changed.write_text(
+        json.dumps({**data, "final_eval_top1": data["final_eval_top1"] + 0.25, "wall_time_s": 9.0})
+    )
     timed = fresh / experiment / "mini" / "momentum-sgd-s0" / "summary.json"
     timed.write_text(json.dumps({**json.loads(timed.read_text()), "wall_time_s": 123.0, "images_per_s": 5.0}))
     rows = compare_with_reference(fresh, reference, [experiment], "mini")
@@ -97,4 +101,6 @@ def test_fresh_runs_are_compared_with_the_committed_ones_seed_by_seed(tmp_path):
     assert "final_eval_top1 0.25" in differing[0]["detail"]
     lines = reference_lines(str(fresh), str(reference), [experiment], "mini")
     assert "14 of 15 run(s) bit-identical" in lines[0]
-    assert reference_lines(str(fresh), str(fresh), [experiment], "mini")[0].startswith("records written to the")
+    assert reference_lines(str(fresh), str(fresh), [experiment], "mini")[0].startswith(
+        "records written to the"
+    )

@@ -100,11 +100,15 @@ def load_cifar_arrays(
         paths = [embedded_path()] + ([embedded_path("cifar10_test.npz")] if embedded_test == "full" else [])
         for path in paths:
             if not path.is_file():
-                raise FileNotFoundError(f"the embedded data set {path} is missing. To obtain it: {how_to_obtain}")
+                raise FileNotFoundError(
+                    f"the embedded data set {path} is missing. To obtain it: {how_to_obtain}"
+                )
         layout = "embedded" if embedded_test == "mini" else "embedded_full_test"
         return _load_cached(layout, str(paths[0]), None, image_size, _fingerprint(paths))
     if embedded_test != "mini":
-        raise ValueError(f"dataset.embedded_test={embedded_test!r} applies to the embedded data (root: null) only")
+        raise ValueError(
+            f"dataset.embedded_test={embedded_test!r} applies to the embedded data (root: null) only"
+        )
     if fmt == "embedded":
         raise ValueError(f"dataset.format='embedded' takes root: null, got root={str(root)!r}")
     fmt = _choose_format(fmt, root, torchvision_name, download, how_to_obtain)

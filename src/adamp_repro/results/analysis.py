@@ -203,10 +203,17 @@ def plot_analysis(curves: pd.DataFrame, summary: pd.DataFrame, paper: pd.DataFra
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.has_data():
             ax.legend(fontsize=7)
+        if column == "step" and ax.has_data():
+            steps = curves["step"].dropna()
+            if len(steps) and steps.min() > 0 and steps.max() / steps.min() > 20:
+                ax.set_yscale("log")  # e.g. Adam's lr beside SGD's: two orders of magnitude apart
+        text = _paper_text(paper, quantity)
+        if column == "norm":
+            text = _seed_growth_text(curves) + "\n" + text
         ax.text(
             0.0,
             -0.22,
-            _paper_text(paper, quantity),
+            text,
             transform=ax.transAxes,
             fontsize=6.5,
             va="top",
@@ -214,6 +221,22 @@ def plot_analysis(curves: pd.DataFrame, summary: pd.DataFrame, paper: pd.DataFra
         )
     fig.suptitle(title, fontsize=9)
     return fig
+
+
+def _seed_growth_text(curves: pd.DataFrame) -> str:
+    """Each seed's norm growth, initial weights to the last epoch, per curve: the figure states every seed."""
+    lines = ["ours, growth per seed (initial -> end):"]
+    for curve, group in curves.groupby("curve", sort=False):
+        label = CURVE_BY_KEY[curve][1] if curve in CURVE_BY_KEY else group["label"].iloc[0]
+        parts = []
+        for seed, run in group.groupby("seed", sort=True):
+            run = run.sort_values("x")
+            start = run.loc[run["x"] == 0, "norm"]
+            if len(start) and float(start.iloc[0]) > 0:
+                parts.append(f"s{seed} {float(run['norm'].iloc[-1]) / float(start.iloc[0]) - 1.0:+.1%}")
+        if parts:
+            lines.append(f"  {label}: " + ", ".join(parts))
+    return "\n".join(lines)
 
 
 def _paper_text(paper: pd.DataFrame, quantity: str) -> str:
