@@ -49,9 +49,15 @@ def test_make_sync_wandb_looks_in_wandb_dir(tmp_path):
     (fake / "wandb").write_text('#!/bin/sh\necho "wandb $*"\n')
     (fake / "wandb").chmod(0o755)
     env = os.environ | {"WANDB_DIR": str(tmp_path / "wandb_dir")}
-    # VENV and STAMP point the target at a stand-in `wandb` that prints what it was asked to upload.
+    # VENV and STAMP point the target at a stand-in `wandb` that prints what it was asked to upload; the stamp
+    # is made newer than pyproject.toml, so make never tries to build the environment (in a fresh clone the
+    # checked-out files' mtimes are in no particular order).
+    stamp = tmp_path / "installed-stamp"
+    stamp.touch()
+    newer = (PROJECT_ROOT / "pyproject.toml").stat().st_mtime + 10
+    os.utime(stamp, (newer, newer))
     out = subprocess.run(
-        ["make", "-s", "sync-wandb", f"VENV={tmp_path / 'venv'}", "STAMP=Makefile"],
+        ["make", "-s", "sync-wandb", f"VENV={tmp_path / 'venv'}", f"STAMP={stamp}"],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
