@@ -54,10 +54,14 @@ def written(tmp_path) -> list[str]:
             "+train.chekpoint=false",
             "error: train.chekpoint=false: unknown key; did you mean train.checkpoint?",
         ),
+        (  # refused by the task's own builder, which also runs before the run folder is made
+            "task=adversarial task.autoattack.version=custom",
+            "error: task.autoattack: Invalid autoattack attacks: None; version 'custom' needs a list",
+        ),
     ],
 )
 def test_refused_value_is_one_line_and_exit_2(tmp_path, override, line):
-    out = train_process(tmp_path, override)
+    out = train_process(tmp_path, *override.split())
     assert out.returncode == 2, out.stderr[-2000:]
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert out.stderr.startswith(line), out.stderr

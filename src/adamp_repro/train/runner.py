@@ -131,6 +131,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from adamp_repro.config import validate_config
 
     validate_config(cfg)
+    build_task(cfg.task)  # the task's own checks (attack settings) also fail before the run folder exists
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     if cfg.deterministic:

@@ -305,7 +305,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, model: nn.Module, final: bool = True) -> dict[str, float]:
         """Metrics over the whole evaluation set: per-rank sums, reduced once, divided by the global count.
-        ``final`` lets a task run its costly checks (the adversarial task's strong attack) only at the end."""
+        ``final`` lets a task run its costly checks (the adversarial task's AutoAttack and eps sweep) only at the end."""
         was_training = model.training
         model.eval()
         try:
