@@ -73,9 +73,34 @@ def test_p4a_is_in_the_catalogue_and_dry_run_shows_its_commands():
     lines = [line for line in result.stdout.splitlines() if "scripts/train.py -m" in line]
     assert len(lines) == 2, result.stdout
     for line, experiment in zip(lines, ("cifar10_wrn_adv_linf", "cifar10_wrn_adv_l2")):
-        assert f"experiment={experiment} optimizer=adam,adamp seed=0 scale=paper" in line
+        assert f"experiment={experiment} seed=0 optimizer=adam,adamp scale=paper" in line
     assert "unknown table" not in result.stdout + result.stderr
     assert not (PROJECT_ROOT / "results" / "runs" / "cifar10_wrn_adv_linf").exists()  # nothing ran
+
+
+def test_p4a_mini_runs_three_seeds_of_the_pair_and_one_control_arm():
+    cmd = [sys.executable, str(PROJECT_ROOT / "scripts" / "reproduce_table.py"), "--table", "P4a_mini",
+           "--dry-run"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if "scripts/train.py -m" in line]
+    assert len(lines) == 2 and "7 run(s)" in result.stdout, result.stdout
+    assert "seed=0,1,2 optimizer=adam,adamp scale=mini" in lines[0]
+    assert "seed=0 optimizer=adamw scale=mini" in lines[1]
+    assert all("hydra/launcher=local_parallel threads=1" in line for line in lines)
+
+
+def test_seeds_for_must_name_an_optimizer_of_the_table(tmp_path):
+    from adamp_repro.errors import ConfigError
+    from adamp_repro.reproduce import EXPERIMENTS_DIR, load_tables, seed_groups
+
+    spec = {"experiments": ["mini_mechanism"], "optimizers": ["sgd", "sgdp"], "seeds": 3, "seeds_for": {"sgd": 1}}
+    assert seed_groups(spec, "mini_mechanism") == [(["sgd"], 1), (["sgdp"], 3)]
+    assert seed_groups(spec, "mini_mechanism", seeds=5) == [(["sgd"], 1), (["sgdp"], 5)]
+    bad = tmp_path / "tables.yaml"
+    bad.write_text("t:\n  experiments: [mini_mechanism]\n  optimizers: [sgd]\n  seeds: 2\n  seeds_for: {adam: 1}\n")
+    with pytest.raises(ConfigError, match=r"table 't' sets seeds_for adam: 1; expected a positive integer"):
+        load_tables(bad, EXPERIMENTS_DIR)
 
 
 def test_catalogue_runs_only_what_the_experiment_recipes_cover(tmp_path):

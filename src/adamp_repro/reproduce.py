@@ -46,6 +46,12 @@ def load_tables(path: Path = TABLES_FILE, experiments_dir: Path = EXPERIMENTS_DI
                 f"{path}: table {name!r} sets optimizers_for {unknown}, which are not among its "
                 f"experiments {spec['experiments']}"
             )
+        for optimizer, n in spec.get("seeds_for", {}).items():
+            if optimizer not in spec["optimizers"] or isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ConfigError(
+                    f"{path}: table {name!r} sets seeds_for {optimizer}: {n!r}; expected a positive integer "
+                    f"for one of its optimizers {spec['optimizers']}"
+                )
         for experiment in spec["experiments"]:
             _check_recipe(path, name, experiment, optimizers_of(spec, experiment), experiments_dir)
     return tables
@@ -78,6 +84,17 @@ def optimizers_of(spec: dict, experiment: str) -> list[str]:
     return list(spec.get("optimizers_for", {}).get(experiment, spec["optimizers"]))
 
 
+def seed_groups(spec: dict, experiment: str, seeds: int | None = None) -> list[tuple[list[str], int]]:
+    """The experiment's optimizers grouped by how many seeds each runs (``seeds_for``, else the table's
+    ``seeds``; ``seeds`` given by the user replaces the table's for every optimizer without its own count),
+    in the catalogue's order: one multirun per group."""
+    default = seeds or int(spec["seeds"])
+    groups: dict[int, list[str]] = {}
+    for optimizer in optimizers_of(spec, experiment):
+        groups.setdefault(int(spec.get("seeds_for", {}).get(optimizer, default)), []).append(optimizer)
+    return [(optimizers, n) for n, optimizers in groups.items()]
+
+
 def multirun_command(
     experiment: str,
     optimizers: list[str],
@@ -95,8 +112,10 @@ def multirun_command(
         "-m",
         *overrides,
         f"experiment={experiment}",
-        f"optimizer={','.join(optimizers)}",
+        # seed before optimizer: Hydra's sweep varies the last key fastest, so the runs go seed by seed and
+        # an interrupted table holds whole seeds of every optimizer
         f"seed={','.join(str(s) for s in range(seeds))}",
+        f"optimizer={','.join(optimizers)}",
         f"scale={scale}",
     ]
     if output_root:
@@ -153,22 +172,22 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_status
     spec = args.spec
-    seeds = args.seeds or int(spec["seeds"])
     experiments = spec["experiments"]
     print(f"[reproduce-table] table {args.table}: {spec['description']}")
-    runs = sum(len(optimizers_of(spec, e)) for e in experiments) * seeds
+    plan = [(e, optimizers, n) for e in experiments for optimizers, n in seed_groups(spec, e, args.seeds)]
+    runs = sum(len(optimizers) * n for _, optimizers, n in plan)
+    seed_counts = sorted({n for _, _, n in plan})
     print(
         f"[reproduce-table] scale {args.scale}, {len(experiments)} experiment(s), {runs} run(s) "
-        f"({seeds} seed(s) each); complete runs are skipped, interrupted ones resume"
+        f"({'/'.join(map(str, seed_counts))} seed(s) each); complete runs are skipped, interrupted ones resume"
     )
     failed = False
-    for index, experiment in enumerate(experiments, 1):
+    for index, (experiment, optimizers, n) in enumerate(plan, 1):
         extra = [*args.extra, "resume=never"] if args.fresh else args.extra
-        optimizers = optimizers_of(spec, experiment)
         cmd = multirun_command(
-            experiment, optimizers, seeds, args.scale, extra, args.output_root, spec.get("overrides", [])
+            experiment, optimizers, n, args.scale, extra, args.output_root, spec.get("overrides", [])
         )
-        print(f"[reproduce-table] ({index}/{len(experiments)}) {' '.join(cmd[1:])}", flush=True)
+        print(f"[reproduce-table] ({index}/{len(plan)}) {' '.join(cmd[1:])}", flush=True)
         if args.dry_run:
             continue
         result = subprocess.run(cmd, cwd=PROJECT_ROOT)
