@@ -208,12 +208,18 @@ def main(argv: list[str]) -> int:
         print(f"[reproduce-table] {what}", flush=True)
         cmd = [sys.executable, str(PROJECT_ROOT / "scripts" / script), "--runs", runs_root, "--out", out]
         failed = subprocess.run(cmd, cwd=PROJECT_ROOT).returncode != 0 or failed
+    claims = Path(args.tables_out).parent / "CLAIMS.md"
+    print("[reproduce-table] claims ledger", flush=True)
+    cmd = [sys.executable, str(PROJECT_ROOT / "scripts" / "build_tables.py"), "--claims-only", "--runs", runs_root,
+           "--out", args.tables_out, "--figures", args.figures_out, "--claims", str(claims)]  # fmt: skip
+    failed = subprocess.run(cmd, cwd=PROJECT_ROOT).returncode != 0 or failed
     for line in reference_lines(runs_root, args.reference, experiments, args.scale):
         print(f"[reproduce-table] {line}")
     for line in findings_lines(runs_root, experiments):
         print(f"[reproduce-table] {line}")
     print(
-        f"[reproduce-table] done: tables in {args.tables_out} (index: README.md), figures in {args.figures_out}"
+        f"[reproduce-table] done: tables in {args.tables_out} (index: README.md), figures in {args.figures_out}, "
+        f"claims ledger {claims}"
     )
     return 1 if failed else 0
 

@@ -1,0 +1,95 @@
+"""The claims ledger (results/claims.py): each verdict from made evidence, `not run` where evidence is missing,
+the committed results/CLAIMS.md rebuilt identical from the committed records, tables and figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+
+from adamp_repro.results.claims import VERDICTS, build_claims, gain_claim, mechanism_claims
+
+from .conftest import PROJECT_ROOT
+
+RESULTS = PROJECT_ROOT / "results"
+
+
+def _mechanism_csv(path, sgd_growths, sgdp_growths):
+    rows = []
+    for seed, (g, p) in enumerate(zip(sgd_growths, sgdp_growths)):
+        rows.append({"scale": "mini", "pair": "SGDP vs momentum SGD", "seed": seed, "baseline": "momentum SGD",
+                     "baseline_growth": g, "projected": "SGDP", "projected_growth": p, "baseline_step": 0.09,
+                     "projected_step": 0.12, "baseline_grows": g >= 0.10, "projection_holds": p <= g / 3,
+                     "baseline_step_smaller": True, "vanilla SGD_growth": 0.01})  # fmt: skip
+        rows.append({"scale": "mini", "pair": "AdamP vs Adam", "seed": seed, "baseline": "Adam",
+                     "baseline_growth": 0.2, "projected": "AdamP", "projected_growth": 0.01, "baseline_step": 0.002,
+                     "projected_step": None, "baseline_grows": True, "projection_holds": True,
+                     "baseline_step_smaller": None, "vanilla SGD_growth": None})  # fmt: skip
+    pd.DataFrame(rows).to_csv(path / "mechanism_mechanism.csv", index=False)
+
+
+def test_mechanism_rows_hold_only_when_every_seed_meets_the_target(tmp_path):
+    _mechanism_csv(tmp_path, [0.16, 0.21, 0.14], [0.01, 0.02, 0.01])
+    verdicts = {c.id: c.verdict for c in mechanism_claims(tmp_path, tmp_path)}
+    assert verdicts == {"M1": "supported", "M2": "supported", "M3": "supported"}
+    _mechanism_csv(tmp_path, [0.16, 0.08, 0.14], [0.01, 0.02, 0.06])  # seed 1 grows < 10%, seed 2 not held
+    rows = {c.id: c for c in mechanism_claims(tmp_path, tmp_path)}
+    assert rows["M1"].verdict == "not supported" and "+8.0%" in rows["M1"].ours
+    assert rows["M2"].verdict == "not supported"
+
+
+def _gains(path, **cells):
+    row = {"table": "t", "model": "ResNet18", "metric": "top1_acc", "baseline": "SGD", "proposed": "SGDP",
+           "paper_gain": 0.45, "ours_gain": 1.0, "n_baseline": 3, "n_proposed": 3, "sign_agrees": True,
+           "p_value": 0.01, "beyond_noise": True, "ci_low": 0.2, "ci_high": 1.8, "target_gain": 0.45,
+           "seeds_needed": 4}  # fmt: skip
+    row.update(cells)
+    pd.DataFrame([row]).to_csv(path / "t_gains.csv", index=False)
+    return gain_claim("G", "claim", "paper", path / "t_gains.csv", "here", path)
+
+
+def test_gain_verdicts_follow_the_noise_test_and_the_papers_sign(tmp_path):
+    assert _gains(tmp_path).verdict == "supported"
+    assert _gains(tmp_path, ours_gain=-1.0, sign_agrees=False).verdict == "not supported"
+    inside = _gains(tmp_path, beyond_noise=False, p_value=0.3, ci_low=-1.0)
+    assert inside.verdict == "inside noise" and "4 seeds/arm would detect +0.45" in inside.ours
+    assert "[-1.00, +1.80]" in inside.ours and inside.seeds == "3 vs 3"
+    assert _gains(tmp_path, ours_gain=float("nan")).verdict == "not run"
+
+
+def test_missing_evidence_reads_not_run_and_every_verdict_is_known(tmp_path):
+    rows = build_claims(tmp_path / "runs", tmp_path / "tables", tmp_path / "figures", tmp_path)
+    assert rows and all(c.verdict == "not run" for c in rows)
+    assert {c.id for c in rows} >= {"M1", "M2", "M3", "T1", "G1", "G2", "G3", "G4", "G5", "C1"}
+    assert all(c.verdict in VERDICTS for c in rows)
+
+
+def test_overhead_row_reads_the_records_throughput(tmp_path):
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    for optimizer, speeds in {"adam": [100, 102, 98], "adamp": [80, 81, 79]}.items():
+        for seed, speed in enumerate(speeds):
+            run = tmp_path / "runs" / "mini_mechanism" / "mini" / f"{optimizer}-s{seed}"
+            run.mkdir(parents=True)
+            (run / "summary.json").write_text(json.dumps({"status": "completed", "images_per_s": speed}))
+            (run / "config.yaml").write_text(f"optimizer:\n  name: {optimizer}\n")
+    rows = {c.id: c for c in build_claims(tmp_path / "runs", tables, tmp_path / "figures", tmp_path)}
+    c1 = rows["C1"]
+    assert c1.verdict == "not supported" and "adamp vs adam: +25.0% time per image" in c1.ours, c1.ours
+
+
+def test_committed_ledger_rebuilds_identical(tmp_path):
+    out = tmp_path / "CLAIMS.md"
+    cmd = [sys.executable, str(PROJECT_ROOT / "scripts" / "build_tables.py"), "--claims-only", "--runs",
+           str(RESULTS / "runs"), "--out", str(RESULTS / "tables"), "--figures", str(RESULTS / "figures"),
+           "--claims", str(out)]  # fmt: skip
+    result = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    committed = (RESULTS / "CLAIMS.md").read_text()
+    rebuilt = out.read_text()
+    # The links are relative to the ledger's folder, which differs here: compare with the links taken out.
+    strip = lambda text: "\n".join(line.split(" | [")[0] for line in text.splitlines())  # noqa: E731
+    assert strip(rebuilt) == strip(committed)
+    assert "](tables/" in committed  # the committed ledger links its tables relative to results/
