@@ -23,11 +23,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from adamp_repro import catalogue
 from adamp_repro.config import SCALES
 from adamp_repro.errors import ConfigError, UsageError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-TABLES_FILE = PROJECT_ROOT / "configs" / "tables.yaml"
+TABLES_FILE = catalogue.TABLES_FILE
 EXPERIMENTS_DIR = PROJECT_ROOT / "configs" / "experiment"
 DEFAULT_OUT = PROJECT_ROOT / "results" / "local"
 REFERENCE_RUNS = PROJECT_ROOT / "results" / "runs"
@@ -37,8 +38,9 @@ NO_REFERENCE = "no committed record of this config"
 
 
 def load_tables(path: Path = TABLES_FILE, experiments_dir: Path = EXPERIMENTS_DIR) -> dict:
-    """The catalogue, checked against the experiment files it names before anything runs."""
-    tables = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    """The tables that run (``catalogue.load(path).runnable()``: entry name -> what it runs), checked against the
+    experiment files they name before anything runs."""
+    tables = catalogue.load(path).runnable()
     for name, spec in tables.items():
         unknown = sorted(set(spec.get("optimizers_for", {})) - set(spec["experiments"]))
         if unknown:
@@ -234,7 +236,8 @@ def _table_ids(experiments: list[str]) -> list[str]:
 
 
 def findings_lines(runs_root: str, experiments: list[str]) -> list[str]:
-    """The table's findings in a few lines: the mechanism per seed, then each gain and whether it is noise."""
+    """The table's findings in a few lines: the mechanism per seed, then each table's headlines (each gain and
+    whether it is noise; for a table with a trained bar, per metric the gain beside the paper's and the bar)."""
     from adamp_repro.results.build import build_table_docs
     from adamp_repro.results.collect import read_records
     from adamp_repro.results.mechanism import MECHANISM_CHECKS, mechanism_findings, seed_rows
@@ -253,7 +256,7 @@ def findings_lines(runs_root: str, experiments: list[str]) -> list[str]:
     for doc in build_table_docs(found.runs, paper, found.left_out):
         if doc.table_id in ids:
             for section in doc.sections:
-                lines += [s.lstrip("- ") for s in section.sentences if "seed noise" in s][:4]
+                lines += section.headlines
     return ["findings:", *[f"  {line}" for line in lines]]
 
 

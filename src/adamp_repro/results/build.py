@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from adamp_repro import catalogue
 from adamp_repro.results.collect import LEFT_OUT_KINDS, RunProblem, count_statuses, read_records
-from adamp_repro.results.compare import OWN_TABLES, compare_table
+from adamp_repro.results.compare import compare_table
 from adamp_repro.results.mechanism import mechanism_outputs
-from adamp_repro.results.reference import PAPER_TABLES, load_paper_numbers
+from adamp_repro.results.reference import load_paper_numbers
 from adamp_repro.results.tables import TableDoc, layout_table, render_files
 from adamp_repro.tracking.records import atomic_write_text
 
@@ -34,8 +35,8 @@ class BuildResult:
 
 
 def table_ids(runs: pd.DataFrame) -> list[str]:
-    """Paper tables, then our own tables, then any other ``table_id`` found in the runs (sorted)."""
-    known = [*PAPER_TABLES, *OWN_TABLES]
+    """The catalogue's paper tables, then our own tables, then any other ``table_id`` found in the runs (sorted)."""
+    known = catalogue.load().table_ids()
     return known + sorted(set(runs["table_id"].dropna()) - set(known))
 
 

@@ -8,16 +8,18 @@ standard deviation over seeds of one summary key of the completed runs placed in
 - placement: ``summary.table_id`` == table, ``table_block`` / ``table_model`` equal to the paper's block /
   model (``collect.placement_key``: case-insensitive, a parenthesised remark such as "(inferred)" ignored),
   ``scale`` == scale;
-- metric: ``top1_acc`` <- ``final_eval_top1`` (final epoch, not the best), ``standard_acc`` <-
-  ``final_eval_clean_top1``, ``attacked_acc`` <- ``final_eval_robust_top1`` (the paper's PGD-10); beside the
-  attacked cell, our AutoAttack robust accuracy (``final_eval_autoattack_top1``, not in the paper);
-- optimizer: the paper's "Adam" baseline is our ``adamw`` where a row has adamw runs, else ``adam`` (the ICLR
-  version labels its ImageNet baseline AdamW, clovaai/AdamP#10).
+- metric: the catalogue's ``metrics`` of the table (``configs/tables.yaml``), e.g. ``top1_acc`` <-
+  ``final_eval_top1`` (final epoch, not the best), ``standard_acc`` <- ``final_eval_clean_top1``,
+  ``attacked_acc`` <- ``final_eval_robust_top1`` (the paper's PGD-10); beside the attacked cell, our AutoAttack
+  robust accuracy (``final_eval_autoattack_top1``, not in the paper);
+- optimizer: the catalogue's ``columns`` say which of our optimizers fill a paper column: P1/P2's "Adam" is our
+  ``adamw`` where a row has adamw runs, else ``adam`` (the ICLR version labels its ImageNet baseline AdamW,
+  clovaai/AdamP#10); P4a's Adam is torch Adam, our ``adam``.
 
 Records the collector left out (duplicate seed, short run, scale mismatch) are counted per cell
 (``n_left_out``), never averaged. Each gain carries its Welch 95% interval, the smallest gain its seeds could
-detect and the seeds per arm needed to detect the paper's printed gain (``stats``); own tables take P1's
-ResNet18 gain of the same pair as that target (``REFERENCE_GAIN``).
+detect and the seeds per arm needed to detect the paper's printed gain (``stats``); own tables take their
+catalogue ``reference_gain`` (P1's ResNet18 gain of the same pair) as that target.
 """
 
 from __future__ import annotations
@@ -29,44 +31,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from adamp_repro import catalogue
+from adamp_repro.catalogue import DEFAULT_METRICS
 from adamp_repro.results.collect import LEFT_OUT_COLUMNS, RUN_COLUMNS, placement_key
-from adamp_repro.results.gains import (
-    GAIN_COLUMNS,
-    PAIRS,
-    PROXY_TABLES,
-    REFERENCE_GAIN,
-    paired_gains,
-    paper_gain_range,
-)
-from adamp_repro.results.reference import PAPER_TABLES
+from adamp_repro.results.gains import GAIN_COLUMNS, paired_gains, paper_gain_range
 
 # Gains live in ``gains``; their names stay importable from here, where a table's numbers are assembled.
-__all__ = [
-    "GAIN_COLUMNS",
-    "PAIRS",
-    "PROXY_TABLES",
-    "REFERENCE_GAIN",
-    "Comparison",
-    "compare_table",
-    "paper_gain_range",
-]
+__all__ = ["GAIN_COLUMNS", "Comparison", "compare_table", "paper_gain_range"]
 
 SCALE_ORDER = ("smoke", "mini", "paper")
 OPTIMIZER_ORDER = ("sgd", "sgdp", "adam", "adamw", "adamp")
 OPTIMIZER_LABELS = {"sgd": "SGD", "sgdp": "SGDP", "adam": "Adam", "adamw": "AdamW", "adamp": "AdamP"}
-# Paper column label -> our optimizers that may fill it, the first one with runs in the row wins.
-PAPER_OPTIMIZERS = {
-    "SGD": ("sgd",),
-    "SGDP": ("sgdp",),
-    "Adam": ("adamw", "adam"),
-    "AdamW": ("adamw",),
-    "AdamP": ("adamp",),
-}
-METRIC_KEYS = {
-    "top1_acc": "final_eval_top1",
-    "standard_acc": "final_eval_clean_top1",
-    "attacked_acc": "final_eval_robust_top1",
-}
+# The summary key of the paper's PGD-10 accuracy (``attacked_acc``), which our AutoAttack is set beside.
+ROBUST_KEY = "final_eval_robust_top1"
 MECHANISM_KEYS = ("initial_mean_weight_norm", "final_mean_weight_norm", "final_effective_step_size")
 # Our AutoAttack robust accuracy, set beside the PGD-10 ("attacked_acc") cell; the paper has no such number.
 AUTOATTACK_KEY = "final_eval_autoattack_top1"
@@ -75,23 +52,9 @@ AUTOATTACK_PGD_KEY = "final_eval_autoattack_subset_robust_top1"
 # PGD-10 minus AutoAttack (accuracy points, mean over the runs that report both) above which a table says the
 # paper's PGD-10 (sign steps, no random start at evaluation) overstates robustness there.
 AUTOATTACK_GAP_POINTS = 5.0
-# Our own tables: no printed counterpart. Title and the dataset they are about.
-OWN_TABLES = {
-    "mechanism": "The mechanism on a CPU: momentum SGD vs SGDP (and vanilla SGD), Adam vs AdamP, no weight decay, "
-    "on the embedded CIFAR-10 data (our own table; the default `make reproduce-table`)",
-    "mini": "Quick run on the embedded CIFAR-10 subset with the accuracy recipe (our own table; `make reproduce-table TABLE=mini`)",
-    "cifar": "CIFAR classification (our own table: no printed CIFAR classification table could be read)",
-    "imagenette": "Imagenette (96 px), not ImageNet: classification with P1's recipe (our own table; a proxy "
-    "of P1's ResNet18 row)",
-    "imagenette_analysis": "Imagenette ResNet-18 analysis: vanilla SGD, momentum SGD and SGDP under step decay "
-    "(our own table; proxy of the paper's ImageNet analysis figures, not ImageNet)",
-}
-# Own tables of the paper's ResNet-18 analysis: their curves and the paper's readings are drawn by
-# results/analysis.py (results/figures/analysis_<table>_<scale>.*).
-ANALYSIS_TABLES = ("mechanism", "imagenette_analysis")
-# P2's "with weight decay" column is P1's ResNet18 row (identical printed values), so P1 ResNet18 runs
-# fill it when no run is tagged P2/with_wd: (table, block) -> (table, block, model) to borrow from.
-BORROWED_ROWS = {("P2", "with_wd"): ("P1", "imagenet", "resnet18")}
+# Own tables of the paper's ResNet-18 analysis (``analysis: true`` in the catalogue): their curves and the
+# paper's readings are drawn by results/analysis.py (results/figures/analysis_<table>_<scale>.*).
+ANALYSIS_TABLES = tuple(t.table_id for t in catalogue.load().tables if t.analysis)
 
 CELL_COLUMNS = (
     "table",
@@ -205,15 +168,16 @@ def _runs_of_table(table_id: str, runs: pd.DataFrame, notes: list[str], tagged: 
     """The rows of ``runs`` placed in ``table_id``, with borrowed blocks that no record of ``tagged`` claims."""
     own = runs[runs["table_id"] == table_id].copy()
     claimed = tagged.loc[tagged["table_id"] == table_id, "table_block"].map(normalise)
-    for (table, block), (src_table, src_block, src_model) in BORROWED_ROWS.items():
-        if table != table_id or (claimed == normalise(block)).any():
+    entry = catalogue.table(table_id)
+    for block, (src_table, src_block, src_model) in (entry.borrow if entry is not None else {}).items():
+        if (claimed == normalise(block)).any():
             continue
         borrowed = _match(runs[runs["table_id"] == src_table], src_block, src_model).copy()
         if len(borrowed):
             borrowed["table_block"] = block
             notes.append(
                 f"Block {block!r} is filled from {src_table} {src_model} runs (no run is tagged "
-                f"{table}/{block}; the paper prints identical values for both)."
+                f"{table_id}/{block}; the paper prints identical values for both)."
             )
             own = pd.concat([own, borrowed], ignore_index=True)
     return own
@@ -228,7 +192,8 @@ def _match(runs: pd.DataFrame, block: str, model: str) -> pd.DataFrame:
 
 def _row_template(table_id: str, table_runs: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     """The rows a table shows, in display order, with the paper's value (NaN for own tables)."""
-    if table_id in PAPER_TABLES:
+    entry = catalogue.table(table_id)
+    if entry is not None and entry.is_paper:
         rows = paper[paper["table"] == table_id]
         return pd.DataFrame(
             {
@@ -242,7 +207,8 @@ def _row_template(table_id: str, table_runs: pd.DataFrame, paper: pd.DataFrame) 
                 "tolerance": rows["tolerance"],
             }
         ).reset_index(drop=True)
-    metrics = [m for m in ("top1_acc", "attacked_acc") if table_runs[METRIC_KEYS[m]].notna().any()]
+    fixed = list(entry.metrics) if entry is not None and entry.metrics else None
+    metrics = fixed or [m for m, key in DEFAULT_METRICS.items() if table_runs[key].notna().any()]
     present = set(table_runs["optimizer"])
     optimizers = [o for o in OPTIMIZER_ORDER if o in present] + sorted(present - set(OPTIMIZER_ORDER))
     groups = table_runs[["table_block", "table_model", "dataset"]].drop_duplicates(
@@ -250,30 +216,36 @@ def _row_template(table_id: str, table_runs: pd.DataFrame, paper: pd.DataFrame) 
     )
     # A row shows the optimizers that have runs in it (the analysis table runs SGDP only with momentum).
     ran = table_runs.groupby(["table_block", "table_model"])["optimizer"].agg(set)
-    rows = [
-        {
-            "block": g.table_block,
-            "model": g.table_model,
-            "dataset": g.dataset,
-            "optimizer": OPTIMIZER_LABELS.get(o, o),
-            "metric": m,
-            "paper": math.nan,
-            "paper_printed": "",
-            "tolerance": math.nan,
-        }
-        for g in groups.sort_values(["table_block", "table_model"]).itertuples()
-        for m in metrics or ["top1_acc"]
-        for o in optimizers
-        if o in ran[(g.table_block, g.table_model)]
-    ]
+    rows = []
+    for g in groups.sort_values(["table_block", "table_model"]).itertuples():
+        pairs = [(m, o) for m in metrics or ["top1_acc"] for o in optimizers]
+        if (
+            fixed and len(fixed) > 1
+        ):  # optimizer by optimizer, each with its metrics, as the paper prints them
+            pairs = [(m, o) for o in optimizers for m in metrics]
+        rows += [
+            {
+                "block": g.table_block,
+                "model": g.table_model,
+                "dataset": g.dataset,
+                "optimizer": OPTIMIZER_LABELS.get(o, o),
+                "metric": m,
+                "paper": math.nan,
+                "paper_printed": "",
+                "tolerance": math.nan,
+            }
+            for m, o in pairs
+            if o in ran[(g.table_block, g.table_model)]
+        ]
     columns = ["block", "model", "dataset", "optimizer", "metric", "paper", "paper_printed", "tolerance"]
     return pd.DataFrame(rows, columns=columns)
 
 
 def _our_optimizer(table_id: str, label: str, group_runs: pd.DataFrame, group_left_out: pd.DataFrame) -> str:
-    if table_id not in PAPER_TABLES:
+    entry = catalogue.table(table_id)
+    if entry is None or not entry.is_paper:
         return next((k for k, v in OPTIMIZER_LABELS.items() if v == label), label)
-    candidates = PAPER_OPTIMIZERS.get(label, (label.lower(),))
+    candidates = entry.optimizers_for_column(label)
     # Counted runs choose the column's optimizer; left-out records only name it for a column with none.
     for present in (set(group_runs["optimizer"]), set(group_left_out["optimizer"])):
         chosen = next((c for c in candidates if c in present), None)
@@ -284,7 +256,7 @@ def _our_optimizer(table_id: str, label: str, group_runs: pd.DataFrame, group_le
 
 def _cell(table_id, scale, row, group_runs, group_left_out, used, notes) -> dict:
     our_optimizer = _our_optimizer(table_id, row["optimizer"], group_runs, group_left_out)
-    key = METRIC_KEYS.get(row["metric"])
+    key = _summary_key(table_id, row["metric"])
     runs = group_runs[group_runs["optimizer"] == our_optimizer].sort_values("run_dir")
     # A run counts for a metric only if it reports it; a metric we cannot map (P3's AP, ...) has no runs.
     runs = runs[runs[key].notna()] if key is not None else runs.iloc[0:0]
@@ -334,12 +306,18 @@ def _cell(table_id, scale, row, group_runs, group_left_out, used, notes) -> dict
     }
 
 
+def _summary_key(table_id: str, metric: str) -> str | None:
+    """The summary key a metric of the table reads (the catalogue's ``metrics``); None: not one we measure."""
+    entry = catalogue.table(table_id)
+    return (entry.metrics if entry is not None else DEFAULT_METRICS).get(metric)
+
+
 def _autoattack(metric: str, runs: pd.DataFrame) -> dict:
     """Our AutoAttack accuracy beside a PGD-10 cell (same runs), and PGD-10 − AutoAttack per run, averaged:
     sample for sample where the record has PGD-10 on AutoAttack's samples, else against the whole test set."""
     values = runs[AUTOATTACK_KEY].dropna() if metric == "attacked_acc" else runs[AUTOATTACK_KEY].iloc[0:0]
     both = runs.loc[values.index]
-    pgd = both[AUTOATTACK_PGD_KEY].fillna(both[METRIC_KEYS["attacked_acc"]])
+    pgd = both[AUTOATTACK_PGD_KEY].fillna(both[ROBUST_KEY])
     gap = pgd - both[AUTOATTACK_KEY]
     return {
         "autoattack_mean": float(values.mean()) if len(values) else math.nan,

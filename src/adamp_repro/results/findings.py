@@ -11,13 +11,10 @@ import math
 
 import pandas as pd
 
-from adamp_repro.results.compare import (
-    ANALYSIS_TABLES,
-    AUTOATTACK_GAP_POINTS,
-    AUTOATTACK_KEY,
-    AUTOATTACK_PGD_KEY,
-)
-from adamp_repro.results.gains import PROXY_TABLES, REFERENCE_GAIN, paper_gain_range
+from adamp_repro import catalogue
+from adamp_repro.catalogue import DEFAULT_REFERENCE
+from adamp_repro.results.compare import AUTOATTACK_GAP_POINTS, AUTOATTACK_KEY, AUTOATTACK_PGD_KEY
+from adamp_repro.results.gains import paper_gain_range
 from adamp_repro.results.stats import (
     ALPHA,
     MAX_SEEDS,
@@ -34,12 +31,16 @@ METRIC_LABELS = {
     "attacked_acc": "attacked acc, PGD-10 (%)",
 }
 AUTOATTACK_LABEL = "AutoAttack (ours; not in the paper)"
+BAR_LABELS = {"standard_acc": "clean", "attacked_acc": "PGD-10", "top1_acc": "top-1"}
 CODE_CHANGED_MARK = "†"
 
 
-def gap_sentences(gains: pd.DataFrame, is_paper: bool, paper: pd.DataFrame) -> list[str]:
-    """Each measured gap in words, saying plainly when it is not beyond seed noise."""
+def gap_sentences(gains: pd.DataFrame, is_paper: bool, paper: pd.DataFrame, table_id: str = "") -> list[str]:
+    """Each measured gap in words, saying plainly when it is not beyond seed noise; a proxy's gap is set beside
+    the paper's printed gain of the row it stands in for."""
     sentences = []
+    entry = catalogue.table(table_id)
+    proxy = entry.proxy if entry is not None else None
     for r in gains.to_dict("records"):
         if math.isnan(r["ours_gain"]):
             continue
@@ -48,6 +49,8 @@ def gap_sentences(gains: pd.DataFrame, is_paper: bool, paper: pd.DataFrame) -> l
             f"{r['proposed']} vs {r['baseline']} ({where}, {METRIC_LABELS.get(r['metric'], r['metric'])}): "
             f"{r['ours_gain']:+.2f} points"
         )
+        if proxy is not None:
+            lead += f" ({_beside_paper(r, entry)})"
         if r["test"] == NOT_APPLICABLE_ONE_SEED:
             sentences.append(
                 f"{lead} from a single seed on at least one side: no noise estimate, so the gap "
@@ -64,10 +67,79 @@ def gap_sentences(gains: pd.DataFrame, is_paper: bool, paper: pd.DataFrame) -> l
         if r["test"] != NOT_APPLICABLE_ONE_SEED:
             sentences.append(power_sentence(r))
     if sentences and not is_paper:
-        low, high = paper_gain_range(paper, "P1")
+        scale_table = proxy.table if proxy is not None else "P1"
+        low, high = paper_gain_range(paper, scale_table)
+        what = "ImageNet gains (P1)" if scale_table == "P1" else f"gains in {scale_table}"
         sentences.append(
-            f"For scale: the paper's ImageNet gains (P1) are {low:+.2f} to {high:+.2f} points. A gap is called "
+            f"For scale: the paper's {what} are {low:+.2f} to {high:+.2f} points. A gap is called "
             "here only when the test finds it beyond seed noise; otherwise no winner is read from it."
+        )
+    return sentences
+
+
+def _beside_paper(r: dict, entry: catalogue.Table) -> str:
+    """The paper's printed gain of a proxy's pair and whether our sign agrees, or that it has none."""
+    proxy = entry.proxy
+    what = entry.pair_labels.get((r["baseline"], r["proposed"]))
+    if math.isnan(r["paper_gain"]):
+        return (f"{what}; " if what else "") + f"no paper counterpart: {proxy.table} prints no such pair"
+    agrees = r["sign_agrees"]
+    sign = "sign unknown" if agrees is pd.NA else ("sign agrees" if agrees else "sign disagrees")
+    return f"the paper's {proxy.label}: {r['paper_gain']:+.2f}; {sign}"
+
+
+def metric_sentences(table_id: str, part: pd.DataFrame, gains: pd.DataFrame) -> list[str]:
+    """Per metric of a table with a trained bar (``trained_bar`` in the catalogue): the first pair's gain beside
+    the paper's, whether it is beyond seed noise, and whether the better arm of the pair reached the bar."""
+    entry = catalogue.table(table_id)
+    bar, proxy = entry.trained_bar, entry.proxy
+    baseline, proposed = entry.pairs[0]
+    sentences, short = [], []
+    for metric, needed in bar.items():
+        label = METRIC_LABELS.get(metric, metric)
+        arms = part[(part["metric"] == metric) & part["optimizer"].isin([baseline, proposed])]
+        arms = arms[arms["n_seeds"] > 0]
+        if arms.empty:
+            sentences.append(f"{label}: no completed run of {baseline} or {proposed}.")
+            short.append(metric)
+            continue
+        best = arms.loc[arms["ours_mean"].idxmax()]
+        reached = best["ours_mean"] >= needed
+        if not reached:
+            short.append(metric)
+        text = f"{label}: "
+        gain = gains[
+            (gains["metric"] == metric) & (gains["baseline"] == baseline) & (gains["proposed"] == proposed)
+        ]
+        if len(gain) and not math.isnan(gain.iloc[0]["ours_gain"]):
+            g = gain.iloc[0].to_dict()
+            text += f"{proposed} − {baseline} {g['ours_gain']:+.2f} points"
+            text += f" ({_beside_paper(g, entry)})" if proxy is not None else ""
+            if g["test"] == NOT_APPLICABLE_ONE_SEED:
+                text += ", one seed on a side: no call on seed noise"
+            elif g["beyond_noise"] is not pd.NA and bool(g["beyond_noise"]):
+                text += f", beyond seed noise (Welch p = {g['p_value']:.3f} < {ALPHA})"
+            else:
+                text += f", not beyond seed noise (Welch p = {g['p_value']:.3f} ≥ {ALPHA})"
+        else:
+            text += f"no {proposed} − {baseline} gain (a side has no run)"
+        text += (
+            f"; the better arm, {best['optimizer']} at {best['ours_mean']:.2f}%, "
+            + ("reached" if reached else "did not reach")
+            + f" the table's {needed:g}% {BAR_LABELS.get(metric, metric)} bar."
+        )
+        sentences.append(text)
+    bars = " and ".join(f"{v:g}% {BAR_LABELS.get(m, m)}" for m, v in bar.items())
+    if short:
+        sentences.append(
+            f"Not clearly trained: the better of {baseline} and {proposed} is below the table's bar ({bars}, "
+            f"fixed in the protocol before any run) on {' and '.join(BAR_LABELS.get(m, m) for m in short)}, so these records do not test the "
+            "paper's gain; the bar states a fact of the records and is not tuned to them."
+        )
+    else:
+        sentences.append(
+            f"Clearly trained by the table's bar ({bars}, fixed in the protocol before any run): the better of "
+            f"{baseline} and {proposed} reached it on every metric."
         )
     return sentences
 
@@ -106,8 +178,10 @@ def autoattack_sentences(part: pd.DataFrame) -> list[str]:
     return sentences
 
 
-def mechanism_sentences(part: pd.DataFrame) -> list[str]:
-    """The weight-norm effect in words, per row: what a small run shows reliably (paper Sec. 2, norm growth)."""
+def mechanism_sentences(part: pd.DataFrame, pairs: list[tuple[str, str]] | None = None) -> list[str]:
+    """The weight-norm effect in words, per row: what a small run shows reliably (paper Sec. 2, norm growth).
+
+    ``pairs``: the (baseline, proposed) pairs to set side by side; default SGD/SGDP and AdamW (else Adam)/AdamP."""
     sentences = []
     for (block, model), group in part.groupby(["block", "model"], sort=False):
         rows = group.drop_duplicates("optimizer")
@@ -129,7 +203,7 @@ def mechanism_sentences(part: pd.DataFrame) -> list[str]:
             + "."
         )
         adam_base = "AdamW" if "AdamW" in growth else "Adam"
-        for base, prop in (("SGD", "SGDP"), (adam_base, "AdamP")):
+        for base, prop in pairs or (("SGD", "SGDP"), (adam_base, "AdamP")):
             if base in growth and prop in growth:
                 word = "less" if growth[prop] < growth[base] else "not less"
                 text += (
@@ -140,6 +214,8 @@ def mechanism_sentences(part: pd.DataFrame) -> list[str]:
 
 
 def table_notes(table_id: str, is_paper: bool, cells: pd.DataFrame) -> list[str]:
+    entry = catalogue.table(table_id)
+    proxy = entry.proxy if entry is not None else None
     keys = sorted(set(cells["summary_key"].dropna()))
     notes = [
         f"Ours: mean ± sample std (ddof 1) over seeds of {', '.join(f'`{k}`' for k in keys) or 'the final metric'} "
@@ -162,27 +238,36 @@ def table_notes(table_id: str, is_paper: bool, cells: pd.DataFrame) -> list[str]
                 + ", ".join(sorted(set(used)))
                 + "."
             )
-    elif table_id in PROXY_TABLES:
-        source, _ = PROXY_TABLES[table_id]
-        notes.append(
-            f"Paper gain = difference of the printed values of the same model in {source} (the paper's Adam "
-            "column against our AdamW); Sign agrees: our gain has that sign."
-        )
+    elif proxy is not None:
+        if proxy.as_paper.get("AdamW") == "Adam":
+            notes.append(
+                f"Paper gain = difference of the printed values of the same model in {proxy.table} (the paper's "
+                "Adam column against our AdamW); Sign agrees: our gain has that sign."
+            )
+        else:
+            notes.append(
+                f"Paper gain = difference of the printed values of {proxy.table}'s {proxy.model} row, block "
+                f"{proxy.block} (its AdamP − Adam; the paper's Adam there is torch Adam with coupled L2, our "
+                "`adam`, not AdamW); Sign agrees: our gain has that sign. Pairs the paper does not print "
+                f"(here those with AdamW, our control arm) have no paper gain, sign or seeds for it: `none (not in "
+                f"{proxy.table})`."
+            )
     else:
         notes.append("Sign agrees: compared with +, the sign of every printed SGDP/AdamP gain in P1.")
-    if table_id in ANALYSIS_TABLES:
+    if entry is not None and entry.analysis:
         notes.append(
             f"‖w‖ here is the whole-tensor norm after the first epoch. The paper's analysis layout (norm per "
             f"filter from the initial weights, effective step, top-1 per epoch) with the paper's readings beside "
             f"ours: `results/figures/analysis_{table_id}_<scale>.md` and `.png` (`make figures`)."
         )
-    return notes + _power_and_robustness_notes(is_paper or table_id in PROXY_TABLES, cells)
+    reference = entry.reference_gain if entry is not None else DEFAULT_REFERENCE
+    return notes + _power_and_robustness_notes(is_paper or proxy is not None, cells, reference)
 
 
-def _power_and_robustness_notes(has_paper_gain: bool, cells: pd.DataFrame) -> list[str]:
+def _power_and_robustness_notes(has_paper_gain: bool, cells: pd.DataFrame, reference: tuple) -> list[str]:
     target = "the printed gain (Paper gain)"
     if not has_paper_gain:
-        ref_table, _, ref_model = REFERENCE_GAIN
+        ref_table, _, ref_model = reference
         target = (
             f"{ref_table}'s printed {ref_model} gain of the same pair (SGDP − SGD, AdamP − Adam; our AdamW "
             "stands for the paper's Adam), shown beside the count, as a scale for what a real effect needs"

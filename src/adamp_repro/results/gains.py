@@ -1,32 +1,27 @@
 """Paired gains of a table's cells: the proposed optimizer minus its baseline, with the seed-noise test, its
 95% interval and power (``stats``), set beside the gain the paper prints for the same pair.
 
-The target of the seeds-needed figure: a paper table's own printed gain; a proxy table's (``PROXY_TABLES``)
-printed gain of the same model in the table it stands in for; any other own table's ``REFERENCE_GAIN`` (P1's
-ResNet18 row of the same pair). Our AdamW stands for the paper's "Adam" column throughout.
+The pairs, and what each gain is set beside, come from the catalogue (``configs/tables.yaml``). The target of the
+seeds-needed figure: a paper table's own printed gain; a proxy table's (``proxy_of``) printed gain of the paper
+row it stands in for; any other own table's ``reference_gain`` (P1's ResNet18 row of the same pair). Our AdamW stands for the paper's ImageNet "Adam" column; in P4a the paper's Adam is torch Adam
+(coupled L2), so the P4a proxy pairs our ``adam`` with AdamP, and its AdamW control arm has no paper column.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
+from adamp_repro import catalogue
+from adamp_repro.catalogue import DEFAULT_PAIRS, DEFAULT_REFERENCE, Table
 from adamp_repro.results.collect import placement_key
-from adamp_repro.results.reference import PAPER_TABLES
 from adamp_repro.results.stats import detectable_gain, seeds_needed, welch_test
 
-# (baseline, proposed) pairs the paper compares; an own table's "Adam" pair uses AdamW when it has it.
-PAIRS = (("SGD", "SGDP"), ("AdamW", "AdamP"), ("Adam", "AdamP"))
-# The printed gain an own table (no paper counterpart) is powered against: P1's ResNet18 row of the same pair
-# (SGDP − SGD +0.45, AdamP − Adam +0.40; AdamW stands for the paper's Adam). (table, block, model).
-REFERENCE_GAIN = ("P1", "imagenet", "ResNet18")
-# Own tables that stand in for a paper table on other data: their paired gains are set beside the paper's
-# printed gains of the same model in that table (and signs are judged against them). Own table -> (paper
-# table, block). The paper's "Adam" column stands for our AdamW (PAPER_OPTIMIZERS), so AdamP − AdamW is
-# compared with the paper's AdamP − Adam.
-PROXY_TABLES = {"imagenette": ("P1", "imagenet")}
+# Our labels -> the paper's ImageNet columns (the ICLR version labels its ImageNet Adam baseline AdamW).
+AS_PAPER = {"AdamW": "Adam"}
 GAIN_COLUMNS = (
     "table",
     "scale",
@@ -62,30 +57,33 @@ def paired_gains(table_id: str, cells: pd.DataFrame, paper: pd.DataFrame) -> pd.
     """One row per (scale, block, model, metric) and compared pair of ``cells`` (``compare.CELL_COLUMNS`` with
     the per-seed ``_values``), columns ``GAIN_COLUMNS``."""
     rows = []
+    entry = catalogue.table(table_id)
+    is_paper = entry is not None and entry.is_paper
+    proxy = entry.proxy if entry is not None else None
     own_sign = 1.0  # own tables: the paper puts the projected optimizer ahead in every P1 row
     for (scale, block, model, metric), group in cells.groupby(
         ["scale", "block", "model", "metric"], sort=False, dropna=False
     ):
         by_label = {r["optimizer"]: r for r in group.to_dict("records")}
-        for baseline, proposed in _pairs_for(table_id, by_label):
+        for baseline, proposed in _pairs_for(entry, by_label):
             a, b = by_label[baseline], by_label[proposed]
             result = welch_test(a["_values"], b["_values"])
             # Printed values carry at most 2 decimals: drop the float noise of their difference (0.57, not 0.5700..074).
             paper_gain = (
-                _proxy_gain(table_id, model, metric, baseline, proposed, paper)
-                if table_id in PROXY_TABLES
+                _proxy_gain(proxy, model, metric, baseline, proposed, paper)
+                if proxy is not None
                 else round(b["paper"] - a["paper"], 10)
             )
             expected = float(np.sign(paper_gain)) if not math.isnan(paper_gain) else own_sign
-            if table_id in PAPER_TABLES and math.isnan(paper_gain):
-                expected = math.nan
+            if (is_paper or proxy is not None) and math.isnan(paper_gain):
+                expected = math.nan  # no printed counterpart: no sign to agree with
             agrees = (
                 pd.NA
                 if math.isnan(result.gain) or math.isnan(expected)
                 else bool(np.sign(result.gain) == expected)
             )
             beyond = result.beyond_noise
-            target, source = _target_gain(table_id, model, baseline, proposed, paper_gain, paper)
+            target, source = _target_gain(entry, table_id, baseline, proposed, paper_gain, paper)
             rows.append(
                 {
                     "table": table_id,
@@ -121,26 +119,25 @@ def paired_gains(table_id: str, cells: pd.DataFrame, paper: pd.DataFrame) -> pd.
 
 
 def _target_gain(
-    table_id: str, model: str, baseline: str, proposed: str, paper_gain: float, paper: pd.DataFrame
+    entry: Table | None, table_id: str, baseline: str, proposed: str, paper_gain: float, paper: pd.DataFrame
 ) -> tuple[float, str | None]:
     """The printed gain the seeds-needed figure aims at, and where it is printed.
 
-    A paper table or a proxy aims at its own paper gain; any other own table at ``REFERENCE_GAIN``'s row."""
-    if table_id in PAPER_TABLES or table_id in PROXY_TABLES:
-        where = table_id if table_id in PAPER_TABLES else f"{PROXY_TABLES[table_id][0]} {model}"
+    A paper table or a proxy aims at its own paper gain; any other own table at its reference gain's row."""
+    if entry is not None and (entry.is_paper or entry.proxy is not None):
+        where = table_id if entry.is_paper else entry.proxy.label
         return paper_gain, (None if math.isnan(paper_gain) else where)
-    ref_table, ref_block, ref_model = REFERENCE_GAIN
+    ref_table, ref_block, ref_model = entry.reference_gain if entry is not None else DEFAULT_REFERENCE
     gain = _printed_gain(paper, ref_table, ref_block, ref_model, baseline, proposed)
     return gain, (None if math.isnan(gain) else f"{ref_table} {ref_model}")
 
 
-def _proxy_gain(
-    table_id: str, model: str, metric: str, baseline: str, proposed: str, paper: pd.DataFrame
-) -> float:
-    """The paper's printed gain of ``proposed`` over ``baseline`` for ``model`` and ``metric`` in the table
-    that ``table_id`` stands in for (``PROXY_TABLES``); NaN when the paper has no such row."""
-    paper_table, block = PROXY_TABLES[table_id]
-    return _printed_gain(paper, paper_table, block, model, baseline, proposed, metric)
+def _proxy_gain(proxy, model: str, metric: str, baseline: str, proposed: str, paper: pd.DataFrame) -> float:
+    """The paper's printed gain of ``proposed`` over ``baseline`` for ``metric`` in the paper row the proxy
+    stands in for (``proxy_of`` in the catalogue); NaN when the paper has no such pair."""
+    return _printed_gain(
+        paper, proxy.table, proxy.block, proxy.model or model, baseline, proposed, metric, proxy.as_paper
+    )
 
 
 def _printed_gain(
@@ -151,8 +148,10 @@ def _printed_gain(
     baseline: str,
     proposed: str,
     metric: str = "top1_acc",
+    as_paper: Mapping[str, str] = AS_PAPER,
 ) -> float:
-    """Printed ``proposed`` minus ``baseline`` in one paper row (our AdamW read as the paper's Adam)."""
+    """Printed ``proposed`` minus ``baseline`` in one paper row; ``as_paper`` maps our labels to the paper's
+    columns (by default our AdamW read as the paper's Adam). NaN when either has no printed column."""
     rows = paper[
         (paper["table"] == paper_table)
         & (paper["block"].map(placement_key) == placement_key(block))
@@ -160,7 +159,6 @@ def _printed_gain(
         & (paper["metric"] == metric)
     ]
     values = dict(zip(rows["optimizer"], rows["value"]))
-    as_paper = {"AdamW": "Adam"}
     a, b = values.get(as_paper.get(baseline, baseline)), values.get(as_paper.get(proposed, proposed))
     return math.nan if a is None or b is None else round(float(b) - float(a), 10)
 
@@ -170,10 +168,13 @@ def _first_text(*values) -> str | None:
     return next((v for v in values if isinstance(v, str) and v), None)
 
 
-def _pairs_for(table_id: str, by_label: dict) -> list[tuple[str, str]]:
-    pairs = [(a, b) for a, b in PAIRS if a in by_label and b in by_label]
-    if table_id not in PAPER_TABLES and ("AdamW", "AdamP") in pairs:
-        # An own table compares AdamP with AdamW when it has AdamW runs, as the paper's "Adam" column does.
+def _pairs_for(entry: Table | None, by_label: dict) -> list[tuple[str, str]]:
+    """The catalogue's pairs of the table that have both columns; a table it does not list compares the default
+    pairs, AdamP with AdamW where it has AdamW runs (as the paper's ImageNet "Adam" column does)."""
+    if entry is not None:
+        return [(a, b) for a, b in entry.pairs if a in by_label and b in by_label]
+    pairs = [(a, b) for a, b in DEFAULT_PAIRS if a in by_label and b in by_label]
+    if ("AdamW", "AdamP") in pairs:
         pairs = [p for p in pairs if p != ("Adam", "AdamP")]
     return pairs
 
@@ -181,8 +182,10 @@ def _pairs_for(table_id: str, by_label: dict) -> list[tuple[str, str]]:
 def paper_gain_range(paper: pd.DataFrame, table_id: str = "P1") -> tuple[float, float]:
     """Smallest and largest printed gain (difference of printed values) of the paper's pairs in a table."""
     rows = paper[paper["table"] == table_id]
+    entry = catalogue.table(table_id)
+    pairs = entry.pairs if entry is not None else DEFAULT_PAIRS
     gains = []
     for _, group in rows.groupby(["block", "model", "metric"], sort=False):
         values = dict(zip(group["optimizer"], group["value"]))
-        gains += [values[b] - values[a] for a, b in PAIRS if a in values and b in values]
+        gains += [values[b] - values[a] for a, b in pairs if a in values and b in values]
     return (min(gains), max(gains)) if gains else (math.nan, math.nan)

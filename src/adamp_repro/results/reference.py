@@ -2,7 +2,8 @@
 
 The CSVs are generated from the project's transcription of the paper (``shared/paper/reference.csv``, 84 cells
 read from the project page's table LaTeX; arXiv 2006.08217) by ``write_paper_csvs``; no number is retyped.
-Tables are named P1..P7 after the project page (clovaai.github.io/AdamP): the ICLR version (v3) numbers
+Which tables exist, their titles, sources and test sets are the catalogue's (``configs/tables.yaml``, entries
+of kind ``paper``). Tables are named P1..P7 after the project page (clovaai.github.io/AdamP): the ICLR version (v3) numbers
 its tables differently and that mapping has not been read, so no "paper Table N" label is claimed here.
 
 Regenerate with ``python -m adamp_repro.results.reference --reference ../shared/paper/reference.csv``.
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from adamp_repro import catalogue
+from adamp_repro.catalogue import Table
 from adamp_repro.tracking.records import atomic_write_text
 
 REFERENCE_COLUMNS = ("table", "block", "model", "dataset", "optimizer", "metric", "value")
@@ -36,74 +38,12 @@ PAPER_COLUMNS = (
 STRING_COLUMNS = tuple(c for c in PAPER_COLUMNS if c not in ("value", "tolerance"))
 
 
-@dataclass(frozen=True)
-class PaperTable:
-    """What the suite knows about one printed table."""
-
-    table_id: str
-    title: str
-    source: str
-    run_by_suite: bool
-    # Test-set size behind the band (None: no band defined, the suite does not run this table).
-    test_set_size: int | None = None
-    test_set_name: str = ""
+def paper_tables() -> dict[str, Table]:
+    """The paper's printed tables, from the catalogue (``configs/tables.yaml``, entries of kind ``paper``)."""
+    return catalogue.load().paper_tables()
 
 
-_PAGE = "arXiv 2006.08217"
-# Image files and captions as listed in shared/paper/tables.md section 1 (project page, June 2020 tables).
-PAPER_TABLES: dict[str, PaperTable] = {
-    t.table_id: t
-    for t in (
-        PaperTable(
-            "P1",
-            "ImageNet classification",
-            f"project page P1 (table01); {_PAGE}",
-            True,
-            50_000,
-            "ImageNet validation set",
-        ),
-        PaperTable(
-            "P2",
-            "Effect of removing weight decay (ImageNet ResNet18, inferred)",
-            f"project page P2 (table02, in the page's repository, not shown on the page); {_PAGE}",
-            True,
-            50_000,
-            "ImageNet validation set",
-        ),
-        PaperTable("P3", "MS-COCO object detection", f"project page P3 (table03); {_PAGE}", False),
-        PaperTable(
-            "P4a",
-            "Adversarial training (Wide-ResNet, CIFAR-10, PGD-10)",
-            f"project page P4a (table04_0); {_PAGE}",
-            True,
-            10_000,
-            "CIFAR-10 test set",
-        ),
-        PaperTable(
-            "P4b",
-            "Robustness against real-world biases (Biased-MNIST, ReBias)",
-            f"project page P4b (table04_1); {_PAGE}",
-            False,
-        ),
-        PaperTable(
-            "P4c",
-            "Robustness against real-world biases (9-class ImageNet, ReBias)",
-            f"project page P4c (table04_2); {_PAGE}",
-            False,
-        ),
-        PaperTable("P5", "Audio classification (Harmonic CNN)", f"project page P5 (table05); {_PAGE}", False),
-        PaperTable("P6", "Image retrieval (Recall@1)", f"project page P6 (table06); {_PAGE}", False),
-        PaperTable(
-            "P7",
-            "Language modelling (WikiText-103 perplexity; lower is better)",
-            f"project page P7 (table07); {_PAGE}",
-            False,
-        ),
-    )
-}
-
-
-def tolerance_band(value: float, table: PaperTable) -> tuple[float, str]:
+def tolerance_band(value: float, table: Table) -> tuple[float, str]:
     """Half-width (in accuracy points) of the band in which a paper-scale reproduction counts as matching.
 
     The paper prints one number per cell with no seed spread, so the band is the suite's own choice: twice
@@ -130,16 +70,17 @@ def read_reference_csv(path: str | Path) -> pd.DataFrame:
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     if tuple(frame.columns) != REFERENCE_COLUMNS:
         raise ValueError(f"{path}: columns {list(frame.columns)}; expected {list(REFERENCE_COLUMNS)}")
-    unknown = sorted(set(frame["table"]) - set(PAPER_TABLES))
+    known = paper_tables()
+    unknown = sorted(set(frame["table"]) - set(known))
     if unknown:
-        raise ValueError(f"{path}: unknown table ids {unknown}; known: {list(PAPER_TABLES)}")
+        raise ValueError(f"{path}: unknown table ids {unknown}; known: {list(known)}")
     return frame
 
 
 def paper_frames(reference: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Split the transcription into one frame per table, adding source, float value and tolerance band."""
     frames: dict[str, pd.DataFrame] = {}
-    for table_id, table in PAPER_TABLES.items():
+    for table_id, table in paper_tables().items():
         part = reference[reference["table"] == table_id]
         rows = []
         for rec in part.to_dict("records"):
@@ -178,7 +119,7 @@ def load_paper_numbers(paper_dir: str | Path) -> pd.DataFrame:
     """
     paper_dir = Path(paper_dir)
     frames = []
-    for table_id in PAPER_TABLES:
+    for table_id in paper_tables():
         path = paper_dir / f"{table_id}.csv"
         if not path.exists():
             raise FileNotFoundError(f"Missing paper table {path}; regenerate with `python -m {__name__}`")

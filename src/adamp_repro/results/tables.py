@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from adamp_repro import catalogue
+from adamp_repro.catalogue import DEFAULT_REFERENCE
 from adamp_repro.results.collect import LEFT_OUT_KINDS
-from adamp_repro.results.compare import MECHANISM_KEYS, OWN_TABLES, Comparison
+from adamp_repro.results.compare import MECHANISM_KEYS, Comparison
 from adamp_repro.results.findings import (
     AUTOATTACK_LABEL,
     CODE_CHANGED_MARK,
@@ -23,10 +25,9 @@ from adamp_repro.results.findings import (
     autoattack_sentences,
     gap_sentences,
     mechanism_sentences,
+    metric_sentences,
     table_notes,
 )
-from adamp_repro.results.gains import PROXY_TABLES, REFERENCE_GAIN
-from adamp_repro.results.reference import PAPER_TABLES
 from adamp_repro.results.stats import MAX_SEEDS, NOT_APPLICABLE_ONE_SEED, POWER
 
 
@@ -49,6 +50,8 @@ class Section:
     heading: str
     grids: list[Grid]
     sentences: list[str] = field(default_factory=list)
+    # The few sentences ``make reproduce-table`` prints at its end (``reproduce.findings_lines``).
+    headlines: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -65,40 +68,43 @@ class TableDoc:
 
 def layout_table(comparison: Comparison, paper: pd.DataFrame) -> TableDoc:
     table_id, cells, gains = comparison.table_id, comparison.cells, comparison.gains
-    paper_table = PAPER_TABLES.get(table_id)
-    is_paper = paper_table is not None
+    entry = catalogue.table(table_id)
+    is_paper = entry is not None and entry.is_paper
     if is_paper:
-        title = paper_table.title
-        intro = [f"Paper's numbers: {paper_table.source} (`results/paper/{table_id}.csv`)."]
-        if not paper_table.run_by_suite:
+        title = entry.title
+        intro = [f"Paper's numbers: {entry.source} (`results/paper/{table_id}.csv`)."]
+        if not entry.runs:
             intro.append("Not run by this suite: listed with the paper's numbers only.")
     else:
-        title = OWN_TABLES.get(table_id, f"Runs tagged table_id={table_id!r} (our own table)")
+        title = entry.title if entry is not None else f"Runs tagged table_id={table_id!r} (our own table)"
         intro = ["Our own table: no printed counterpart, so there is no paper value, band or diff."]
-        if table_id in PROXY_TABLES:
-            source, block = PROXY_TABLES[table_id]
+        if entry is not None and entry.proxy is not None:
+            proxy = entry.proxy
+            row = (
+                f"the same model in {proxy.table}"
+                if proxy.model is None
+                else f"{proxy.table}'s {proxy.model} row (block {proxy.block})"
+            )
             intro = [
-                f"Our own table on other data, standing in for {source} ({block}): its accuracies are not "
-                f"comparable with the paper's, so only the paper's printed gains of the same model in {source} "
-                "are set beside our gains (`Paper gain`), and each sign is judged against them."
+                f"Our own table on other data, standing in for {proxy.table} ({proxy.block}): its accuracies are "
+                f"not comparable with the paper's, so only the paper's printed gains of {row} are set beside our "
+                "gains (`Paper gain`), and each sign is judged against them."
             ]
     left_out = comparison.left_out
     sections = [
-        _section(table_id, is_paper, scale, cells, gains, paper, left_out) for scale in _scales(cells)
+        _section(entry, table_id, is_paper, scale, cells, gains, paper, left_out) for scale in _scales(cells)
     ]
     if not sections:
         sections = [Section(f"No completed runs tagged table_id={table_id!r} yet", [])]
     notes = table_notes(table_id, is_paper, cells) + comparison.notes
-    return TableDoc(
-        table_id, title, intro, sections, notes, cells, gains, _one_line(table_id, is_paper, cells)
-    )
+    return TableDoc(table_id, title, intro, sections, notes, cells, gains, _one_line(entry, is_paper, cells))
 
 
 def _scales(cells: pd.DataFrame) -> list:
     return list(dict.fromkeys(cells["scale"].tolist()))
 
 
-def _section(table_id, is_paper, scale, cells, gains, paper, left_out) -> Section:
+def _section(entry, table_id, is_paper, scale, cells, gains, paper, left_out) -> Section:
     part = cells[_same(cells["scale"], scale)]
     gain_part = gains[_same(gains["scale"], scale)]
     left_out_part = left_out[_same(left_out["scale"], scale)]
@@ -115,7 +121,8 @@ def _section(table_id, is_paper, scale, cells, gains, paper, left_out) -> Sectio
         for c in ("block", "model", "dataset", "metric")
         if part[c].nunique() > 1 or (not is_paper and c == "model")
     ]
-    mechanism = not is_paper and (table_id == "mini" or part[list(MECHANISM_KEYS)].notna().any().any())
+    norms = entry is not None and entry.norms
+    mechanism = not is_paper and (norms or part[list(MECHANISM_KEYS)].notna().any().any())
     grids = [_cell_grid(part, varying, is_paper, scale, mechanism)]
     grids[0].footer = [_left_out_line(left_out_part)]
     if part["n_code_changed"].sum():
@@ -124,15 +131,31 @@ def _section(table_id, is_paper, scale, cells, gains, paper, left_out) -> Sectio
             "(summary `code_changed_on_resume`); they are counted, and the notes list them."
         )
     if len(gain_part):
-        paper_gain = is_paper or table_id in PROXY_TABLES
-        grids.append(_gain_grid(gain_part, [c for c in varying if c != "dataset"], paper_gain))
-    sentences = []
+        proxy = entry.proxy if entry is not None else None
+        reference = entry.reference_gain if entry is not None else DEFAULT_REFERENCE
+        varying_gains = [c for c in varying if c != "dataset"]
+        grids.append(
+            _gain_grid(gain_part, varying_gains, is_paper or proxy is not None, proxy, entry, reference)
+        )
+    sentences, headlines = [], []
     if not (scale is None or part["n_seeds"].sum() == 0):
-        sentences = gap_sentences(gain_part, is_paper, paper)
+        sentences = gap_sentences(gain_part, is_paper, paper, table_id)
+        headlines = [s for s in sentences if "seed noise" in s][:4]
+        bar = entry is not None and bool(entry.trained_bar)
+        if bar:
+            verdict = metric_sentences(table_id, part, gain_part)
+            sentences = verdict + sentences
+            headlines = verdict
         if mechanism:
-            sentences += mechanism_sentences(part)
-        sentences += autoattack_sentences(part)
-    return Section(heading, grids, sentences)
+            sentences += mechanism_sentences(part, _pairs_shown(gain_part))
+        robust = autoattack_sentences(part)
+        sentences += robust
+        headlines += robust if bar else []
+    return Section(heading, grids, sentences, headlines)
+
+
+def _pairs_shown(gains: pd.DataFrame) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(zip(gains["baseline"], gains["proposed"])))
 
 
 def _same(column: pd.Series, value) -> pd.Series:
@@ -179,9 +202,9 @@ def _cell_grid(part, varying, is_paper, scale, mechanism) -> Grid:
     return Grid("Per optimizer", header, rows, align)
 
 
-def _gain_grid(part, varying, paper_gain: bool) -> Grid:
+def _gain_grid(part, varying, paper_gain: bool, proxy, entry, reference) -> Grid:
     header = [c.capitalize() for c in varying] + ["Comparison"]
-    target = "paper gain" if paper_gain else f"{REFERENCE_GAIN[0]} {REFERENCE_GAIN[2]} gain"
+    target = "paper gain" if paper_gain else f"{reference[0]} {reference[2]} gain"
     header += (["Paper gain"] if paper_gain else []) + [
         "Our gain",
         "95% CI",
@@ -194,8 +217,16 @@ def _gain_grid(part, varying, paper_gain: bool) -> Grid:
     ]
     rows = []
     for r in part.to_dict("records"):
-        row = [_label(r, c) for c in varying] + [f"{r['proposed']} − {r['baseline']}"]
-        row += [_signed(r["paper_gain"])] if paper_gain else []
+        what = entry.pair_labels.get((r["baseline"], r["proposed"])) if entry is not None else None
+        row = [_label(r, c) for c in varying] + [
+            f"{r['proposed']} − {r['baseline']}" + (f" ({what})" if what else "")
+        ]
+        no_counterpart = proxy is not None and _isnan(r["paper_gain"])
+        row += (
+            [f"none (not in {proxy.table})" if no_counterpart else _signed(r["paper_gain"])]
+            if paper_gain
+            else []
+        )
         row += [
             _signed(r["ours_gain"]),
             _interval(r["ci_low"], r["ci_high"], r["test"]),
@@ -215,9 +246,9 @@ def _gain_grid(part, varying, paper_gain: bool) -> Grid:
     )
 
 
-def _one_line(table_id: str, is_paper: bool, cells: pd.DataFrame) -> str:
+def _one_line(entry, is_paper: bool, cells: pd.DataFrame) -> str:
     filled = cells[cells["n_seeds"] > 0]
-    if is_paper and not PAPER_TABLES[table_id].run_by_suite and filled.empty:
+    if is_paper and not entry.runs and filled.empty:
         return "not run by this suite (paper's numbers only)"
     if filled.empty:
         return "no completed runs yet"

@@ -30,6 +30,7 @@ import yaml
 from wandb.proto import wandb_internal_pb2 as pb
 from wandb_workspaces import expr
 
+from adamp_repro import catalogue
 from adamp_repro.tracking.records import atomic_write_text
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
@@ -108,31 +109,32 @@ def _config_info(path: Path, exp_dir: Path) -> dict[str, Any]:
 
 
 def discover_tables(config_dir: str | os.PathLike = CONFIG_DIR) -> list[TableSection]:
-    """The entries of ``tables.yaml`` in order, then every other ``table.id`` of the experiment files. An
-    entry is named by its runs' table id (``default`` -> ``mini``); ``P2`` keeps the P1 ResNet18 runs."""
+    """The tables of the catalogue (``tables.yaml``) that run, in its order, then every other ``table.id`` of the
+    experiment files. An entry is named by its table id (``default`` -> ``mechanism``); ``P2`` keeps the P1
+    ResNet18 runs."""
     config_dir = Path(config_dir)
     exp_dir = config_dir / "experiment"
     base = _config_info(config_dir / "train.yaml", exp_dir)
     exps = {p.stem: base | _config_info(p, exp_dir) for p in sorted(exp_dir.glob("*.yaml"))}
+    known = catalogue.load(config_dir / "tables.yaml")
     tables = []
-    for key, entry in (yaml.safe_load((config_dir / "tables.yaml").read_text()) or {}).items():
-        infos = [exps.get(e, base | {"experiment_name": e, "table_id": key}) for e in entry["experiments"]]
-        ids = {i["table_id"] for i in infos}
-        table_id = key if key in ids or len(ids) != 1 else ids.pop()
-        tables.append(_section(table_id, entry.get("description"), infos))
+    for entry in (t for t in known.tables if t.runs):
+        experiments = entry.spec["experiments"]
+        infos = [exps.get(e, base | {"experiment_name": e, "table_id": entry.table_id}) for e in experiments]
+        tables.append(_section(entry.table_id, entry.spec.get("description"), infos, known))
     for table_id in dict.fromkeys(i["table_id"] for i in exps.values()):
         if table_id not in {t.table_id for t in tables}:
-            tables.append(_section(table_id, None, [i for i in exps.values() if i["table_id"] == table_id]))
+            infos = [i for i in exps.values() if i["table_id"] == table_id]
+            tables.append(_section(table_id, None, infos, known))
     return tables
 
 
-def _section(table_id: str, title: str | None, infos: Sequence[Mapping[str, Any]]) -> TableSection:
+def _section(
+    table_id: str, title: str | None, infos: Sequence[Mapping[str, Any]], known: catalogue.Catalogue
+) -> TableSection:
     if not title:
-        from adamp_repro.results.compare import OWN_TABLES
-        from adamp_repro.results.reference import PAPER_TABLES
-
-        paper = PAPER_TABLES.get(table_id)
-        title = paper.title if paper else OWN_TABLES.get(table_id, f"Runs tagged table id {table_id}")
+        entry = known.get(table_id)
+        title = entry.title if entry is not None else f"Runs tagged table id {table_id}"
     names, tasks = (tuple(dict.fromkeys(str(i[k]) for i in infos)) for k in ("experiment_name", "task"))
     return TableSection(str(table_id), title, names, tasks)
 

@@ -1,0 +1,224 @@
+"""The table catalogue: every table of the suite, read from ``configs/tables.yaml`` (its top comment documents the
+entries) into one ``Table`` per table.
+
+What a table is (title, source, kind), what it runs (experiments, optimizers, seeds), what it shows (metrics and
+the summary keys they read, the columns and which of our optimizers fill them, the pairs compared) and what its
+gains are set beside (the paper's printed table, the row a proxy stands in for, the reference gain of an own
+table) live in that one file; the results build, the figures, the dashboards and ``make reproduce-table`` read
+them from here. A low module: it imports only the errors and the YAML reader, never results or training code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from adamp_repro.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+TABLES_FILE = PROJECT_ROOT / "configs" / "tables.yaml"
+KINDS = ("paper", "proxy", "own")
+# The pairs a table compares when its entry names none (baseline, proposed).
+DEFAULT_PAIRS = (("SGD", "SGDP"), ("AdamW", "AdamP"), ("Adam", "AdamP"))
+# The printed gain an own table outside the catalogue is powered against: P1's ResNet18 row of the same pair.
+DEFAULT_REFERENCE = ("P1", "imagenet", "ResNet18")
+# What an own table shows when it is not in the catalogue (runs tagged with an unknown table id).
+DEFAULT_METRICS = {"top1_acc": "final_eval_top1", "attacked_acc": "final_eval_robust_top1"}
+# Keys of an entry (what `make reproduce-table` reads, then what the tables read).
+RUN_KEYS = ("description", "experiments", "optimizers", "optimizers_for", "seeds", "seeds_for", "overrides")
+TABLE_KEYS = (
+    "id",
+    "kind",
+    "title",
+    "runs",
+    "source",
+    "test_set",
+    "metrics",
+    "columns",
+    "pairs",
+    "borrow",
+    "proxy_of",
+    "reference_gain",
+    "trained_bar",
+    "norms",
+    "analysis",
+)
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """The paper row a proxy table stands in for: its printed gains are set beside ours.
+
+    ``model``: the paper row's model (None: the run's own model label). ``as_paper``: our column label -> the
+    paper's column it stands for (P1's "Adam" column is our AdamW; P4a's Adam is torch Adam, so there AdamW has
+    no paper column). ``label``: where the printed gain is, as the tables say it."""
+
+    table: str
+    block: str
+    model: str | None
+    as_paper: Mapping[str, str]
+    label: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """One entry of the catalogue (``configs/tables.yaml``)."""
+
+    name: str  # the entry's name (``make reproduce-table TABLE=<name>``)
+    table_id: str  # the id the runs carry (``table.id`` of its experiments)
+    kind: str
+    title: str
+    runs: bool
+    source: str = ""
+    test_set_size: int | None = None
+    test_set_name: str = ""
+    metrics: Mapping[str, str] = field(default_factory=dict)  # metric id -> summary key
+    columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # column label -> our optimizers
+    pairs: tuple[tuple[str, str], ...] = DEFAULT_PAIRS
+    pair_labels: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    borrow: Mapping[str, tuple[str, str, str]] = field(default_factory=dict)
+    proxy: Proxy | None = None
+    reference_gain: tuple[str, str, str] = DEFAULT_REFERENCE
+    trained_bar: Mapping[str, float] = field(default_factory=dict)
+    norms: bool = False
+    analysis: bool = False
+    spec: Mapping[str, Any] = field(default_factory=dict)  # what `make reproduce-table` runs (RUN_KEYS)
+
+    @property
+    def is_paper(self) -> bool:
+        return self.kind == "paper"
+
+    def optimizers_for_column(self, label: str) -> tuple[str, ...]:
+        """Our optimizers that may fill a column, the first with runs in the row wins."""
+        return self.columns.get(label, (label.lower(),))
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    path: Path
+    tables: tuple[Table, ...]
+
+    def by_id(self) -> dict[str, Table]:
+        return {t.table_id: t for t in self.tables}
+
+    def get(self, table_id: str) -> Table | None:
+        return self.by_id().get(table_id)
+
+    def paper_tables(self) -> dict[str, Table]:
+        """The paper's printed tables, in id order (P1, P2, P3, P4a, ...)."""
+        return {t.table_id: t for t in sorted(self.tables, key=lambda t: t.table_id) if t.is_paper}
+
+    def own_tables(self) -> dict[str, Table]:
+        """Our own tables (own and proxy), in file order."""
+        return {t.table_id: t for t in self.tables if not t.is_paper}
+
+    def table_ids(self) -> list[str]:
+        """Every table: the paper's, then ours."""
+        return [*self.paper_tables(), *self.own_tables()]
+
+    def runnable(self) -> dict[str, dict[str, Any]]:
+        """Entry name -> what `make reproduce-table` runs, for every table that runs."""
+        return {t.name: dict(t.spec) for t in self.tables if t.runs}
+
+
+def load(path: str | os.PathLike = TABLES_FILE) -> Catalogue:
+    """The catalogue in ``path`` (read once per file version); a bad entry is a ``ConfigError`` naming it."""
+    path = Path(path)
+    stat = path.stat()
+    return _load(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _load(path: Path, _mtime: int, _size: int) -> Catalogue:
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of table entries, got {type(raw).__name__}")
+    tables = [_table(path, str(name), entry) for name, entry in raw.items()]
+    ids = [t.table_id for t in tables]
+    doubled = sorted({i for i in ids if ids.count(i) > 1})
+    if doubled:
+        raise ConfigError(
+            f"{path}: table id(s) {doubled} named by more than one entry; each table is one entry"
+        )
+    return Catalogue(path, tuple(tables))
+
+
+def _table(path: Path, name: str, entry: Any) -> Table:
+    where = f"{path}: table {name!r}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {entry!r}")
+    unknown = sorted(set(entry) - set(RUN_KEYS) - set(TABLE_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown}; allowed: {', '.join((*TABLE_KEYS, *RUN_KEYS))}"
+        )
+    kind = entry.get("kind", "own")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}: kind {kind!r}; allowed: {', '.join(KINDS)}")
+    runs = entry.get("runs", True)
+    if not isinstance(runs, bool):
+        raise ConfigError(f"{where}: runs {runs!r}; allowed: true, false")
+    missing = [k for k in ("experiments", "optimizers", "seeds") if runs and k not in entry]
+    if missing:
+        raise ConfigError(f"{where}: a table that runs needs {missing} (or `runs: false`)")
+    pairs, labels = [], {}
+    for pair in entry.get("pairs", DEFAULT_PAIRS):
+        if not isinstance(pair, (list, tuple)) or len(pair) not in (2, 3):
+            raise ConfigError(
+                f"{where}: pair {pair!r}; expected [baseline, proposed] or [baseline, proposed, what]"
+            )
+        pairs.append((str(pair[0]), str(pair[1])))
+        if len(pair) == 3:
+            labels[pairs[-1]] = str(pair[2])
+    test_set = entry.get("test_set") or {}
+    proxy = entry.get("proxy_of")
+    if (proxy is None) == (kind == "proxy"):
+        raise ConfigError(f"{where}: `proxy_of` goes with kind proxy, and a proxy needs it")
+    return Table(
+        name=name,
+        table_id=str(entry.get("id", name)),
+        kind=kind,
+        title=str(entry.get("title") or entry.get("description") or name),
+        runs=runs,
+        source=str(entry.get("source", "")),
+        test_set_size=int(test_set["size"]) if "size" in test_set else None,
+        test_set_name=str(test_set.get("name", "")),
+        metrics=dict(entry.get("metrics") or {}),
+        columns={k: tuple(v) for k, v in (entry.get("columns") or {}).items()},
+        pairs=tuple(pairs),
+        pair_labels=labels,
+        borrow={b: _row(where, r) for b, r in (entry.get("borrow") or {}).items()},
+        proxy=None
+        if proxy is None
+        else Proxy(
+            str(proxy["table"]),
+            str(proxy["block"]),
+            proxy.get("model"),
+            dict(proxy.get("as_paper") or {}),
+            str(proxy.get("label", proxy["table"])),
+        ),
+        reference_gain=_row(where, entry["reference_gain"])
+        if "reference_gain" in entry
+        else DEFAULT_REFERENCE,
+        trained_bar={k: float(v) for k, v in (entry.get("trained_bar") or {}).items()},
+        norms=bool(entry.get("norms", False)),
+        analysis=bool(entry.get("analysis", False)),
+        spec={k: entry[k] for k in RUN_KEYS if k in entry} if runs else {},
+    )
+
+
+def _row(where: str, row: Any) -> tuple[str, str, str]:
+    if not isinstance(row, dict) or set(row) != {"table", "block", "model"}:
+        raise ConfigError(f"{where}: {row!r}; expected {{table, block, model}}")
+    return str(row["table"]), str(row["block"]), str(row["model"])
+
+
+def table(table_id: str) -> Table | None:
+    """The catalogue's entry for a table id (None: runs tagged with a table the catalogue does not list)."""
+    return load().get(table_id)
