@@ -51,7 +51,14 @@ class Claim:
 
 
 def _read(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path) if path.is_file() else None
+    """The CSV, or None when it is missing, empty or has no rows."""
+    if not path.is_file():
+        return None
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return None
+    return None if frame.empty else frame
 
 
 def _pct(x: float) -> str:
@@ -246,8 +253,10 @@ def gain_claim(
         frame = frame[[(b, p) in keep for b, p in zip(frame["baseline"], frame["proposed"])]]
     if frame is not None and metrics is not None:
         frame = frame[frame["metric"].isin(list(metrics))]
-    if frame is not None:
+    if frame is not None and "ours_gain" in frame.columns:
         frame = frame.dropna(subset=["ours_gain"])
+    elif frame is not None:
+        frame = None
     if frame is None or frame.empty:
         return _not_run(id_, claim, paper, tested_at, evidence, "no completed record")
     seeds = ", ".join(
