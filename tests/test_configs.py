@@ -87,7 +87,7 @@ def test_bad_values_fail_before_work_with_their_name(override, needle):
 
 def test_unknown_group_option_lists_the_valid_ones():
     with pytest.raises(ConfigCompositionException, match="sgdp"):
-        compose_config(["optimizer=lamb"])
+        compose_config(["optimizer=no_such_optimizer"])
 
 
 def test_reproduce_table_rejects_unknown_names(capsys):

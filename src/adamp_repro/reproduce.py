@@ -30,6 +30,7 @@ from adamp_repro.errors import ConfigError, UsageError
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TABLES_FILE = catalogue.TABLES_FILE
 EXPERIMENTS_DIR = PROJECT_ROOT / "configs" / "experiment"
+OPTIMIZERS_DIR = PROJECT_ROOT / "configs" / "optimizer"
 DEFAULT_OUT = PROJECT_ROOT / "results" / "local"
 REFERENCE_RUNS = PROJECT_ROOT / "results" / "runs"
 # Summary keys that differ between two runs of the same config without any number of the run changing.
@@ -151,6 +152,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--fresh", action="store_true", help="train every run again (resume=never), even complete ones"
     )
+    parser.add_argument(
+        "--optimizers",
+        default=None,
+        help="comma-separated optimizer configs that replace the table's `optimizers` (an experiment with its "
+        "own `optimizers_for` keeps it), e.g. adamp,lion; one its experiment has no recipe entry for runs with "
+        "its optimizer file's own values, and its summary.json says so (optimizer_values)",
+    )
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides passed to every run (after --)")
     args = parser.parse_args(argv)
     if args.table not in tables:
@@ -160,11 +168,39 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"invalid --seeds {args.seeds}; expected a positive integer")
     args.spec = tables[args.table]
+    if args.optimizers is not None:
+        args.spec = {**args.spec, "optimizers": _chosen_optimizers(parser, args.optimizers, args.extra)}
+        for experiment in args.spec["experiments"]:
+            recipe = OmegaConf.load(EXPERIMENTS_DIR / f"{experiment}.yaml").get("recipe") or {}
+            for name in optimizers_of(args.spec, experiment):
+                if name not in recipe:
+                    print(
+                        f"[reproduce-table] note: experiment {experiment} has no recipe.{name}: {name} runs with "
+                        "its optimizer file's own values"
+                    )
     out = Path(args.out)
     args.output_root = args.output_root or str(out / "runs")
     args.tables_out = args.tables_out or str(out / "tables")
     args.figures_out = args.figures_out or str(out / "figures")
     return args
+
+
+def _chosen_optimizers(parser: argparse.ArgumentParser, text: str, extra: list[str]) -> list[str]:
+    """``--optimizers a,b``: distinct names of optimizer configs, from configs/optimizer or, when the extra
+    overrides set ``hydra.searchpath``, from the user's folders too (Hydra refuses a name found in neither)."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names) or len(set(names)) != len(names):
+        parser.error(
+            f"invalid --optimizers {text!r}; expected distinct comma-separated names, e.g. adamp,lion"
+        )
+    known = sorted(path.stem for path in OPTIMIZERS_DIR.glob("*.yaml"))
+    unknown = [name for name in names if name not in known]
+    if unknown and not any(arg.startswith("hydra.searchpath=") for arg in extra):
+        parser.error(
+            f"unknown optimizer(s) {unknown} in --optimizers; valid: {', '.join(known)}, or a config of your own "
+            "in <folder>/optimizer/ after -- hydra.searchpath=[file:///abs/path/to/folder]"
+        )
+    return names
 
 
 def main(argv: list[str]) -> int:

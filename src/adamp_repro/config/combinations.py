@@ -60,15 +60,20 @@ def _check_input_size(name: str, kwargs: Mapping[str, Any], dataset: Mapping[str
 
 
 def _check_optimizer_keys(optimizer: Mapping[str, Any]) -> None:
-    """The package's own registry names each optimizer's keywords; an optimizer given by ``_target_`` is open."""
-    from adamp_repro.optim.factory import OPTIMIZERS
+    """The package's own registry names each optimizer's keywords; an optimizer given by ``_target_`` or
+    ``timm`` is checked against its class's signature."""
+    from adamp_repro.optim.factory import OPTIMIZERS, check_optimizer_config, is_external
 
-    if "_target_" in optimizer:
+    if is_external(optimizer):
+        check_optimizer_config(optimizer)
         return
     name = optimizer["name"]
     entry = OPTIMIZERS.get(name)
     if entry is None:
-        raise ConfigError(f"optimizer.name={name!r}: expected one of {sorted(OPTIMIZERS)}")
+        raise ConfigError(
+            f"optimizer.name={name!r}: expected one of {sorted(OPTIMIZERS)}, or a config that names its class "
+            "(_target_: a torch.optim.Optimizer class, or timm: a timm optimizer name)"
+        )
     allowed = entry.allowed()
     for key in optimizer:
         if key not in allowed:

@@ -10,7 +10,7 @@ import difflib
 import math
 import types
 from collections.abc import Mapping
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -102,7 +102,9 @@ def _fields(model: Any) -> dict[str, FieldInfo]:
 
 
 def _tags(model: type[BaseModel]) -> set[Any]:
-    tags: set[Any] = set()
+    """The union tags that select ``model``: its Literal fields' values, or its ``schema_tag`` where a
+    callable discriminator picks it."""
+    tags: set[Any] = {model.schema_tag} if isinstance(getattr(model, "schema_tag", None), str) else set()
     for info in model.model_fields.values():
         if get_origin(info.annotation) is Literal:
             tags |= set(get_args(info.annotation))
@@ -110,8 +112,16 @@ def _tags(model: type[BaseModel]) -> set[Any]:
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    members = get_args(annotation) if _is_union(annotation) else (annotation,)
+    annotation = _bare(annotation)
+    members = [_bare(m) for m in get_args(annotation)] if _is_union(annotation) else [annotation]
     return [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+
+
+def _bare(annotation: Any) -> Any:
+    """The type inside ``Annotated[...]`` (a tagged union member, a discriminated union)."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
 
 
 def _is_union(annotation: Any) -> bool:

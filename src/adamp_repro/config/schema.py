@@ -4,7 +4,8 @@ Checked on the resolved config before any work starts, with pydantic in strict m
 string ``'false'`` is refused, where ``bool('false')`` would be true), an int is an int (not ``2.0`` or
 ``true``), a number is finite, a choice is one of its values, and a key the schema does not name is refused
 with the nearest valid name. Open subtrees (``model.kwargs``, ``recipe``, ``hydra``, an optimizer's own
-keywords beyond the common ones) take any key; their numbers must still be finite. Each group with variants
+keywords beyond the common ones, every keyword of an optimizer given by ``_target_`` or ``timm``) take any
+key; their numbers must still be finite. Each group with variants
 (``dataset`` by ``family``; ``scheduler``, ``task``, ``logger`` by ``name``) has one model per variant.
 
 A new config key is one field here (with its range); the builders that read the key keep their own checks.
@@ -13,9 +14,9 @@ A new config key is one field here (with its range); the builders that read the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from adamp_repro.config.messages import check_finite, describe
 from adamp_repro.errors import ConfigError
@@ -91,6 +92,8 @@ class Optimizer(Open):
     """The keys every optimizer config has, and the types of the well-known keywords where present; the
     factory's registry names the rest per optimizer (checked in ``config.combinations``)."""
 
+    schema_tag: ClassVar[str] = "registered"
+
     name: str = text(description="an optimizer name")
     lr: float = number(ge=0)
     weight_decay: float = number(0.0, ge=0)
@@ -105,6 +108,28 @@ class Optimizer(Open):
     wd_ratio: float = number(0.1, ge=0, le=1)
     compile: bool = flag(False)
     project_buffer: bool = flag(True)
+
+
+class ExternalOptimizer(Open):
+    """An optimizer config that names its own class (``_target_: package.module.Class`` or ``timm: <name>``):
+    the keys the suite reads are typed here, every other key is a keyword of that class (open: the factory
+    checks them against the class's signature, ``optim.factory.check_optimizer_config``)."""
+
+    schema_tag: ClassVar[str] = "external"
+
+    name: str = text(pattern=NAME, description="an optimizer name without '/'")
+    timm: str | None = text(None, description="a timm optimizer name (timm.optim.list_optimizers())")
+    lr: float = number(ge=0)
+    weight_decay: float = number(0.0, ge=0)
+    no_decay_bias_norm: bool = flag(False)
+    foreach: bool | None = flag(None)
+
+
+def _optimizer_form(data: Any) -> str:
+    """Which optimizer model checks ``data``: a config naming its own class, or a registered name."""
+    if isinstance(data, dict) and ("_target_" in data or "timm" in data):
+        return "external"
+    return "registered"
 
 
 class InMemoryData(Closed):
@@ -303,7 +328,10 @@ class RunConfig(Closed):
     distributed: Distributed
     model: Model
     dataset: InMemoryData | ImageFolderData = Field(discriminator="family")
-    optimizer: Optimizer
+    optimizer: Annotated[
+        Annotated[Optimizer, Tag("registered")] | Annotated[ExternalOptimizer, Tag("external")],
+        Discriminator(_optimizer_form),
+    ]
     scheduler: ConstantSchedule | CosineSchedule | StepSchedule | MultiStepSchedule = Field(
         discriminator="name"
     )

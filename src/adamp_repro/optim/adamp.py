@@ -29,6 +29,7 @@ from adamp_repro.optim.base import (
     check_range,
     compiled_kernel,
     fused_kernels_support,
+    projects,
     state_dtype,
     step_tensors,
 )
@@ -36,7 +37,6 @@ from adamp_repro.optim.projection import (
     RowLayout,
     fold_projection,
     has_row_blocks,
-    is_projection_candidate,
     project_reference,
     row_view,
     view_thresholds,
@@ -85,6 +85,10 @@ class AdamP(ProjectedOptimizer):
             operation order (bit-exact with adamp 0.3.0 in fp32).
         compile: True -> per-parameter ``torch.compile`` kernels on CPU (a one-off compile of ~10-30 s; slower
             than the fused default on fp32); falls back to the fast form with a warning if the compiler fails.
+        projection: test and project the weights (default True). False: no weight is ever projected and every
+            one gets the full decay, w <- w (1 - lr wd) - lr/(1-beta1^t) u_t, i.e. AdamW with this decay (with
+            nesterov off); the same as the official class with delta=0, whose test ``max|cos| < 0`` never
+            passes. The ablation of the projection alone.
 
     State per parameter (same keys as the official package): ``step`` (Python int), ``exp_avg``,
     ``exp_avg_sq`` (param strides; param dtype, but fp32 for fp16/bf16 parameters). fp16/bf16 parameters:
@@ -108,6 +112,7 @@ class AdamP(ProjectedOptimizer):
         *,
         foreach: bool | None = None,
         compile: bool = False,
+        projection: bool = True,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -119,6 +124,7 @@ class AdamP(ProjectedOptimizer):
             nesterov=nesterov,
             foreach=foreach,
             compile=compile,
+            projection=projection,
         )
         super().__init__(params, defaults)
 
@@ -141,6 +147,7 @@ class AdamP(ProjectedOptimizer):
         check_flag("nesterov", group["nesterov"])
         check_flag("foreach", group["foreach"], (None, True, False))
         check_flag("compile", group["compile"])
+        check_flag("projection", group["projection"])
 
     def _init_state(self, group: dict[str, Any], p: Tensor) -> None:
         state = self.state[p]
@@ -188,7 +195,7 @@ class AdamP(ProjectedOptimizer):
         else:
             perturb = m / denom
         decay_projected, decay_plain = self._decays(group)
-        if is_projection_candidate(p):
+        if projects(group, p):
             projected = project_reference(p, g, perturb, group["delta"], group["eps"])
             if group["weight_decay"] > 0:
                 factor = torch.full((), decay_projected, dtype=p.dtype, device=p.device)
@@ -223,7 +230,7 @@ class AdamP(ProjectedOptimizer):
             return
         fused_args = dict(beta1=beta1, beta2=beta2, eps=eps, amsgrad=False, maximize=False)
         for candidates in (False, True):
-            picked = [i for i, p in enumerate(params) if is_projection_candidate(p) == candidates]
+            picked = [i for i, p in enumerate(params) if projects(group, p) == candidates]
             if not picked:
                 continue
             part = [params[i] for i in picked]
@@ -292,7 +299,7 @@ class AdamP(ProjectedOptimizer):
                 # -step size and sqrt(bc2) in Python double, as the official code computes them
                 factors[step] = (-(lr / (1 - beta1**step)), math.sqrt(1 - beta2**step))
             tensors.append((p, g, state["exp_avg"], state["exp_avg_sq"]))
-            if is_projection_candidate(p):
+            if projects(group, p):
                 rows.append(p.shape[0])
                 scalars.extend((*factors[step], *view_thresholds(p.shape, delta)))
             else:
@@ -304,7 +311,7 @@ class AdamP(ProjectedOptimizer):
     # --- compiled form: one fused kernel pair per parameter (CPU) -------------------------------------
 
     def _compiled_update(self, group: dict[str, Any], p: Tensor, g: Tensor) -> None:
-        candidate = is_projection_candidate(p)
+        candidate = projects(group, p)
         if not (has_row_blocks(p) if candidate else p.is_contiguous() and p.numel() > 0):
             self._reference_update(group, p, g)  # the kernel writes through views; no copy allowed here
             return

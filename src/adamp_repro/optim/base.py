@@ -126,6 +126,13 @@ def _float_hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
     return {**group, **floats} if floats else group
 
 
+def projects(group: dict[str, Any], p: Tensor) -> bool:
+    """Whether ``p`` is tested (and projected when it passes) in this group: a projection candidate (NOTE:
+    [projection scope] in ``projection.py``) in a group with ``projection`` on. With it off, every parameter
+    takes the never-projected update: full decoupled decay, the plain step."""
+    return bool(group["projection"]) and is_projection_candidate(p)
+
+
 class ProjectedOptimizer(Optimizer):
     """Base class of SGDP and AdamP; subclasses implement the per-group update forms."""
 
@@ -155,7 +162,7 @@ class ProjectedOptimizer(Optimizer):
         self._reset_caches()
 
     def _late_defaults(self) -> dict[str, Any]:
-        return {"foreach": None, "compile": False}
+        return {"foreach": None, "compile": False, "projection": True}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load, after checking every saved group's values as the constructor does (nothing is
@@ -286,9 +293,10 @@ class ProjectedOptimizer(Optimizer):
         if use_compiled and device.type == "cpu":
             self._compiled_bucket(group, params, grads)
         else:
-            self._fast_bucket(
-                group, self._layout(index, device, dtype, params, group["delta"]), params, grads
+            layout = (
+                self._layout(index, device, dtype, params, group["delta"]) if group["projection"] else None
             )
+            self._fast_bucket(group, layout, params, grads)
 
     def _working_copies(self, params: Sequence[Tensor]) -> list[Tensor]:
         """fp32 copies of fp16/bf16 parameters (same strides), refreshed from the parameters; persistent
@@ -328,11 +336,7 @@ class ProjectedOptimizer(Optimizer):
         output-channel rows) in one call; return the (params, grads) left for the other forms."""
         taken_params, taken_grads, rest_params, rest_grads = [], [], [], []
         for p, g in zip(params, grads):
-            if (
-                p.numel() > 0
-                and g.dtype == p.dtype
-                and (has_row_blocks(p) if is_projection_candidate(p) else True)
-            ):
+            if p.numel() > 0 and g.dtype == p.dtype and (has_row_blocks(p) if projects(group, p) else True):
                 taken_params.append(p), taken_grads.append(g)
             else:
                 rest_params.append(p), rest_grads.append(g)
@@ -343,10 +347,10 @@ class ProjectedOptimizer(Optimizer):
     def _compiled_bucket(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         """Compiled kernels for the candidates; never-projected parameters take the fast form (their update
         is a single fused torch kernel already). On a compiler failure, warn once and finish in reference."""
-        plain = [(p, g) for p, g in zip(params, grads) if not is_projection_candidate(p)]
+        plain = [(p, g) for p, g in zip(params, grads) if not projects(group, p)]
         if plain:
             self._fast_bucket(group, None, [p for p, _ in plain], [g for _, g in plain])
-        candidates = [(p, g) for p, g in zip(params, grads) if is_projection_candidate(p)]
+        candidates = [(p, g) for p, g in zip(params, grads) if projects(group, p)]
         for position, (p, g) in enumerate(candidates):
             try:
                 self._compiled_update(group, p, g)
@@ -409,7 +413,7 @@ class ProjectedOptimizer(Optimizer):
         plain_params, plain_dirs = [], []
         cand_params, cand_grads, cand_dirs = [], [], []
         for p, g, d in zip(params, grads, directions):
-            if is_projection_candidate(p):
+            if projects(group, p):
                 cand_params.append(p), cand_grads.append(g), cand_dirs.append(d)
             else:
                 plain_params.append(p), plain_dirs.append(d)

@@ -47,8 +47,8 @@ def param_groups(
 def describe_param_groups(model: nn.Module, optimizer: Optimizer) -> dict[str, dict[str, Any]]:
     """Per parameter name: its group index, weight_decay, and whether the optimizer may project it.
 
-    ``projection_candidate`` is True only for SGDP/AdamP and weights with ndim > 1 (the test can then pass
-    and apply wd_ratio); parameters the optimizer does not hold are omitted.
+    ``projection_candidate`` is True only for SGDP/AdamP with the projection on and weights with ndim > 1
+    (the test can then pass and apply wd_ratio); parameters the optimizer does not hold are omitted.
     """
     group_of = {id(p): index for index, group in enumerate(optimizer.param_groups) for p in group["params"]}
     projects = isinstance(optimizer, ProjectedOptimizer)
@@ -62,6 +62,6 @@ def describe_param_groups(model: nn.Module, optimizer: Optimizer) -> dict[str, d
             "group": index,
             "shape": tuple(p.shape),
             "weight_decay": float(group.get("weight_decay", 0.0)),
-            "projection_candidate": projects and is_projection_candidate(p),
+            "projection_candidate": projects and group.get("projection", True) and is_projection_candidate(p),
         }
     return described

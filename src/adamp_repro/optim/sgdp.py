@@ -30,13 +30,13 @@ from adamp_repro.optim.base import (
     check_range,
     compiled_kernel,
     fused_kernels_support,
+    projects,
     state_dtype,
 )
 from adamp_repro.optim.projection import (
     RowLayout,
     fold_projection,
     has_row_blocks,
-    is_projection_candidate,
     project_reference,
     projection_row_factors,
     row_statistics,
@@ -87,6 +87,10 @@ class SGDP(ProjectedOptimizer):
             warning if the compiler fails.
         project_buffer: without nesterov, project the momentum buffer in place as adamp 0.3.0 does (default
             True); False projects a copy and keeps the plain heavy-ball buffer.
+        projection: test and project the weights (default True). False: no weight is ever projected and
+            every one gets the full decay, w <- w (1 - lr wd / (1 - momentum)) - lr d_t, i.e. momentum SGD with
+            this decoupled decay (``torch.optim.SGD`` itself at weight_decay 0); the same as the official class
+            with delta=0, whose test ``max|cos| < 0`` never passes. The ablation of the projection alone.
 
     State per parameter (same key as the official package): ``momentum`` (allocated even when momentum is 0,
     as there), in fp32 for fp16/bf16 parameters, whose step every form computes in fp32 and rounds once
@@ -108,6 +112,7 @@ class SGDP(ProjectedOptimizer):
         foreach: bool | None = None,
         compile: bool = False,
         project_buffer: bool = True,
+        projection: bool = True,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -121,6 +126,7 @@ class SGDP(ProjectedOptimizer):
             foreach=foreach,
             compile=compile,
             project_buffer=project_buffer,
+            projection=projection,
         )
         super().__init__(params, defaults)
 
@@ -144,6 +150,7 @@ class SGDP(ProjectedOptimizer):
         check_flag("foreach", group["foreach"], (None, True, False))
         check_flag("compile", group["compile"])
         check_flag("project_buffer", group["project_buffer"])
+        check_flag("projection", group["projection"])
 
     def _init_state(self, group: dict[str, Any], p: Tensor) -> None:
         buffer = torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.preserve_format)
@@ -178,7 +185,7 @@ class SGDP(ProjectedOptimizer):
         else:
             d_p = buf if group["project_buffer"] else buf.clone()
         decay_projected, decay_plain = self._decays(group)
-        if is_projection_candidate(p):
+        if projects(group, p):
             projected = project_reference(p, g, d_p, group["delta"], group["eps"])
             if group["weight_decay"] > 0:
                 factor = torch.full((), decay_projected, dtype=p.dtype, device=p.device)
@@ -196,8 +203,8 @@ class SGDP(ProjectedOptimizer):
         # torch.optim.SGD's fused kernel has the official buffer update when momentum > 0 (the buffer starts
         # at zero and is_first_step=False); with momentum 0 it would skip the buffer the official code keeps.
         fused = group["momentum"] > 0 and fused_kernels_support(params[0].device, params[0].dtype)
-        plain = [i for i, p in enumerate(params) if not is_projection_candidate(p)]
-        candidates = [i for i, p in enumerate(params) if is_projection_candidate(p)]
+        plain = [i for i, p in enumerate(params) if not projects(group, p)]
+        candidates = [i for i, p in enumerate(params) if projects(group, p)]
         if plain:
             self._plain_step(
                 group, [params[i] for i in plain], [grads[i] for i in plain], [bufs[i] for i in plain], fused
@@ -312,7 +319,7 @@ class SGDP(ProjectedOptimizer):
         tensors, rows, scalars = [], [], []
         for p, g in zip(params, grads):
             tensors.append((p, g, self._state_of(p)["momentum"], None))
-            if is_projection_candidate(p):
+            if projects(group, p):
                 rows.append(p.shape[0])
                 scalars.extend((-lr, 1.0, *view_thresholds(p.shape, delta)))
             else:
@@ -332,7 +339,7 @@ class SGDP(ProjectedOptimizer):
     # --- compiled form: one fused kernel pair per parameter (CPU) -------------------------------------
 
     def _compiled_update(self, group: dict[str, Any], p: Tensor, g: Tensor) -> None:
-        candidate = is_projection_candidate(p)
+        candidate = projects(group, p)
         if not (has_row_blocks(p) if candidate else p.is_contiguous() and p.numel() > 0):
             self._reference_update(group, p, g)  # the kernel writes through views; no copy allowed here
             return

@@ -96,12 +96,25 @@ def _identity(cfg: DictConfig, data: Any) -> dict[str, Any]:
         "dataset": cfg.dataset.name,
         "dataset_label": getattr(data, "label", cfg.dataset.get("label")),
         "optimizer": cfg.optimizer.name,
+        "optimizer_values": optimizer_values(cfg),
         "task": cfg.task.name,
         "table_id": cfg.table.id,
         "table_block": cfg.table.block,
         "table_model": cfg.table.model,
         "epochs_planned": int(cfg.scale.epochs),
     }
+
+
+NO_RECIPE_ENTRY = "optimizer file (no recipe entry)"
+
+
+def optimizer_values(cfg: DictConfig) -> str:
+    """Where the run's optimizer hyper-parameters come from: ``recipe.<name>`` when the experiment has an
+    entry for the optimizer (the optimizer files read theirs with oc.select), else the optimizer file's own
+    values (a one-off run: a user's optimizer, or one the experiment has no recipe for). Recorded in the
+    summary, not the config, so that no run's hash moves."""
+    name = str(cfg.optimizer.name)
+    return f"recipe.{name}" if name in (cfg.get("recipe") or {}) else NO_RECIPE_ENTRY
 
 
 def _final_metrics(history: list[dict[str, Any]], primary_metric: str) -> dict[str, Any]:
@@ -192,6 +205,14 @@ def _run(
         model = model.to(memory_format=torch.channels_last)
     if ctx.enabled and cfg.distributed.sync_batchnorm:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    log.info(
+        "optimizer %s: values from %s (experiment %s): lr=%s, weight_decay=%s",
+        cfg.optimizer.name,
+        optimizer_values(cfg),
+        cfg.experiment_name,
+        cfg.optimizer.lr,
+        cfg.optimizer.get("weight_decay", 0.0),
+    )
     optimizer_cfg = _scaled_optimizer_cfg(cfg, ctx)
     optimizer = build_optimizer(optimizer_cfg, model)
     train_model = model
