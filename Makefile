@@ -1,11 +1,15 @@
-# adamp-repro: every target sets up .venv from pyproject.toml when it is missing.
+# adamp-repro: every target sets up .venv from pyproject.toml (with the pins of requirements/pins.txt) when it is
+# missing.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+PINS := requirements/pins.txt
 
-SHARED_DATA ?= ../shared/data
+# Offline copies of the data sets (README, "Data"); empty: download instead.
+CIFAR10_JPEG_DIR ?=
+IMAGENETTE_ARCHIVE ?=
 TABLE ?= default
 SCALE ?= mini
 SEEDS ?=
@@ -13,22 +17,26 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(PINS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c $(PINS) -e '.[suite,dev]'
 	@touch $(STAMP)
 
 .PHONY: venv
-venv: $(STAMP) ## create .venv and install the package with its dev extra
+venv: $(STAMP) ## create .venv and install the package with its suite and dev extras, pinned by requirements/pins.txt
 
 .PHONY: help
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: $(STAMP) ## run the fast test suite (what CI runs)
+test: lint-imports ## check the import contract, then run the fast test suite (what CI runs)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+.PHONY: lint-imports
+lint-imports: $(STAMP) ## check the import contract of pyproject.toml (floors and no circles)
+	$(VENV)/bin/lint-imports --no-cache
 
 .PHONY: test-full
 test-full: $(STAMP) ## run every test, the slow ones included
@@ -61,27 +69,30 @@ device-check: ## run the GPU check (scripts/device_check.py) on a CUDA device
 	PYTHONPATH=src $(PYTHON) scripts/device_check.py $(ARGS)
 
 .PHONY: data-cifar10
-data-cifar10: $(STAMP) ## put CIFAR-10 in data/cifar10: link the shared offline JPEG copy if present, else download
+data-cifar10: $(STAMP) ## put CIFAR-10 in data/cifar10: link CIFAR10_JPEG_DIR's JPEG copy if set, else download
 	@mkdir -p data/cifar10
-	@if [ -f $(SHARED_DATA)/cifar10/train_jpeg.npz ]; then \
-		ln -sf $(abspath $(SHARED_DATA))/cifar10/train_jpeg.npz $(abspath $(SHARED_DATA))/cifar10/test_jpeg.npz data/cifar10/ && \
-		echo "data/cifar10 -> $(SHARED_DATA)/cifar10 (JPEG copy)"; \
+	@if [ -n "$(CIFAR10_JPEG_DIR)" ]; then \
+		test -f "$(CIFAR10_JPEG_DIR)/train_jpeg.npz" -a -f "$(CIFAR10_JPEG_DIR)/test_jpeg.npz" || \
+			{ echo "CIFAR10_JPEG_DIR=$(CIFAR10_JPEG_DIR) holds no train_jpeg.npz and test_jpeg.npz"; exit 1; }; \
+		ln -sf "$(abspath $(CIFAR10_JPEG_DIR))/train_jpeg.npz" "$(abspath $(CIFAR10_JPEG_DIR))/test_jpeg.npz" data/cifar10/ && \
+		echo "data/cifar10 -> $(CIFAR10_JPEG_DIR) (JPEG copy)"; \
 	else \
 		$(PY) -c "import torchvision; torchvision.datasets.CIFAR10('data/cifar10', download=True)"; \
 	fi
 
 .PHONY: data-imagenette
-data-imagenette: ## extract the shared 96-px Imagenette copy into data/imagenette2-96
-	@if [ ! -f $(SHARED_DATA)/imagenette/imagenette2-96.tar ]; then \
-		echo "no $(SHARED_DATA)/imagenette/imagenette2-96.tar: download imagenette2-160 from fast.ai" \
-		     "(github.com/fastai/imagenette), extract it and set dataset.root"; exit 1; fi
-	cd $(SHARED_DATA)/imagenette && sha256sum --check --quiet SHA256SUMS
+data-imagenette: ## extract IMAGENETTE_ARCHIVE (a 96-px imagenette2-96.tar) into data/imagenette2-96
+	@if [ -z "$(IMAGENETTE_ARCHIVE)" ] || [ ! -f "$(IMAGENETTE_ARCHIVE)" ]; then \
+		echo "no IMAGENETTE_ARCHIVE=$(IMAGENETTE_ARCHIVE): set it to an imagenette2-96.tar, or download" \
+		     "imagenette2-160 from fast.ai (github.com/fastai/imagenette), extract it and set dataset.root"; exit 1; fi
+	@if [ -f "$(dir $(IMAGENETTE_ARCHIVE))SHA256SUMS" ]; then \
+		cd "$(dir $(IMAGENETTE_ARCHIVE))" && sha256sum --check --quiet SHA256SUMS; fi
 	@mkdir -p data
-	tar xf $(SHARED_DATA)/imagenette/imagenette2-96.tar -C data
+	tar xf "$(IMAGENETTE_ARCHIVE)" -C data
 
 .PHONY: paper-numbers
-paper-numbers: $(STAMP) ## regenerate results/paper/*.csv from ../shared/paper/reference.csv
-	$(PY) -m adamp_repro.results.reference
+paper-numbers: $(STAMP) ## regenerate results/paper/*.csv from results/paper/reference.csv (the paper's numbers)
+	$(PY) -m adamp_repro.results.reference --reference results/paper/reference.csv
 
 .PHONY: dashboards
 dashboards: $(STAMP) ## write the W&B dashboard specs to results/dashboards (PUBLISH=1 also saves them to W&B)

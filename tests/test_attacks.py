@@ -144,7 +144,7 @@ def test_channels_last_input_gives_the_same_examples(model, batch):
 
 # ------------------------------------------------------------------------------------ the codebase's rule
 def codebase_pgd(model, x, y, eps, alpha, steps, norm, noise):
-    """The update of FastGradientSignUntargeted.perturb (tables.md section 3), written out plainly."""
+    """The update of FastGradientSignUntargeted.perturb (docs/paper.md §3), written out plainly."""
     model.eval()
     x_adv = (x + noise).clamp(0, 1) if noise is not None else x.clone()
     for _ in range(steps):

@@ -9,9 +9,8 @@ import timm
 import torch
 from torch import nn
 
+from adamp_repro.tracking.schema import ROW_KEYS, SUMMARY_KEYS
 from adamp_repro.train.diagnostics import (
-    ROW_KEYS,
-    SUMMARY_KEYS,
     WeightDiagnostics,
     display_name,
     normalised_weights,

@@ -7,6 +7,8 @@ import math
 import pytest
 
 from adamp_repro.results import figures
+from adamp_repro.results.curves import read_epoch_curves
+from adamp_repro.results.render import save_figure
 from adamp_repro.toy import circle2d, hemisphere3d
 from adamp_repro.tracking.records import RunRecord
 
@@ -56,7 +58,7 @@ def runs_root(tmp_path):
 
 
 def test_read_epoch_curves(runs_root):
-    curves = figures.read_epoch_curves(runs_root)
+    curves = read_epoch_curves(runs_root)
     assert len(curves) == 4 * 2 * 3  # the failed run is left out
     sgd = curves[(curves["optimizer"] == "sgd") & (curves["seed"] == 1)].sort_values("epoch")
     assert sgd["mean_weight_norm"].tolist() == pytest.approx([2.01, 2.51, 3.01])
@@ -84,9 +86,9 @@ def test_no_records_no_mechanism_figures(tmp_path):
 
 def test_toy_figures(tmp_path):
     runs = circle2d.circle_toy_runs(momenta=(0.9, 0.99), steps=40)
-    paths = figures.save_figure(figures.plot_circle_toy(runs, circle2d.METHODS, "toy"), tmp_path / "toy_2d")
+    paths = save_figure(figures.plot_circle_toy(runs, circle2d.METHODS, "toy"), tmp_path / "toy_2d")
     hemi = [hemisphere3d.run_hemisphere_toy(m, steps=20) for m in hemisphere3d.HEMISPHERE_METHODS]
-    paths += figures.save_figure(figures.plot_hemisphere_toy(hemi, "toy"), tmp_path / "toy_3d")
+    paths += save_figure(figures.plot_hemisphere_toy(hemi, "toy"), tmp_path / "toy_3d")
     assert all(p.stat().st_size > 1000 for p in paths)
 
 

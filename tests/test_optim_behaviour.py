@@ -251,7 +251,7 @@ def test_channels_last_step_equals_contiguous_step(info, kwargs, foreach) -> Non
 
 @pytest.mark.parametrize("info", OPTIM_INFOS, ids=INFO_IDS)
 def test_official_package_fails_on_channels_last_and_ours_does_not(info) -> None:
-    """Why reshape: adamp 0.3.0 uses .view, which raises on a channels_last conv weight (USERS.md check 4)."""
+    """Why reshape: adamp 0.3.0 uses .view, which raises on a channels_last conv weight."""
     weight = nn.Parameter(torch.randn(8, 4, 3, 3).to(memory_format=torch.channels_last))
     weight.grad = torch.randn_like(weight)
     with pytest.raises(RuntimeError, match="view size is not compatible"):

@@ -45,7 +45,7 @@ ALL_KEYS = {
     "no_decay_bias_norm",
     "foreach",
 }
-APPLICABLE = {  # the keys each file must write (USERS.md check 2): everything its optimizer takes
+APPLICABLE = {  # the keys each file must write: everything its optimizer takes
     "sgd": ALL_KEYS - {"betas", "eps", "delta", "wd_ratio"},
     "sgdp": ALL_KEYS - {"betas"},
     "adam": ALL_KEYS - {"momentum", "dampening", "nesterov", "delta", "wd_ratio"},
@@ -194,7 +194,7 @@ def resnet18() -> nn.Module:
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("no_decay_bias_norm", [False, True])
 def test_resnet18_decay_and_projection_snapshot(resnet18, name, no_decay_bias_norm) -> None:
-    """USERS.md check 5: which ResNet-18 parameters get wd > 0 and which the optimizer may project.
+    """Which ResNet-18 parameters get wd > 0 and which the optimizer may project.
 
     62 parameters: 21 weights with ndim > 1 (20 convs + fc), 41 BN gains / BN biases / fc bias."""
     cfg = OmegaConf.to_container(_compose_optimizer(name), resolve=True)

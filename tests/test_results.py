@@ -25,7 +25,7 @@ from adamp_repro.tracking.records import RunRecord, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_DIR = REPO / "results" / "paper"
-SHARED_REFERENCE = REPO.parent / "shared" / "paper" / "reference.csv"  # CI keeps ../shared beside the repo
+PAPER_REFERENCE = PAPER_DIR / "reference.csv"  # the transcription of the paper's printed cells
 
 P1_SGD = [70.1, 70.3, 70.2]
 P1_SGDP = [70.6, 70.9, 70.8]
@@ -311,9 +311,7 @@ def test_paper_csvs_hold_the_reference_numbers() -> None:
     assert ours["source"].str.contains("arXiv 2006.08217").all()
     run = ours[ours["table"].isin(["P1", "P2", "P4a"])]
     assert run["tolerance"].gt(0).all() and ours.loc[~ours.index.isin(run.index), "tolerance"].isna().all()
-    if not SHARED_REFERENCE.exists():
-        pytest.skip(f"{SHARED_REFERENCE} not present (it sits beside the repo in CI)")
-    reference = read_reference_csv(SHARED_REFERENCE)
+    reference = read_reference_csv(PAPER_REFERENCE)
     columns = ["table", "block", "model", "dataset", "optimizer", "metric"]
     assert ours[columns].to_dict("records") == reference[columns].to_dict("records")
     assert ours["value_printed"].tolist() == reference["value"].tolist()

@@ -80,7 +80,7 @@ def test_2d_toy_norm_ordering(toy_runs):
 
 
 def test_2d_toy_reproduces_project_page_norms(toy_runs):
-    # The fitted lr reproduces every final norm the videos show (tables.md §4.1) to within 1%.
+    # The fitted lr reproduces every final norm the videos show (docs/paper.md §4.1) to within 1%.
     for row in circle2d.final_norm_rows(list(toy_runs.values())):
         assert abs(row["norm_rel_diff"]) < 0.01, row
 

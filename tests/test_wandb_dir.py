@@ -50,11 +50,11 @@ def test_make_sync_wandb_looks_in_wandb_dir(tmp_path):
     (fake / "wandb").chmod(0o755)
     env = os.environ | {"WANDB_DIR": str(tmp_path / "wandb_dir")}
     # VENV and STAMP point the target at a stand-in `wandb` that prints what it was asked to upload; the stamp
-    # is made newer than pyproject.toml, so make never tries to build the environment (in a fresh clone the
-    # checked-out files' mtimes are in no particular order).
+    # is made newer than pyproject.toml and requirements/pins.txt, so make never tries to build the environment
+    # (in a fresh clone the checked-out files' mtimes are in no particular order).
     stamp = tmp_path / "installed-stamp"
     stamp.touch()
-    newer = (PROJECT_ROOT / "pyproject.toml").stat().st_mtime + 10
+    newer = max((PROJECT_ROOT / n).stat().st_mtime for n in ("pyproject.toml", "requirements/pins.txt")) + 10
     os.utime(stamp, (newer, newer))
     out = subprocess.run(
         ["make", "-s", "sync-wandb", f"VENV={tmp_path / 'venv'}", f"STAMP={stamp}"],

@@ -19,10 +19,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from adamp_repro import paths
 from adamp_repro.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-TABLES_FILE = PROJECT_ROOT / "configs" / "tables.yaml"
+TABLES_FILE = paths.config_dir() / "tables.yaml"
 KINDS = ("paper", "proxy", "own")
 # The pairs a table compares when its entry names none (baseline, proposed).
 DEFAULT_PAIRS = (("SGD", "SGDP"), ("AdamW", "AdamP"), ("Adam", "AdamP"))

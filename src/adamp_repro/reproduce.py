@@ -23,16 +23,16 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from adamp_repro import catalogue
+from adamp_repro import catalogue, paths
 from adamp_repro.config import SCALES
 from adamp_repro.errors import ConfigError, UsageError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = paths.project_root()
 TABLES_FILE = catalogue.TABLES_FILE
-EXPERIMENTS_DIR = PROJECT_ROOT / "configs" / "experiment"
-OPTIMIZERS_DIR = PROJECT_ROOT / "configs" / "optimizer"
-DEFAULT_OUT = PROJECT_ROOT / "results" / "local"
-REFERENCE_RUNS = PROJECT_ROOT / "results" / "runs"
+EXPERIMENTS_DIR = paths.config_dir() / "experiment"
+OPTIMIZERS_DIR = paths.config_dir() / "optimizer"
+DEFAULT_OUT = paths.results_dir() / "local"
+REFERENCE_RUNS = paths.results_dir() / "runs"
 # Summary keys that differ between two runs of the same config without any number of the run changing.
 UNCOMPARED_KEYS = ("wall_time_s", "images_per_s", "run_dir", "error")
 NO_REFERENCE = "no committed record of this config"
@@ -288,7 +288,7 @@ def findings_lines(runs_root: str, experiments: list[str]) -> list[str]:
         if table_id in MECHANISM_CHECKS:
             check = MECHANISM_CHECKS[table_id]
             lines += mechanism_findings(seed_rows(found.runs, table_id, check), check)
-    paper = load_paper_numbers(PROJECT_ROOT / "results" / "paper")
+    paper = load_paper_numbers(paths.results_dir() / "paper")
     for doc in build_table_docs(found.runs, paper, found.left_out):
         if doc.table_id in ids:
             for section in doc.sections:

@@ -1,4 +1,4 @@
-"""The Madry-style Wide-ResNet of the adversarial-training table (project page P4a; tables.md section 3).
+"""The Madry-style Wide-ResNet of the adversarial-training table (project page P4a; docs/paper.md §3).
 
 Read from the codebase the AdamP page links to (louis2889184/pytorch-adversarial-training, commit
 4c18cef, ``src/model/madry_model.py``): Zagoruyko & Komodakis' WRN-d-k with BN-ReLU pre-activation

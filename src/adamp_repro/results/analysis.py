@@ -1,7 +1,7 @@
 """The paper's ResNet-18 analysis (vanilla SGD, momentum SGD, SGDP under step decay) drawn from our runs.
 
 The project page shows three figures side by side: the average weight norm, the average effective step size
-and the top-1 accuracy per epoch (shared/paper/tables.md §4.3). ``analysis_outputs`` draws the same three
+and the top-1 accuracy per epoch (docs/paper.md §4.3). ``analysis_outputs`` draws the same three
 panels from the runs of each analysis table (``ANALYSIS_TABLES``: ``imagenette_analysis``) and writes, beside
 them, the paper's readings from ``results/paper/analysis_resnet18.csv``:
 
@@ -30,11 +30,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from adamp_repro import paths
 from adamp_repro.results.compare import ANALYSIS_TABLES
-from adamp_repro.results.figures import read_epoch_curves, save_figure
+from adamp_repro.results.curves import read_epoch_curves
+from adamp_repro.results.render import save_figure
 from adamp_repro.tracking.records import atomic_write_text, rows_to_csv
 
-PAPER_FILE = Path(__file__).resolve().parents[3] / "results" / "paper" / "analysis_resnet18.csv"
+PAPER_FILE = paths.results_dir() / "paper" / "analysis_resnet18.csv"
 # (table block, optimizer) -> curve key of the paper's figures, label, colour. Other cells (e.g. SGDP without
 # momentum in block "vanilla") are drawn dashed under their own label and have no paper reading.
 CURVES = {

@@ -3,7 +3,7 @@
 - ``mechanism_<experiment>_<scale>.{png,pdf}``: per epoch, the mean norm of the weights followed by a
   normalisation layer, their mean effective step size lr / ||w||^2 and eval top-1, for SGD vs SGDP and
   Adam(W) vs AdamP; the line is the mean over seeds, the band the min-max over seeds. The paper's
-  counterpart is the ResNet-18 / ImageNet analysis on the project page (tables.md §4.3).
+  counterpart is the ResNet-18 / ImageNet analysis on the project page (docs/paper.md §4.3).
 - ``toy_2d.{png,pdf}``: the project page's 2D cosine toy (paths on the plane, ||w|| over iterations);
   ``toy_2d_adam.{png,pdf}``: Adam vs AdamP on the same toy; ``toy_3d.{png,pdf}``: the Rosenbrock-on-hemisphere
   toy.
@@ -15,7 +15,6 @@ used (no pyplot state), so importing this module never changes the caller's back
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Sequence
@@ -23,38 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from adamp_repro.results.collect import collect_runs
+from adamp_repro.results.analysis import analysis_outputs
+from adamp_repro.results.curves import CURVE_COLUMNS, read_epoch_curves
+from adamp_repro.results.render import save_figure
 from adamp_repro.toy.circle2d import METHOD_LABELS, CircleRun
 from adamp_repro.toy.hemisphere3d import HEMISPHERE_LABELS, OPTIMUM, HemisphereRun, rosenbrock
-from adamp_repro.tracking.records import (
-    DIAGNOSTICS_FILE,
-    METRICS_FILE,
-    atomic_write_bytes,
-    atomic_write_text,
-    read_csv_rows,
-    rows_to_csv,
-)
-from adamp_repro.train.diagnostics import summarise_rows
+from adamp_repro.tracking.records import atomic_write_text, rows_to_csv
 
-CURVE_COLUMNS = ("mean_weight_norm", "effective_step_size", "eval_top1")
-# Also read per epoch when a run has them (NaN otherwise): the lr and the per-filter diagnostics.
-EXTRA_COLUMNS = ("lr", "mean_filter_norm", "filter_effective_step_size")
-# Per-run columns of collect_runs copied onto every epoch row (the initial norms start the analysis curves).
-RUN_KEYS = (
-    "experiment",
-    "scale",
-    "optimizer",
-    "seed",
-    "table_id",
-    "table_block",
-    "run_dir",
-    "at_init_mean_weight_norm",
-    "at_init_mean_filter_norm",
-)
 CURVE_LABELS = {
     "mean_weight_norm": "mean ||w|| (weights before a norm layer)",
     "effective_step_size": "effective step size lr / ||w||^2",
@@ -79,67 +56,7 @@ TOY_COLORS = {
 }
 
 
-def save_figure(fig: Figure, stem: str | os.PathLike) -> list[Path]:
-    """Write ``fig`` to ``<stem>.png`` and ``<stem>.pdf`` atomically; returns the two paths."""
-    FigureCanvasAgg(fig)
-    paths = []
-    for fmt, metadata in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format=fmt, dpi=150, bbox_inches="tight", metadata=metadata)
-        path = Path(f"{stem}.{fmt}")
-        atomic_write_bytes(path, buffer.getvalue())
-        paths.append(path)
-    return paths
-
-
 # ---------------------------------------------------------------------------------------------- run records
-
-
-def read_epoch_curves(runs_root: str | os.PathLike) -> pd.DataFrame:
-    """Per-epoch curves of every completed run under ``runs_root``, one row per (run, epoch).
-
-    Columns: ``RUN_KEYS``, ``epoch``, ``CURVE_COLUMNS`` and ``EXTRA_COLUMNS``. The curves come from ``metrics.csv``; where a run's metrics lack the diagnostics
-    columns they are recomputed from its ``diagnostics.csv`` rows (``summarise_rows``). Missing values: NaN.
-    """
-    root = Path(runs_root)
-    runs, _ = collect_runs(root)
-    frames = []
-    for run in runs.itertuples(index=False):
-        metrics_path = root / run.run_dir / METRICS_FILE
-        if not metrics_path.exists():
-            continue
-        metrics = pd.DataFrame(read_csv_rows(metrics_path))
-        if metrics.empty or "epoch" not in metrics:
-            continue
-        metrics = metrics.apply(pd.to_numeric, errors="coerce")
-        diagnostics_path = root / run.run_dir / DIAGNOSTICS_FILE
-        if diagnostics_path.exists() and metrics.reindex(columns=CURVE_COLUMNS[:2]).isna().all().any():
-            metrics = _merge_diagnostics(metrics, read_csv_rows(diagnostics_path))
-        frame = metrics.reindex(columns=["epoch", *CURVE_COLUMNS, *EXTRA_COLUMNS]).astype(float)
-        for key in RUN_KEYS:
-            frame[key] = getattr(run, key)
-        frames.append(frame)
-    columns = [*RUN_KEYS, "epoch", *CURVE_COLUMNS, *EXTRA_COLUMNS]
-    if not frames:
-        return pd.DataFrame(columns=columns)
-    return pd.concat(frames, ignore_index=True)[columns]
-
-
-def _merge_diagnostics(metrics: pd.DataFrame, diag_rows: list[dict[str, str]]) -> pd.DataFrame:
-    by_epoch: dict[int, list[dict]] = {}
-    for row in diag_rows:
-        parsed = {k: _to_float(v) for k, v in row.items() if k != "param"}
-        by_epoch.setdefault(int(parsed["epoch"]), []).append(parsed)
-    summaries = pd.DataFrame([{"epoch": e, **summarise_rows(rows)} for e, rows in sorted(by_epoch.items())])
-    merged = metrics.drop(columns=[c for c in CURVE_COLUMNS[:2] if c in metrics], errors="ignore")
-    return merged.merge(summaries[["epoch", *CURVE_COLUMNS[:2]]], on="epoch", how="left")
-
-
-def _to_float(text: str) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def seed_bands(curves: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -341,8 +258,6 @@ def _without_paper(row: dict) -> dict:
 
 def make_figures(runs_root: str | os.PathLike, out_dir: str | os.PathLike, toys: bool = True) -> list[Path]:
     """Every figure: the mechanism curves of the records under ``runs_root`` and, with ``toys``, the toys."""
-    from adamp_repro.results.analysis import analysis_outputs
-
     curves = read_epoch_curves(runs_root)  # read once for both kinds of figure
     paths = mechanism_figures(runs_root, out_dir, curves) + analysis_outputs(
         runs_root, out_dir, curves=curves

@@ -226,7 +226,7 @@ def table_notes(table_id: str, is_paper: bool, cells: pd.DataFrame) -> list[str]
     if is_paper:
         notes += [
             "Paper = the printed value; Diff = ours − paper; Paper gain = difference of the printed values "
-            "(a printed gain may differ by 0.01 by rounding, see shared/paper/tables.md).",
+            "(a printed gain may differ by 0.01 by rounding, see docs/paper.md §1).",
             "Band = ± the tolerance in `results/paper`: 2 × the binomial sampling SE of the paper's accuracy on "
             "the table's test set (the suite's choice; the paper gives no seed spread). In band is judged only "
             "for runs at scale `paper`.",

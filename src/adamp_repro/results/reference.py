@@ -1,12 +1,12 @@
 """The paper's printed numbers: one CSV per table under ``results/paper/``.
 
-The CSVs are generated from the project's transcription of the paper (``shared/paper/reference.csv``, 84 cells
+The CSVs are generated from the project's transcription of the paper (``results/paper/reference.csv``, 84 cells
 read from the project page's table LaTeX; arXiv 2006.08217) by ``write_paper_csvs``; no number is retyped.
 Which tables exist, their titles, sources and test sets are the catalogue's (``configs/tables.yaml``, entries
 of kind ``paper``). Tables are named P1..P7 after the project page (clovaai.github.io/AdamP): the ICLR version (v3) numbers
 its tables differently and that mapping has not been read, so no "paper Table N" label is claimed here.
 
-Regenerate with ``python -m adamp_repro.results.reference --reference ../shared/paper/reference.csv``.
+Regenerate with ``python -m adamp_repro.results.reference`` (``make paper-numbers``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from adamp_repro import catalogue
+from adamp_repro import catalogue, paths
 from adamp_repro.catalogue import Table
 from adamp_repro.tracking.records import atomic_write_text
 
@@ -141,10 +141,10 @@ def _to_float(text: str, path: Path, column: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    repo_root = Path(__file__).resolve().parents[3]
+    paper = paths.results_dir() / "paper"
     parser = argparse.ArgumentParser(description="Write results/paper/P*.csv from the paper transcription.")
-    parser.add_argument("--reference", type=Path, default=repo_root.parent / "shared/paper/reference.csv")
-    parser.add_argument("--out", type=Path, default=repo_root / "results/paper")
+    parser.add_argument("--reference", type=Path, default=paper / "reference.csv")
+    parser.add_argument("--out", type=Path, default=paper)
     args = parser.parse_args(argv)
     for path in write_paper_csvs(args.reference, args.out):
         print(path)

@@ -23,7 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from adamp_repro.results.collect import find_run_dirs
-from adamp_repro.results.figures import save_figure
+from adamp_repro.results.render import save_figure
 from adamp_repro.tracking.records import atomic_write_text, read_summary, rows_to_csv
 
 SWEEP_COLUMNS = (

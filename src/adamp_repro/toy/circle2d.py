@@ -1,7 +1,6 @@
 """The 2D toy of the AdamP project page: maximise the cosine similarity of w and w* in R^2.
 
-Set-up read from the project page videos (``static/img/momentum{90,95,99}.mp4``; /work/shared/paper/tables.md
-§4.1): loss -w_hat . w_hat*, ||w_0|| = 1, w_0 almost antipodal to w*, 500 iterations, GD / GD + momentum /
+Set-up read from the project page videos (``static/img/momentum{90,95,99}.mp4``; docs/paper.md §4.1): loss -w_hat . w_hat*, ||w_0|| = 1, w_0 almost antipodal to w*, 500 iterations, GD / GD + momentum /
 GD + momentum + projection (SGDP) at momentum 0.9, 0.95, 0.99. The displayed loss, 4.0000 at iteration 0,
 fits ||w_hat - w_hat*||^2 = 2 - 2 cos, which ``displayed_loss`` computes.
 
@@ -19,7 +18,7 @@ Two projections, and only one matches the videos:
   p_t = beta p_{t-1} + grad is kept as is and only the applied update is projected, w <- w - eta Pi_w(p_t).
   It gives 1.127 / 1.142 / 1.146, the videos' 1.12 / 1.14 / 1.15.
 - ``sgdp`` is the official ``SGDP(nesterov=False)`` (adamp 0.3.0), which projects the momentum buffer
-  itself in place (``d_p = buf`` is the buffer; /work/shared/paper/optimizer_facts.md §1.3). On this toy it
+  itself in place (``d_p = buf`` is the buffer; docs/paper.md §4.5). On this toy it
   grows the norm to 1.18 / 1.30 / 1.84, so the videos were not made with that code path. The suite's
   ``SGDP(project_buffer=False)`` is Algorithm 1 (tests/test_toy.py checks it against ``Algorithm1SGD``).
 
@@ -55,7 +54,7 @@ METHOD_LABELS = {
     "adamp": "AdamP",
 }
 
-# Final frames (Iteration 499) of the project-page videos: (displayed loss, ||w||); tables.md §4.1.
+# Final frames (Iteration 499) of the project-page videos: (displayed loss, ||w||); docs/paper.md §4.1.
 PAPER_FINAL: dict[float, dict[str, tuple[float, float]]] = {
     0.9: {"gd": (0.0086, 1.02), "gd_momentum": (0.0018, 2.93), "gd_momentum_projection": (0.0000, 1.12)},
     0.95: {"gd": (0.0086, 1.02), "gd_momentum": (0.0043, 5.67), "gd_momentum_projection": (0.0000, 1.14)},

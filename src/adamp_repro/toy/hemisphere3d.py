@@ -1,6 +1,6 @@
 """The 3D toy of the AdamP project page: Rosenbrock on a hemisphere, with a redundant radial axis.
 
-The page (``sgd_3d_toy.svg``, ``sgd_wd_3d_toy.svg``, ``sgdp_3d_toy.svg``; /work/shared/paper/tables.md §4.2)
+The page (``sgd_3d_toy.svg``, ``sgd_wd_3d_toy.svg``, ``sgdp_3d_toy.svg``; docs/paper.md §4.2)
 shows momentum GD, momentum GD + weight decay and GD + projection on Rosenbrock contours in coordinates
 (psi, phi), from (-2, 2) towards the optimum (1, 1), with ||w|| = r plotted over iterations 0-200. Its text:
 "3D Rosenbrock function, defined on hemisphere, by adding a redundant radial axis r".

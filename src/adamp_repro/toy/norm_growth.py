@@ -5,7 +5,7 @@ For a scale-invariant loss f (f(c w) = f(w) for c > 0) the gradient is orthogona
 
     p_t = beta p_{t-1} + grad f(w_t),   p_{-1} = 0,   w_{t+1} = w_t - eta p_t,
 
-the squared norm evolves exactly as (derivation in /work/shared/paper/tables.md §4.4, re-derived here):
+the squared norm evolves exactly as (derivation in docs/paper.md §4.4):
 
     GD (beta = 0):   ||w_{t+1}||^2 = ||w_t||^2 + eta^2 ||grad f(w_t)||^2
     momentum:        w_t . p_t     = -eta sum_{k=0}^{t-1} beta^{t-k} ||p_k||^2
@@ -14,7 +14,7 @@ the squared norm evolves exactly as (derivation in /work/shared/paper/tables.md 
     projection:      ||w_{t+1}||^2 = ||w_t||^2 + eta^2 ||Pi_{w_t}(p_t)||^2,  Pi_w(x) = x - (w_hat . x) w_hat
 
 The GD line is what a review of the paper cites as its Lemma 2.1; the momentum line is what we believe its
-Lemma 2.2 states. The v3 wording of both could not be retrieved here (tables.md §4.4), so the suite checks the
+Lemma 2.2 states. The v3 wording of both could not be retrieved here (docs/paper.md §4.4), so the suite checks the
 formulas against simulation, not against the paper's text. The history term 2 eta^2 sum beta^{t-k} ||p_k||^2
 is why momentum grows norms much faster than GD: with ||p_k|| ~ P it approaches 2 eta^2 P^2 beta / (1 - beta)
 per step, 18 times the eta^2 P^2 term at beta 0.9.

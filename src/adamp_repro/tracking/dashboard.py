@@ -30,10 +30,10 @@ import yaml
 from wandb.proto import wandb_internal_pb2 as pb
 from wandb_workspaces import expr
 
-from adamp_repro import catalogue
+from adamp_repro import catalogue, paths
 from adamp_repro.tracking.records import atomic_write_text
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+CONFIG_DIR = paths.config_dir()
 OFFLINE_ENTITY = "<entity>"  # placeholder: the library's objects need an entity; offline there is none
 EPOCH = "epoch"  # the x axis of per-epoch rows (wandb_mirror.define_metric); per-step rows use train/step
 CLS, ADV = "classification", "adversarial"

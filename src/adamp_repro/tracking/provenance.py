@@ -17,12 +17,14 @@ from typing import Any
 
 import torch
 
+from adamp_repro.paths import PACKAGE_DIR
+
 PACKAGES = ("torch", "torchvision", "timm", "hydra-core", "omegaconf", "wandb", "pandas", "numpy", "adamp")
 
 
 def git_state(cwd: str | Path | None = None) -> dict[str, Any]:
     """Commit hash and dirty flag of the checkout holding ``cwd`` (the package folder by default)."""
-    cwd = Path(cwd or Path(__file__).resolve().parent)
+    cwd = Path(cwd or PACKAGE_DIR)
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
@@ -43,7 +45,7 @@ def git_state(cwd: str | Path | None = None) -> dict[str, Any]:
 def source_hash(package_dir: str | Path | None = None) -> str:
     """SHA-256 (16 hex digits) of every file of the installed ``adamp_repro`` package (paths and contents;
     byte-code caches left out)."""
-    root = Path(package_dir or Path(__file__).resolve().parents[1])
+    root = Path(package_dir or PACKAGE_DIR)
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root)

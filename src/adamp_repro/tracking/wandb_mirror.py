@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from adamp_repro.tracking.schema import SUMMARY_KEYS
+
 MODES = ("auto", "online", "offline", "disabled")
 
 
@@ -74,8 +76,6 @@ class WandbMirror:
         self.run.define_metric("train/step")
         self.run.define_metric("step/*", step_metric="train/step")
         self.run.define_metric("epoch")
-        from adamp_repro.train.diagnostics import SUMMARY_KEYS  # here: train imports this module
-
         for prefix in ("train_*", "eval_*", "lr", "images_per_s", *SUMMARY_KEYS):
             self.run.define_metric(prefix, step_metric="epoch")
 

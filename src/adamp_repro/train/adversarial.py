@@ -48,7 +48,7 @@ from adamp_repro.data.sharding import make_generator
 from adamp_repro.errors import ConfigError
 from adamp_repro.train.attacks import PGD, module_modes
 from adamp_repro.train.autoattack import WARNING_FLAGS, AutoAttack
-from adamp_repro.train.tasks import finalize_sums
+from adamp_repro.train.metrics import finalize_sums
 
 log = logging.getLogger("adamp_repro")
 

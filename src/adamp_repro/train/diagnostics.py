@@ -17,7 +17,7 @@ part of the update and keep ||w|| flat (arXiv 2006.08217v3, Sec. 2-3). Measured 
   A BatchNorm after a conv normalises each output channel, so each filter w_c is scale-invariant on its own
   (the optimizers' channel view). With Kaiming init a square 3x3 conv filter has ||w_c|| about sqrt(2) =
   1.41, the scale of the paper's ResNet-18 norm figure (about 1.3 at the start), whereas the whole-tensor norm
-  grows with the number of channels; the paper does not say how it averages (tables.md 4.3).
+  grows with the number of channels; the paper does not say how it averages (docs/paper.md §4.3).
 - ``abs_cos_max``: max over output channels of |cos(grad, w)| (the channel view of the optimizer's test),
   averaged over the epoch's measured steps.
 - ``detected``: the share of the epoch's measured steps in which the official SGDP/AdamP test passed
@@ -41,12 +41,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from adamp_repro.tracking.schema import SUMMARY_KEYS, summarise_rows
 
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm, timm BatchNormAct2d
@@ -68,27 +70,6 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
 )
 PASS_THROUGH_NAMES = frozenset({"DropBlock2d", "DropPath"})  # timm's stochastic-depth/drop-block modules
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.")  # DDP, torch.compile and the trainer's model wrapper
-SUMMARY_KEYS = (
-    "mean_weight_norm",
-    "effective_step_size",
-    "mean_filter_norm",
-    "filter_effective_step_size",
-    "detected_share",
-    "mean_abs_cos",
-)
-ROW_KEYS = (
-    "epoch",
-    "step",
-    "param",
-    "numel",
-    "weight_norm",
-    "effective_step_size",
-    "filter_norm",
-    "filter_effective_step_size",
-    "abs_cos_max",
-    "detected",
-    "followed_by_norm",
-)
 
 
 def display_name(name: str) -> str:
@@ -254,7 +235,7 @@ class WeightDiagnostics:
 
     @torch.no_grad()
     def epoch_end(self, epoch: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """Summary of the epoch and its per-layer rows (keys ``ROW_KEYS``); one host sync.
+        """Summary of the epoch and its per-layer rows (keys ``tracking.schema.ROW_KEYS``); one host sync.
 
         Summary keys: ``mean_weight_norm``, ``effective_step_size``, ``mean_filter_norm`` and
         ``filter_effective_step_size`` (means over the weights followed by a normalisation layer, NaN when
@@ -343,30 +324,6 @@ def _filter_norms(weight: torch.Tensor) -> torch.Tensor:
 
 def _detached(value: Any) -> float | torch.Tensor:
     return value.detach().clone() if torch.is_tensor(value) else float(value)
-
-
-def summarise_rows(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
-    """Epoch summary from per-layer rows (see ``WeightDiagnostics.epoch_end``); NaN-tolerant."""
-    rows = list(rows)
-    invariant = [r for r in rows if r["followed_by_norm"]]
-    tested = [r for r in rows if not math.isnan(r["detected"])]
-    tested_numel = sum(r["numel"] for r in tested)
-    return {
-        "mean_weight_norm": _mean(r["weight_norm"] for r in invariant),
-        "effective_step_size": _mean(r["effective_step_size"] for r in invariant),
-        # Rows written before the per-filter columns existed read as NaN.
-        "mean_filter_norm": _mean(r.get("filter_norm", math.nan) for r in invariant),
-        "filter_effective_step_size": _mean(r.get("filter_effective_step_size", math.nan) for r in invariant),
-        "detected_share": sum(r["numel"] * r["detected"] for r in tested) / tested_numel
-        if tested_numel
-        else math.nan,
-        "mean_abs_cos": _mean(r["abs_cos_max"] for r in tested),
-    }
-
-
-def _mean(values: Iterable[float]) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else math.nan
 
 
 def scale_invariance_report(

@@ -31,8 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 from adamp_repro.tracking.provenance import collect_provenance
 from adamp_repro.tracking.records import RunRecord, is_completed, read_summary
 from adamp_repro.tracking.run_lock import RunLock
+from adamp_repro.tracking.schema import SUMMARY_KEYS as DIAGNOSTIC_SUMMARY_KEYS
 from adamp_repro.tracking.wandb_mirror import WandbMirror
-from adamp_repro.train.diagnostics import SUMMARY_KEYS as DIAGNOSTIC_SUMMARY_KEYS
 from adamp_repro.train.distributed import DistContext, init_distributed, resolve_device, shutdown
 from adamp_repro.train.resume import code_changed, prepare_resume
 from adamp_repro.train.schedule import build_lr_factor

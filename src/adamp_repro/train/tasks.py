@@ -23,13 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def correct_topk(logits: Tensor, target: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
-    """Number of samples whose target is in the top-k logits, for each k (clamped to the class count)."""
-    maxk = min(max(ks), logits.shape[1])
-    top = logits.topk(maxk, dim=1).indices
-    hits = top.eq(target.unsqueeze(1))
-    return [hits[:, : min(k, maxk)].any(dim=1).sum() for k in ks]
+from adamp_repro.train.adversarial import build_adversarial_task
+from adamp_repro.train.metrics import correct_topk
 
 
 class ClassificationTask:
@@ -114,20 +109,6 @@ class ClassificationTask:
         }
 
 
-def finalize_sums(sums: Mapping[str, Any], denominators: Mapping[str, str] | None = None) -> dict[str, float]:
-    """Metrics from (all-reduced) sums: each sum over its count key (``"count"`` unless ``denominators`` names
-    another); the count keys themselves are returned unchanged."""
-    denominators = dict(denominators or {})
-    count_keys = {"count", *denominators.values()}
-    out: dict[str, float] = {}
-    for key, value in sums.items():
-        if key in count_keys:
-            out[key] = float(value)
-        else:
-            out[key] = float(value) / max(float(sums[denominators.get(key, "count")]), 1.0)
-    return out
-
-
 def _build_classification(cfg: Mapping[str, Any]) -> ClassificationTask:
     return ClassificationTask(
         label_smoothing=cfg.get("label_smoothing", 0.0),
@@ -136,15 +117,9 @@ def _build_classification(cfg: Mapping[str, Any]) -> ClassificationTask:
     )
 
 
-def _build_adversarial(cfg: Mapping[str, Any]):
-    from adamp_repro.train.adversarial import build_adversarial_task
-
-    return build_adversarial_task(cfg)
-
-
 TASKS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "classification": _build_classification,
-    "adversarial": _build_adversarial,
+    "adversarial": build_adversarial_task,
 }
 
 

@@ -31,8 +31,8 @@ from adamp_repro.train.checkpoint import (
     set_rng_state,
 )
 from adamp_repro.train.distributed import DistContext, all_reduce_sums, broadcast_flag
+from adamp_repro.train.metrics import correct_topk, finalize_sums
 from adamp_repro.train.stopping import RunInterrupted, StopSignals
-from adamp_repro.train.tasks import correct_topk, finalize_sums
 
 
 class DivergedError(RuntimeError):

@@ -1,0 +1,200 @@
+"""Packaging: the optimizers need torch alone, the wheel holds the configs, the pins live in one place."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import PROJECT_ROOT
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+PINS = PROJECT_ROOT / "requirements" / "pins.txt"
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[;\s]", requirement.strip(), maxsplit=1)[0].lower()
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _pins() -> dict[str, str]:
+    lines = [line.strip() for line in PINS.read_text().splitlines()]
+    return dict(line.split("==") for line in lines if line and not line.startswith("#"))
+
+
+def test_the_core_requirement_is_a_torch_range():
+    assert _pyproject()["dependencies"] == ["torch>=2.1"]
+    assert {_name(r) for r in _pyproject()["optional-dependencies"]["suite"]} >= {
+        "torchvision",
+        "hydra-core",
+        "wandb",
+    }
+    assert _pins() == {"torch": "2.14.1", "torchvision": "0.29.1"}
+
+
+def test_environment_yml_mirrors_pyproject_with_the_pins():
+    project = _pyproject()
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["suite"]]
+    wanted += project["optional-dependencies"]["dev"]
+    env = yaml.safe_load((PROJECT_ROOT / "environment.yml").read_text())
+    pip = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
+    listed = [r for r in pip if not r.startswith("-e")]
+    assert sorted(_name(r) for r in listed) == sorted(_name(r) for r in wanted)
+    pinned = {_name(r): r.split("==")[1] for r in listed if "==" in r and _name(r) in _pins()}
+    assert pinned == _pins()
+    others = {r for r in listed if _name(r) not in _pins()}
+    assert others == {r for r in wanted if _name(r) not in _pins()}, "environment.yml: same specifiers"
+    assert "-e .[suite,dev]" in pip
+
+
+def test_the_optimizers_step_with_torch_alone():
+    # Every package of the suite is made absent (None in sys.modules: imports fail as for a missing package).
+    script = textwrap.dedent(
+        """
+        import sys
+        for name in ("hydra", "omegaconf", "wandb", "wandb_workspaces", "pandas", "timm", "torchvision",
+                     "pydantic", "matplotlib", "scipy", "yaml", "numpy", "PIL", "tqdm", "pyautoattack"):
+            sys.modules[name] = None
+        import warnings
+        warnings.simplefilter("ignore")  # torch warns once that NumPy is missing
+        import torch
+        from adamp_repro.optim import SGDP, AdamP
+
+        w = torch.nn.Parameter(torch.randn(4, 3))
+        for cls, kwargs in ((SGDP, {"lr": 0.1, "momentum": 0.9}), (AdamP, {"lr": 1e-3})):
+            opt = cls([w], **kwargs)
+            w.grad = torch.randn(4, 3)
+            before = w.detach().clone()
+            opt.step()
+            assert not torch.equal(before, w.detach()), cls.__name__
+        print("stepped")
+        """
+    )
+    env = os.environ | {"PYTHONPATH": str(PROJECT_ROOT / "src")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "stepped"
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel of a copy of the project's sources (so the build leaves nothing in the checkout)."""
+    pytest.importorskip("setuptools")
+    root = tmp_path_factory.mktemp("project")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(PROJECT_ROOT / name, root / name)
+    shutil.copytree(PROJECT_ROOT / "configs", root / "configs")
+    shutil.copytree(
+        PROJECT_ROOT / "src",
+        root / "src",
+        symlinks=True,
+        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+    )
+    out = root / "dist"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        ".",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(out),
+    ]
+    result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (found,) = out.glob("adamp_repro-*.whl")
+    return found
+
+
+def test_the_wheel_holds_the_configs_and_requires_torch_alone(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        metadata = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
+    configs = {
+        f"adamp_repro/configs/{p.relative_to(PROJECT_ROOT / 'configs').as_posix()}"
+        for p in (PROJECT_ROOT / "configs").rglob("*.yaml")
+    }
+    assert "adamp_repro/configs/train.yaml" in configs and configs <= names
+    assert "adamp_repro/optim/sgdp.py" in names and "adamp_repro/data/assets/cifar10_mini.npz" in names
+    core = [
+        line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line
+    ]
+    assert core == ["Requires-Dist: torch>=2.1"]
+
+
+def test_an_installed_package_finds_its_configs(wheel, tmp_path):
+    site = tmp_path / "site"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--no-index",
+        "-q",
+        "--target",
+        str(site),
+        str(wheel),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    script = "from adamp_repro import paths; print(paths.config_dir()); print(paths.project_root())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAMP_REPRO_")} | {
+        "PYTHONPATH": str(site)
+    }
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    config_dir, root = (Path(line) for line in result.stdout.splitlines())
+    assert config_dir == site / "adamp_repro" / "configs" and (config_dir / "experiment").is_dir()
+    assert (config_dir / "train.yaml").is_file() and not config_dir.is_symlink()
+    assert root == elsewhere  # not imported from a checkout: the working directory
+
+
+def test_the_venv_is_rebuilt_when_the_pins_change(tmp_path):
+    # A copy of the Makefile and the two files its stamp depends on; `make -n` says whether it would reinstall.
+    for name in ("Makefile", "pyproject.toml", "requirements/pins.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / name, tmp_path / name)
+    stamp = tmp_path / ".venv" / ".installed-stamp"
+    stamp.parent.mkdir()
+    stamp.touch()
+    now = time.time()
+    for name, mtime in (
+        ("pyproject.toml", now - 100),
+        ("requirements/pins.txt", now - 100),
+        (stamp, now - 50),
+    ):
+        os.utime(tmp_path / name, (mtime, mtime))
+
+    def would_install() -> str:
+        result = subprocess.run(
+            ["make", "-n", "venv"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "pip install" not in would_install()
+    os.utime(tmp_path / "requirements/pins.txt", (now, now))
+    assert "-c requirements/pins.txt -e '.[suite,dev]'" in would_install()
