@@ -94,11 +94,18 @@ def test_seeds_for_must_name_an_optimizer_of_the_table(tmp_path):
     from adamp_repro.errors import ConfigError
     from adamp_repro.reproduce import EXPERIMENTS_DIR, load_tables, seed_groups
 
-    spec = {"experiments": ["mini_mechanism"], "optimizers": ["sgd", "sgdp"], "seeds": 3, "seeds_for": {"sgd": 1}}
+    spec = {
+        "experiments": ["mini_mechanism"],
+        "optimizers": ["sgd", "sgdp"],
+        "seeds": 3,
+        "seeds_for": {"sgd": 1},
+    }
     assert seed_groups(spec, "mini_mechanism") == [(["sgd"], 1), (["sgdp"], 3)]
     assert seed_groups(spec, "mini_mechanism", seeds=5) == [(["sgd"], 1), (["sgdp"], 5)]
     bad = tmp_path / "tables.yaml"
-    bad.write_text("t:\n  experiments: [mini_mechanism]\n  optimizers: [sgd]\n  seeds: 2\n  seeds_for: {adam: 1}\n")
+    bad.write_text(
+        "t:\n  experiments: [mini_mechanism]\n  optimizers: [sgd]\n  seeds: 2\n  seeds_for: {adam: 1}\n"
+    )
     with pytest.raises(ConfigError, match=r"table 't' sets seeds_for adam: 1; expected a positive integer"):
         load_tables(bad, EXPERIMENTS_DIR)
 
