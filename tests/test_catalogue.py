@@ -45,7 +45,9 @@ def test_p4a_and_its_proxy_pair_torch_adam_with_adamp() -> None:
         "adam",
     )
     assert mini.kind == "proxy" and mini.pairs[0] == ("Adam", "AdamP")
-    assert (mini.proxy.table, mini.proxy.block, mini.proxy.model) == ("P4a", "linf eps=4/255", "Wide-ResNet")
+    assert (mini.proxy.table, mini.proxy.row) == ("P4a", "wrn_linf")
+    assert catalogue.row_labels("P4a", "wrn_linf") == ("linf eps=4/255", "Wide-ResNet")
+    assert mini.row_of("linf eps=4/255", "WRN-10-2") == "wrn_linf" and mini.row_of("linf", "WRN-10-2") is None
     assert mini.proxy.as_paper == {} and catalogue.table("imagenette").proxy.as_paper == {"AdamW": "Adam"}
     assert mini.pair_labels == {
         ("Adam", "AdamW"): "the decoupled decay",
@@ -64,7 +66,18 @@ def test_p4a_and_its_proxy_pair_torch_adam_with_adamp() -> None:
             r"pair \['SGD'\]; expected \[baseline, proposed\]",
         ),
         ("kind: table\n  title: x\n  runs: false", r"kind 'table'; allowed: paper, proxy, own"),
-        ("kind: own\n  title: x", r"a table that runs needs \['experiments', 'optimizers', 'seeds'\]"),
+        (
+            "kind: own\n  title: x",
+            r"a table that runs needs \['experiments', 'optimizers', 'seeds', 'rows'\]",
+        ),
+        (
+            "kind: own\n  title: x\n  runs: false\n  reference_gain: {table: P1, block: imagenet}",
+            r"\{.table.: .P1., .block.: .imagenet.\}; expected \{table, row\}",
+        ),
+        (
+            "kind: own\n  title: x\n  runs: false\n  reference_gain: {table: Q9, row: resnet18}",
+            r"names row 'resnet18' of table 'Q9'; its rows: no such table",
+        ),
         ("kind: proxy\n  title: x\n  runs: false", r"`proxy_of` goes with kind proxy, and a proxy needs it"),
         (
             "kind: own\n  title: x\n  runs: false\n  colour: red",
@@ -88,3 +101,23 @@ def test_catalogue_and_dashboard_stay_off_the_results_and_training_code() -> Non
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_every_experiment_lands_in_a_row_checked_at_load(tmp_path) -> None:
+    """An experiment whose table.block/table.model no `rows` entry names is one line naming it, at load."""
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "e1.yaml").write_text("table: {id: t, block: b, model: CIFAR ResNet-20}\n")
+    entry = "t:\n  kind: own\n  title: x\n  experiments: [e1]\n  optimizers: [sgd]\n  seeds: 1\n  rows:\n"
+    good = tmp_path / "tables.yaml"
+    good.write_text(entry + "    r1: {block: b, model: CIFAR ResNet-20}\n")
+    assert catalogue.load(good).get("t").row_of("b", "CIFAR ResNet-20") == "r1"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(entry + "    r1: {block: b, model: CIFAR ResNet-56}\n")
+    with pytest.raises(
+        ConfigError, match=r"table 't': runs experiment 'e1', whose .*'b'/'CIFAR ResNet-20' no "
+    ):
+        catalogue.load(bad)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(entry + "    r1: {block: b, model: m}\n    r2: {block: b, model: m}\n")
+    with pytest.raises(ConfigError, match=r"rows 'r1' and 'r2' name the same block/model"):
+        catalogue.load(twice)

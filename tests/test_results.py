@@ -90,7 +90,7 @@ def p1_run(root: Path, optimizer: str, seed: int, top1=None, model="ResNet18", e
 
 
 def mini_run(root: Path, optimizer: str, seed: int, metrics: dict) -> Path:
-    return write_run(root, table_id="mini", block="-", model="cifar_resnet20", optimizer=optimizer, seed=seed,
+    return write_run(root, table_id="mini", block="embedded", model="CIFAR ResNet-20", optimizer=optimizer, seed=seed,
                      scale="mini", dataset_label="CIFAR-10 mini subset (JPEG copy)", metrics=metrics)  # fmt: skip
 
 
@@ -250,7 +250,10 @@ def test_mini_table_shows_scale_mechanism_and_noise_in_words(runs_root: Path, pa
     markdown = render_markdown(doc)
     assert "Ours at scale `mini`; data: CIFAR-10 mini subset (JPEG copy)" in markdown
     assert "‖w‖ after epoch 1 → final" in markdown and "3.650 → 3.950" in markdown and "1.60e-03" in markdown
-    assert "SGDP vs SGD (cifar_resnet20, top-1 (%)): +0.70 points is not beyond seed noise" in markdown
+    assert (
+        "SGDP vs SGD (CIFAR ResNet-20 / embedded, top-1 (%)): +0.70 points is not beyond seed noise"
+        in markdown
+    )
     assert "includes 0, so the gap is inside seed noise" in markdown
     assert "detecting the printed +0.45 (P1 ResNet18) would take" in markdown
     assert "| Seeds/arm for P1 ResNet18 gain |" in markdown and "(for +0.40) |" in markdown
@@ -301,7 +304,7 @@ def test_latex_uses_booktabs_and_escapes(runs_root: Path, paper: pd.DataFrame) -
     tex = render_latex(layout_table(compare_table("mini", runs, paper), paper))
     for command in ("\\toprule", "\\midrule", "\\bottomrule", "\\begin{tabular}{llrrrr}"):
         assert command in tex
-    assert "cifar\\_resnet20" in tex and "$\\pm$" in tex and "\\texttt{mini}" in tex
+    assert "CIFAR ResNet-20" in tex and "$\\pm$" in tex and "\\texttt{mini}" in tex
     assert latex_escape("50% & x_1 -0.5 → `a` < 1") == "50\\% \\& x\\_1 $-$0.5 $\\to$ \\texttt{a} $<$ 1"
 
 
@@ -509,3 +512,25 @@ def test_autoattack_gap_is_taken_on_the_same_samples_when_recorded(tmp_path: Pat
     ]
     assert cell["pgd_minus_autoattack"] == pytest.approx(6.0)
     assert "AutoAttack robust accuracy 54.00 is 6.00 points below PGD-10" in render_markdown(doc)
+
+
+def test_runs_join_the_paper_rows_by_id_never_by_label(tmp_path: Path, paper: pd.DataFrame) -> None:
+    """A run lands in the row whose catalogue labels it carries exactly; a near miss lands in none and is noted."""
+    p1_run(tmp_path, "sgd", 0, 70.0)
+    p1_run(tmp_path, "sgdp", 0, 70.5, model="resnet18")  # not the catalogue's label of any P1 row
+    runs, _ = collect_runs(tmp_path)
+    assert dict(zip(runs["table_model"], runs["row_id"].fillna("none"))) == {
+        "ResNet18": "resnet18",
+        "resnet18": "none",
+    }
+    comparison = compare_table("P1", runs, paper)
+    placed = comparison.cells[comparison.cells["n_seeds"] > 0]
+    assert placed[["row_id", "optimizer"]].values.tolist() == [["resnet18", "SGD"]]
+    assert any("not shown" in n and "resnet18-sgdp-s0" in n for n in comparison.notes)
+
+
+def test_a_printed_row_without_an_id_is_refused(tmp_path: Path) -> None:
+    text = PAPER_REFERENCE.read_text().replace("P1,resnet18,", "P1,,", 1)
+    (tmp_path / "reference.csv").write_text(text)
+    with pytest.raises(ValueError, match=r"a printed row has no row_id: P1 / imagenet / ResNet18 / ImageNet"):
+        read_reference_csv(tmp_path / "reference.csv")

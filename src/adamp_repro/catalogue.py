@@ -1,10 +1,12 @@
 """The table catalogue: every table of the suite, read from ``configs/tables.yaml`` (its top comment documents the
 entries) into one ``Table`` per table.
 
-What a table is (title, source, kind), what it runs (experiments, optimizers, seeds), what it shows (metrics and
-the summary keys they read, the columns and which of our optimizers fill them, the pairs compared) and what its
-gains are set beside (the paper's printed table, the row a proxy stands in for, the reference gain of an own
-table) live in that one file; the results build, the figures, the dashboards and ``make reproduce-table`` read
+What a table is (title, source, kind), what it runs (experiments, optimizers, seeds), what it shows (its rows: the
+id of each and the ``table.block`` / ``table.model`` labels its runs carry; metrics and the summary keys they read;
+the columns and which of our optimizers fill them; the pairs compared) and what its gains are set beside (the
+paper's printed table, the row a proxy stands in for, the reference gain of an own table) live in that one file.
+Rows are named by id everywhere (``results/paper/*.csv`` carry the same ``row_id``), never by display label, and
+every experiment a table runs must land in a row of the table its runs are tagged with: both checked at load; the results build, the figures, the dashboards and ``make reproduce-table`` read
 them from here. A low module: it imports only the errors and the YAML reader, never results or training code.
 """
 
@@ -27,7 +29,7 @@ KINDS = ("paper", "proxy", "own")
 # The pairs a table compares when its entry names none (baseline, proposed).
 DEFAULT_PAIRS = (("SGD", "SGDP"), ("AdamW", "AdamP"), ("Adam", "AdamP"))
 # The printed gain an own table outside the catalogue is powered against: P1's ResNet18 row of the same pair.
-DEFAULT_REFERENCE = ("P1", "imagenet", "ResNet18")
+DEFAULT_REFERENCE = ("P1", "resnet18")
 # What an own table shows when it is not in the catalogue (runs tagged with an unknown table id).
 DEFAULT_METRICS = {"top1_acc": "final_eval_top1", "attacked_acc": "final_eval_robust_top1"}
 # Keys of an entry (what `make reproduce-table` reads, then what the tables read).
@@ -39,6 +41,7 @@ TABLE_KEYS = (
     "runs",
     "source",
     "test_set",
+    "rows",
     "metrics",
     "columns",
     "pairs",
@@ -52,16 +55,25 @@ TABLE_KEYS = (
 
 
 @dataclass(frozen=True)
+class Row:
+    """One row of a table that runs: its id (``row_id`` of ``results/paper/<table>.csv`` for a paper table) and
+    the ``table.block`` / ``table.model`` labels its runs carry (their experiments' ``table:`` block)."""
+
+    row_id: str
+    block: str
+    model: str
+
+
+@dataclass(frozen=True)
 class Proxy:
     """The paper row a proxy table stands in for: its printed gains are set beside ours.
 
-    ``model``: the paper row's model (None: the run's own model label). ``as_paper``: our column label -> the
-    paper's column it stands for (P1's "Adam" column is our AdamW; P4a's Adam is torch Adam, so there AdamW has
-    no paper column). ``label``: where the printed gain is, as the tables say it."""
+    ``row``: the paper row's id in ``table``. ``as_paper``: our column label -> the paper's column it stands for
+    (P1's "Adam" column is our AdamW; P4a's Adam is torch Adam, so there AdamW has no paper column). ``label``:
+    where the printed gain is, as the tables say it."""
 
     table: str
-    block: str
-    model: str | None
+    row: str
     as_paper: Mapping[str, str]
     label: str
 
@@ -78,13 +90,14 @@ class Table:
     source: str = ""
     test_set_size: int | None = None
     test_set_name: str = ""
+    rows: Mapping[str, Row] = field(default_factory=dict)  # row id -> the labels its runs carry
     metrics: Mapping[str, str] = field(default_factory=dict)  # metric id -> summary key
     columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # column label -> our optimizers
     pairs: tuple[tuple[str, str], ...] = DEFAULT_PAIRS
     pair_labels: Mapping[tuple[str, str], str] = field(default_factory=dict)
-    borrow: Mapping[str, tuple[str, str, str]] = field(default_factory=dict)
+    borrow: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # row id -> (table, row id)
     proxy: Proxy | None = None
-    reference_gain: tuple[str, str, str] = DEFAULT_REFERENCE
+    reference_gain: tuple[str, str] = DEFAULT_REFERENCE  # (table, row id)
     trained_bar: Mapping[str, float] = field(default_factory=dict)
     norms: bool = False
     analysis: bool = False
@@ -97,6 +110,10 @@ class Table:
     def optimizers_for_column(self, label: str) -> tuple[str, ...]:
         """Our optimizers that may fill a column, the first with runs in the row wins."""
         return self.columns.get(label, (label.lower(),))
+
+    def row_of(self, block: str, model: str) -> str | None:
+        """The id of the row whose runs carry these ``table.block`` / ``table.model`` labels (None: no row)."""
+        return next((r.row_id for r in self.rows.values() if (r.block, r.model) == (block, model)), None)
 
 
 @dataclass(frozen=True)
@@ -126,6 +143,11 @@ class Catalogue:
         """Entry name -> what `make reproduce-table` runs, for every table that runs."""
         return {t.name: dict(t.spec) for t in self.tables if t.runs}
 
+    def row(self, table_id: str, row_id: str) -> Row | None:
+        """A row of a table that runs, by id (None: no such table or row)."""
+        entry = self.get(table_id)
+        return None if entry is None else entry.rows.get(row_id)
+
 
 def load(path: str | os.PathLike = TABLES_FILE) -> Catalogue:
     """The catalogue in ``path`` (read once per file version); a bad entry is a ``ConfigError`` naming it."""
@@ -146,7 +168,44 @@ def _load(path: Path, _mtime: int, _size: int) -> Catalogue:
         raise ConfigError(
             f"{path}: table id(s) {doubled} named by more than one entry; each table is one entry"
         )
-    return Catalogue(path, tuple(tables))
+    known = Catalogue(path, tuple(tables))
+    for t in tables:
+        _check_references(path, t, known)
+        _check_experiment_rows(path, t, known)
+    return known
+
+
+def _check_references(path: Path, entry: Table, known: Catalogue) -> None:
+    """Every row a borrow, proxy or reference gain names exists where the catalogue lists that table's rows."""
+    named = [*entry.borrow.values()]
+    if entry.reference_gain != DEFAULT_REFERENCE or known.get(DEFAULT_REFERENCE[0]) is not None:
+        named.append(entry.reference_gain)  # the default is checked where the catalogue lists its table
+    if entry.proxy is not None:
+        named.append((entry.proxy.table, entry.proxy.row))
+    for table_id, row_id in named:
+        target = known.get(table_id)
+        if target is None or (target.runs and row_id not in target.rows):
+            rows = ", ".join(target.rows) if target is not None else "no such table"
+            raise ConfigError(
+                f"{path}: table {entry.name!r}: names row {row_id!r} of table {table_id!r}; its rows: {rows}"
+            )
+
+
+def _check_experiment_rows(path: Path, entry: Table, known: Catalogue) -> None:
+    """Each experiment the entry runs tags its runs with a table and labels that name one of its rows."""
+    for experiment in entry.spec.get("experiments", ()):
+        file = path.parent / "experiment" / f"{experiment}.yaml"
+        if not file.is_file():
+            continue  # an unknown experiment is `make reproduce-table`'s error (reproduce.load_tables)
+        tag = OmegaConf.load(file).get("table") or {}
+        table_id, block, model = (str(tag.get(k, "")) for k in ("id", "block", "model"))
+        target = known.get(table_id)
+        if target is None or target.row_of(block, model) is None:
+            rows = ", ".join(target.rows) if target is not None else "no such table"
+            raise ConfigError(
+                f"{path}: table {entry.name!r}: runs experiment {experiment!r}, whose table.id/block/model "
+                f"{table_id!r}/{block!r}/{model!r} no `rows` entry of table {table_id!r} names; its rows: {rows}"
+            )
 
 
 def _table(path: Path, name: str, entry: Any) -> Table:
@@ -164,7 +223,7 @@ def _table(path: Path, name: str, entry: Any) -> Table:
     runs = entry.get("runs", True)
     if not isinstance(runs, bool):
         raise ConfigError(f"{where}: runs {runs!r}; allowed: true, false")
-    missing = [k for k in ("experiments", "optimizers", "seeds") if runs and k not in entry]
+    missing = [k for k in ("experiments", "optimizers", "seeds", "rows") if runs and k not in entry]
     if missing:
         raise ConfigError(f"{where}: a table that runs needs {missing} (or `runs: false`)")
     pairs, labels = [], {}
@@ -193,17 +252,16 @@ def _table(path: Path, name: str, entry: Any) -> Table:
         columns={k: tuple(v) for k, v in (entry.get("columns") or {}).items()},
         pairs=tuple(pairs),
         pair_labels=labels,
-        borrow={b: _row(where, r) for b, r in (entry.get("borrow") or {}).items()},
+        rows=_rows(where, entry.get("rows") or {}),
+        borrow={str(b): _row_ref(where, r) for b, r in (entry.get("borrow") or {}).items()},
         proxy=None
         if proxy is None
         else Proxy(
-            str(proxy["table"]),
-            str(proxy["block"]),
-            proxy.get("model"),
+            *_row_ref(where, {k: proxy.get(k) for k in ("table", "row")}),
             dict(proxy.get("as_paper") or {}),
-            str(proxy.get("label", proxy["table"])),
+            str(proxy.get("label", proxy.get("table"))),
         ),
-        reference_gain=_row(where, entry["reference_gain"])
+        reference_gain=_row_ref(where, entry["reference_gain"])
         if "reference_gain" in entry
         else DEFAULT_REFERENCE,
         trained_bar={k: float(v) for k, v in (entry.get("trained_bar") or {}).items()},
@@ -213,12 +271,35 @@ def _table(path: Path, name: str, entry: Any) -> Table:
     )
 
 
-def _row(where: str, row: Any) -> tuple[str, str, str]:
-    if not isinstance(row, dict) or set(row) != {"table", "block", "model"}:
-        raise ConfigError(f"{where}: {row!r}; expected {{table, block, model}}")
-    return str(row["table"]), str(row["block"]), str(row["model"])
+def _rows(where: str, rows: Any) -> dict[str, Row]:
+    """``rows: {<row id>: {block, model}}``: the labels each row's runs carry, one row per pair of labels."""
+    if not isinstance(rows, dict):
+        raise ConfigError(f"{where}: rows {rows!r}; expected {{<row id>: {{block, model}}}}")
+    found: dict[str, Row] = {}
+    for row_id, labels in rows.items():
+        if not isinstance(labels, dict) or set(labels) != {"block", "model"}:
+            raise ConfigError(f"{where}: row {row_id!r}: {labels!r}; expected {{block, model}}")
+        row = Row(str(row_id), str(labels["block"]), str(labels["model"]))
+        same = [r.row_id for r in found.values() if (r.block, r.model) == (row.block, row.model)]
+        if same:
+            raise ConfigError(f"{where}: rows {same[0]!r} and {row.row_id!r} name the same block/model")
+        found[row.row_id] = row
+    return found
+
+
+def _row_ref(where: str, ref: Any) -> tuple[str, str]:
+    """A row of another table: ``{table, row}`` (the row's id)."""
+    if not isinstance(ref, dict) or set(ref) != {"table", "row"} or None in ref.values():
+        raise ConfigError(f"{where}: {ref!r}; expected {{table, row}} (a table id and one of its row ids)")
+    return str(ref["table"]), str(ref["row"])
 
 
 def table(table_id: str) -> Table | None:
     """The catalogue's entry for a table id (None: runs tagged with a table the catalogue does not list)."""
     return load().get(table_id)
+
+
+def row_labels(table_id: str, row_id: str) -> tuple[str, str]:
+    """A row's ``table.block`` and ``table.model`` labels, for text (the id itself where no row has it)."""
+    row = load().row(table_id, row_id)
+    return (row.block, row.model) if row is not None else (row_id, row_id)

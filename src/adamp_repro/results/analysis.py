@@ -34,6 +34,7 @@ from adamp_repro import paths
 from adamp_repro.results.compare import ANALYSIS_TABLES
 from adamp_repro.results.curves import read_epoch_curves
 from adamp_repro.results.render import save_figure
+from adamp_repro.results.text import signed_pct
 from adamp_repro.tracking.records import atomic_write_text, rows_to_csv
 
 PAPER_FILE = paths.results_dir() / "paper" / "analysis_resnet18.csv"
@@ -333,7 +334,7 @@ def _num(x: float) -> str:
 
 
 def _pct(ratio: float) -> str:
-    return f"{ratio - 1.0:+.2%}"
+    return signed_pct(ratio - 1.0, 2)
 
 
 def _one(x: float) -> str:

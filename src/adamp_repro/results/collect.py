@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from adamp_repro import catalogue
 from adamp_repro.tracking.records import (
     CONFIG_FILE,
     DIAGNOSTICS_FILE,
@@ -81,6 +81,7 @@ RUN_COLUMNS = (
     "source",
     "status",
     *IDENTITY_COLUMNS,
+    "row_id",  # the catalogue's row of the run's table that its table_block / table_model name (``row_of``)
     *NUMERIC_COLUMNS,
     "attacks",
     "code_changed_on_resume",
@@ -92,8 +93,8 @@ LEFT_OUT_KINDS = {
     "short": "with fewer epochs than planned",
     "scale_mismatch": "with a scale that disagrees with its folder",
 }
-# A table cell and seed: two counted records may not share these (labels compared as ``placement_key`` does).
-CELL_SEED_KEYS = ("table_id", "scale", "table_block", "table_model", "optimizer", "seed")
+# A table cell and seed: two counted records may not share these.
+CELL_SEED_KEYS = ("table_id", "scale", "row_id", "optimizer", "seed")
 # Without these a completed run cannot be placed in any table.
 REQUIRED_KEYS = ("table_id", "optimizer", "scale", "seed")
 _RECORD_FILES = (SUMMARY_FILE, CONFIG_FILE, PROVENANCE_FILE, METRICS_FILE, DIAGNOSTICS_FILE)
@@ -178,11 +179,12 @@ def _frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
     return frame
 
 
-def placement_key(label: object) -> str:
-    """Key for matching a run's ``table_block`` / ``table_model`` to a table's row labels: case-insensitive,
-    a parenthesised remark such as "(inferred)" ignored."""
-    text = re.sub(r"\([^)]*\)", " ", str(label)).lower()
-    return " ".join(text.split())
+def row_of(table_id: str, block: str, model: str) -> str | None:
+    """The row a run is placed in: the id of the catalogue's row of its table that names its ``table_block`` and
+    ``table_model`` labels exactly; None where the table lists no such row (the run is shown nowhere). A table
+    the catalogue does not list has one row per pair of labels, its id the labels themselves."""
+    entry = catalogue.table(table_id)
+    return f"{block} / {model}" if entry is None else entry.row_of(block, model)
 
 
 def _leave_out_doubtful(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -230,9 +232,9 @@ def _record_fault(row: Mapping[str, Any]) -> tuple[str, str] | None:
 
 
 def _cell_seed(row: Mapping[str, Any]) -> tuple:
-    return tuple(
-        placement_key(row[k]) if k in ("table_block", "table_model") else row[k] for k in CELL_SEED_KEYS
-    )
+    """The cell and seed of a record; records in no row stand apart by their labels."""
+    key = {**row, "row_id": row["row_id"] or (row["table_block"], row["table_model"])}
+    return tuple(key[k] for k in CELL_SEED_KEYS)
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -303,6 +305,7 @@ def _summary_to_row(
     # Older or non-table runs may lack the table placement; fall back to what the run itself says.
     row["table_block"] = row["table_block"] or "-"
     row["table_model"] = row["table_model"] or row["model"] or "-"
+    row["row_id"] = row_of(row["table_id"], row["table_block"], row["table_model"])
     for key in NUMERIC_COLUMNS:
         value = summary.get(key)
         if value is None:

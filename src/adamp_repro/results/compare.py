@@ -2,11 +2,12 @@
 
 Everything here is numeric (pandas frames of floats); rounding happens only when ``tables`` renders.
 
-A *cell* is (table, scale, block, model, optimizer, metric). Our value for a cell is the mean and sample
+A *cell* is (table, scale, row, optimizer, metric). Our value for a cell is the mean and sample
 standard deviation over seeds of one summary key of the completed runs placed in it:
 
-- placement: ``summary.table_id`` == table, ``table_block`` / ``table_model`` equal to the paper's block /
-  model (``collect.placement_key``: case-insensitive, a parenthesised remark such as "(inferred)" ignored),
+- placement: ``summary.table_id`` == table, the run's row id == the row's id (``collect.row_of``: the
+  catalogue's ``rows`` map the exact ``table_block`` / ``table_model`` labels a run carries to the id of a row,
+  the ``row_id`` of ``results/paper/<table>.csv`` for a paper table; labels are never compared with the paper's),
   ``scale`` == scale;
 - metric: the catalogue's ``metrics`` of the table (``configs/tables.yaml``), e.g. ``top1_acc`` <-
   ``final_eval_top1`` (final epoch, not the best), ``standard_acc`` <- ``final_eval_clean_top1``,
@@ -33,17 +34,18 @@ import pandas as pd
 
 from adamp_repro import catalogue
 from adamp_repro.catalogue import DEFAULT_METRICS
-from adamp_repro.results.collect import LEFT_OUT_COLUMNS, RUN_COLUMNS, placement_key
+from adamp_repro.config import SCALES
+from adamp_repro.results.collect import LEFT_OUT_COLUMNS, RUN_COLUMNS
 from adamp_repro.results.gains import GAIN_COLUMNS, paired_gains, paper_gain_range
 
 # Gains live in ``gains``; their names stay importable from here, where a table's numbers are assembled.
 __all__ = ["GAIN_COLUMNS", "Comparison", "compare_table", "paper_gain_range"]
 
-SCALE_ORDER = ("smoke", "mini", "paper")
 OPTIMIZER_ORDER = ("sgd", "sgdp", "adam", "adamw", "adamp")
 OPTIMIZER_LABELS = {"sgd": "SGD", "sgdp": "SGDP", "adam": "Adam", "adamw": "AdamW", "adamp": "AdamP"}
 # The summary key of the paper's PGD-10 accuracy (``attacked_acc``), which our AutoAttack is set beside.
 ROBUST_KEY = "final_eval_robust_top1"
+# The runner's ``initial_*`` norm is the norm after the first epoch (``at_init_*``: before the first step).
 MECHANISM_KEYS = ("initial_mean_weight_norm", "final_mean_weight_norm", "final_effective_step_size")
 # Our AutoAttack robust accuracy, set beside the PGD-10 ("attacked_acc") cell; the paper has no such number.
 AUTOATTACK_KEY = "final_eval_autoattack_top1"
@@ -60,6 +62,7 @@ CELL_COLUMNS = (
     "table",
     "scale",
     "dataset_label",
+    "row_id",
     "block",
     "model",
     "dataset",
@@ -94,6 +97,11 @@ CELL_COLUMNS = (
 )
 
 
+# A table's rows before our runs fill them: the printed row (label columns), or the runs' own labels.
+TEMPLATE_COLUMNS = ("row_id", "block", "model", "dataset", "optimizer", "metric")
+TEMPLATE_COLUMNS += ("paper", "paper_printed", "tolerance")
+
+
 @dataclass
 class Comparison:
     """The numeric content of one table: cells, paired gains, and notes about the runs placed in it."""
@@ -106,12 +114,9 @@ class Comparison:
     left_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(LEFT_OUT_COLUMNS)))
 
 
-normalise = placement_key  # one matching rule for the collector's duplicate check and the table rows
-
-
 def ordered_scales(scales: Sequence[str]) -> list[str]:
-    known = [s for s in SCALE_ORDER if s in scales]
-    return known + sorted(set(scales) - set(SCALE_ORDER))
+    known = [s for s in SCALES if s in scales]
+    return known + sorted(set(scales) - set(SCALES))
 
 
 def compare_table(
@@ -125,7 +130,7 @@ def compare_table(
     notes: list[str] = []
     if left_out is None:
         left_out = pd.DataFrame(columns=list(LEFT_OUT_COLUMNS))
-    tagged = pd.concat([runs[["table_id", "table_block"]], left_out[["table_id", "table_block"]]])
+    tagged = pd.concat([runs[["table_id", "row_id"]], left_out[["table_id", "row_id"]]])
     table_runs = _runs_of_table(table_id, runs, notes, tagged)
     table_left_out = _runs_of_table(table_id, left_out, [], tagged)
     template = _row_template(table_id, pd.concat([table_runs, table_left_out[list(RUN_COLUMNS)]]), paper)
@@ -135,17 +140,18 @@ def compare_table(
     for scale in scales:
         scale_runs = table_runs[table_runs["scale"] == scale]
         scale_left_out = table_left_out[table_left_out["scale"] == scale]
-        for group_key, group in template.groupby(["block", "model"], sort=False):
-            group_runs = _match(scale_runs, *group_key)
-            group_left_out = _match(scale_left_out, *group_key)
+        for row_id, group in template.groupby("row_id", sort=False):
+            group_runs = scale_runs[scale_runs["row_id"] == row_id]
+            group_left_out = scale_left_out[scale_left_out["row_id"] == row_id]
             for row in group.to_dict("records"):
                 cells.append(_cell(table_id, scale, row, group_runs, group_left_out, used, notes))
     cells_frame = pd.DataFrame(cells, columns=[*CELL_COLUMNS, "_values"])
     unplaced = sorted(set(table_runs["run_dir"]) - used)
     if unplaced:
         notes.append(
-            f"{len(unplaced)} completed run(s) of this table are not shown (no row matches their block/model, "
-            f"or another optimizer fills their column, e.g. adamw before adam): {', '.join(unplaced)}"
+            f"{len(unplaced)} completed run(s) of this table are not shown (no row of the catalogue's `rows` "
+            "names their table_block/table_model, or another optimizer fills their column, e.g. adamw before "
+            f"adam): {', '.join(unplaced)}"
         )
     if len(table_left_out):
         notes.append(
@@ -165,29 +171,23 @@ def compare_table(
 
 
 def _runs_of_table(table_id: str, runs: pd.DataFrame, notes: list[str], tagged: pd.DataFrame) -> pd.DataFrame:
-    """The rows of ``runs`` placed in ``table_id``, with borrowed blocks that no record of ``tagged`` claims."""
+    """The rows of ``runs`` placed in ``table_id``, with borrowed rows that no record of ``tagged`` claims."""
     own = runs[runs["table_id"] == table_id].copy()
-    claimed = tagged.loc[tagged["table_id"] == table_id, "table_block"].map(normalise)
+    claimed = set(tagged.loc[tagged["table_id"] == table_id, "row_id"])
     entry = catalogue.table(table_id)
-    for block, (src_table, src_block, src_model) in (entry.borrow if entry is not None else {}).items():
-        if (claimed == normalise(block)).any():
+    for row_id, (src_table, src_row) in (entry.borrow if entry is not None else {}).items():
+        if row_id in claimed:
             continue
-        borrowed = _match(runs[runs["table_id"] == src_table], src_block, src_model).copy()
+        borrowed = runs[(runs["table_id"] == src_table) & (runs["row_id"] == src_row)].copy()
         if len(borrowed):
-            borrowed["table_block"] = block
+            borrowed["row_id"] = row_id
+            block, model = catalogue.row_labels(src_table, src_row)
             notes.append(
-                f"Block {block!r} is filled from {src_table} {src_model} runs (no run is tagged "
-                f"{table_id}/{block}; the paper prints identical values for both)."
+                f"Row {row_id!r} is filled from {src_table} {model} runs (row {src_row!r}; no run of "
+                f"{table_id} is placed in it; the paper prints identical values for both)."
             )
             own = pd.concat([own, borrowed], ignore_index=True)
     return own
-
-
-def _match(runs: pd.DataFrame, block: str, model: str) -> pd.DataFrame:
-    keep = (runs["table_block"].map(normalise) == normalise(block)) & (
-        runs["table_model"].map(normalise) == normalise(model)
-    )
-    return runs[keep]
 
 
 def _row_template(table_id: str, table_runs: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
@@ -195,27 +195,16 @@ def _row_template(table_id: str, table_runs: pd.DataFrame, paper: pd.DataFrame) 
     entry = catalogue.table(table_id)
     if entry is not None and entry.is_paper:
         rows = paper[paper["table"] == table_id]
-        return pd.DataFrame(
-            {
-                "block": rows["block"],
-                "model": rows["model"],
-                "dataset": rows["dataset"],
-                "optimizer": rows["optimizer"],
-                "metric": rows["metric"],
-                "paper": rows["value"],
-                "paper_printed": rows["value_printed"],
-                "tolerance": rows["tolerance"],
-            }
-        ).reset_index(drop=True)
+        printed = {"value": "paper", "value_printed": "paper_printed"}
+        return rows.rename(columns=printed)[list(TEMPLATE_COLUMNS)].reset_index(drop=True)
     fixed = list(entry.metrics) if entry is not None and entry.metrics else None
     metrics = fixed or [m for m, key in DEFAULT_METRICS.items() if table_runs[key].notna().any()]
     present = set(table_runs["optimizer"])
     optimizers = [o for o in OPTIMIZER_ORDER if o in present] + sorted(present - set(OPTIMIZER_ORDER))
-    groups = table_runs[["table_block", "table_model", "dataset"]].drop_duplicates(
-        ["table_block", "table_model"]
-    )
+    placed = table_runs[table_runs["row_id"].notna()]
+    groups = placed[["row_id", "table_block", "table_model", "dataset"]].drop_duplicates("row_id")
     # A row shows the optimizers that have runs in it (the analysis table runs SGDP only with momentum).
-    ran = table_runs.groupby(["table_block", "table_model"])["optimizer"].agg(set)
+    ran = placed.groupby("row_id")["optimizer"].agg(set)
     rows = []
     for g in groups.sort_values(["table_block", "table_model"]).itertuples():
         pairs = [(m, o) for m in metrics or ["top1_acc"] for o in optimizers]
@@ -225,6 +214,7 @@ def _row_template(table_id: str, table_runs: pd.DataFrame, paper: pd.DataFrame) 
             pairs = [(m, o) for o in optimizers for m in metrics]
         rows += [
             {
+                "row_id": g.row_id,
                 "block": g.table_block,
                 "model": g.table_model,
                 "dataset": g.dataset,
@@ -235,9 +225,9 @@ def _row_template(table_id: str, table_runs: pd.DataFrame, paper: pd.DataFrame) 
                 "tolerance": math.nan,
             }
             for m, o in pairs
-            if o in ran[(g.table_block, g.table_model)]
+            if o in ran[g.row_id]
         ]
-    columns = ["block", "model", "dataset", "optimizer", "metric", "paper", "paper_printed", "tolerance"]
+    columns = list(TEMPLATE_COLUMNS)
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -28,6 +28,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 from adamp_repro.results.analysis import analysis_outputs
 from adamp_repro.results.curves import CURVE_COLUMNS, read_epoch_curves
 from adamp_repro.results.render import save_figure
+from adamp_repro.results.text import markdown_table
 from adamp_repro.toy.circle2d import METHOD_LABELS, CircleRun
 from adamp_repro.toy.hemisphere3d import HEMISPHERE_LABELS, OPTIMUM, HemisphereRun, rosenbrock
 from adamp_repro.tracking.records import atomic_write_text, rows_to_csv
@@ -187,8 +188,7 @@ def _markdown_table(rows: Sequence[dict], columns: Sequence[str], digits: int = 
             return "-" if math.isnan(value) else f"{value:.{digits}f}"
         return str(value)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(c, row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines = markdown_table(columns, [[cell(c, row.get(c, "")) for c in columns] for row in rows])
     return "\n".join(lines) + "\n"
 
 

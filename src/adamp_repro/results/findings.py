@@ -23,8 +23,8 @@ from adamp_repro.results.stats import (
     POWER_DESCRIPTION,
     TEST_DESCRIPTION,
 )
+from adamp_repro.results.text import MISSING
 
-MISSING = "—"
 METRIC_LABELS = {
     "top1_acc": "top-1 (%)",
     "standard_acc": "standard acc (%)",
@@ -183,7 +183,7 @@ def mechanism_sentences(part: pd.DataFrame, pairs: list[tuple[str, str]] | None 
 
     ``pairs``: the (baseline, proposed) pairs to set side by side; default SGD/SGDP and AdamW (else Adam)/AdamP."""
     sentences = []
-    for (block, model), group in part.groupby(["block", "model"], sort=False):
+    for (_, block, model), group in part.groupby(["row_id", "block", "model"], sort=False):
         rows = group.drop_duplicates("optimizer")
         rows = rows[rows["initial_mean_weight_norm"].notna() & rows["final_mean_weight_norm"].notna()]
         where = " / ".join(str(x) for x in (model, block) if x not in ("-", ""))
@@ -239,15 +239,16 @@ def table_notes(table_id: str, is_paper: bool, cells: pd.DataFrame) -> list[str]
                 + "."
             )
     elif proxy is not None:
+        block, model = catalogue.row_labels(proxy.table, proxy.row)
         if proxy.as_paper.get("AdamW") == "Adam":
             notes.append(
-                f"Paper gain = difference of the printed values of the same model in {proxy.table} (the paper's "
+                f"Paper gain = difference of the printed values of {proxy.table}'s {model} row (the paper's "
                 "Adam column against our AdamW); Sign agrees: our gain has that sign."
             )
         else:
             notes.append(
-                f"Paper gain = difference of the printed values of {proxy.table}'s {proxy.model} row, block "
-                f"{proxy.block} (its AdamP − Adam; the paper's Adam there is torch Adam with coupled L2, our "
+                f"Paper gain = difference of the printed values of {proxy.table}'s {model} row, block "
+                f"{block} (its AdamP − Adam; the paper's Adam there is torch Adam with coupled L2, our "
                 "`adam`, not AdamW); Sign agrees: our gain has that sign. Pairs the paper does not print "
                 f"(here those with AdamW, our control arm) have no paper gain, sign or seeds for it: `none (not in "
                 f"{proxy.table})`."
@@ -267,7 +268,8 @@ def table_notes(table_id: str, is_paper: bool, cells: pd.DataFrame) -> list[str]
 def _power_and_robustness_notes(has_paper_gain: bool, cells: pd.DataFrame, reference: tuple) -> list[str]:
     target = "the printed gain (Paper gain)"
     if not has_paper_gain:
-        ref_table, _, ref_model = reference
+        ref_table, ref_row = reference
+        ref_model = catalogue.row_labels(ref_table, ref_row)[1]
         target = (
             f"{ref_table}'s printed {ref_model} gain of the same pair (SGDP − SGD, AdamP − Adam; our AdamW "
             "stands for the paper's Adam), shown beside the count, as a scale for what a real effect needs"

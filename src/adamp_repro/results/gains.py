@@ -17,7 +17,6 @@ import pandas as pd
 
 from adamp_repro import catalogue
 from adamp_repro.catalogue import DEFAULT_PAIRS, DEFAULT_REFERENCE, Table
-from adamp_repro.results.collect import placement_key
 from adamp_repro.results.stats import detectable_gain, seeds_needed, welch_test
 
 # Our labels -> the paper's ImageNet columns (the ICLR version labels its ImageNet Adam baseline AdamW).
@@ -26,8 +25,10 @@ GAIN_COLUMNS = (
     "table",
     "scale",
     "dataset_label",
+    "row_id",
     "block",
     "model",
+    "dataset",
     "metric",
     "baseline",
     "proposed",
@@ -54,15 +55,15 @@ GAIN_COLUMNS = (
 
 
 def paired_gains(table_id: str, cells: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
-    """One row per (scale, block, model, metric) and compared pair of ``cells`` (``compare.CELL_COLUMNS`` with
+    """One row per (scale, row, metric) and compared pair of ``cells`` (``compare.CELL_COLUMNS`` with
     the per-seed ``_values``), columns ``GAIN_COLUMNS``."""
     rows = []
     entry = catalogue.table(table_id)
     is_paper = entry is not None and entry.is_paper
     proxy = entry.proxy if entry is not None else None
     own_sign = 1.0  # own tables: the paper puts the projected optimizer ahead in every P1 row
-    for (scale, block, model, metric), group in cells.groupby(
-        ["scale", "block", "model", "metric"], sort=False, dropna=False
+    for (scale, row_id, block, model, dataset, metric), group in cells.groupby(
+        ["scale", "row_id", "block", "model", "dataset", "metric"], sort=False, dropna=False
     ):
         by_label = {r["optimizer"]: r for r in group.to_dict("records")}
         for baseline, proposed in _pairs_for(entry, by_label):
@@ -70,7 +71,7 @@ def paired_gains(table_id: str, cells: pd.DataFrame, paper: pd.DataFrame) -> pd.
             result = welch_test(a["_values"], b["_values"])
             # Printed values carry at most 2 decimals: drop the float noise of their difference (0.57, not 0.5700..074).
             paper_gain = (
-                _proxy_gain(proxy, model, metric, baseline, proposed, paper)
+                _proxy_gain(proxy, metric, baseline, proposed, paper)
                 if proxy is not None
                 else round(b["paper"] - a["paper"], 10)
             )
@@ -89,8 +90,10 @@ def paired_gains(table_id: str, cells: pd.DataFrame, paper: pd.DataFrame) -> pd.
                     "table": table_id,
                     "scale": scale,
                     "dataset_label": _first_text(b["dataset_label"], a["dataset_label"]),
+                    "row_id": row_id,
                     "block": block,
                     "model": model,
+                    "dataset": dataset,
                     "metric": metric,
                     "baseline": baseline,
                     "proposed": proposed,
@@ -127,37 +130,29 @@ def _target_gain(
     if entry is not None and (entry.is_paper or entry.proxy is not None):
         where = table_id if entry.is_paper else entry.proxy.label
         return paper_gain, (None if math.isnan(paper_gain) else where)
-    ref_table, ref_block, ref_model = entry.reference_gain if entry is not None else DEFAULT_REFERENCE
-    gain = _printed_gain(paper, ref_table, ref_block, ref_model, baseline, proposed)
-    return gain, (None if math.isnan(gain) else f"{ref_table} {ref_model}")
+    ref_table, ref_row = entry.reference_gain if entry is not None else DEFAULT_REFERENCE
+    gain = _printed_gain(paper, ref_table, ref_row, baseline, proposed)
+    return gain, (None if math.isnan(gain) else f"{ref_table} {catalogue.row_labels(ref_table, ref_row)[1]}")
 
 
-def _proxy_gain(proxy, model: str, metric: str, baseline: str, proposed: str, paper: pd.DataFrame) -> float:
+def _proxy_gain(proxy, metric: str, baseline: str, proposed: str, paper: pd.DataFrame) -> float:
     """The paper's printed gain of ``proposed`` over ``baseline`` for ``metric`` in the paper row the proxy
     stands in for (``proxy_of`` in the catalogue); NaN when the paper has no such pair."""
-    return _printed_gain(
-        paper, proxy.table, proxy.block, proxy.model or model, baseline, proposed, metric, proxy.as_paper
-    )
+    return _printed_gain(paper, proxy.table, proxy.row, baseline, proposed, metric, proxy.as_paper)
 
 
 def _printed_gain(
     paper: pd.DataFrame,
     paper_table: str,
-    block: str,
-    model: str,
+    row_id: str,
     baseline: str,
     proposed: str,
     metric: str = "top1_acc",
     as_paper: Mapping[str, str] = AS_PAPER,
 ) -> float:
-    """Printed ``proposed`` minus ``baseline`` in one paper row; ``as_paper`` maps our labels to the paper's
+    """Printed ``proposed`` minus ``baseline`` in one paper row (by id); ``as_paper`` maps our labels to the paper's
     columns (by default our AdamW read as the paper's Adam). NaN when either has no printed column."""
-    rows = paper[
-        (paper["table"] == paper_table)
-        & (paper["block"].map(placement_key) == placement_key(block))
-        & (paper["model"].map(placement_key) == placement_key(model))
-        & (paper["metric"] == metric)
-    ]
+    rows = paper[(paper["table"] == paper_table) & (paper["row_id"] == row_id) & (paper["metric"] == metric)]
     values = dict(zip(rows["optimizer"], rows["value"]))
     a, b = values.get(as_paper.get(baseline, baseline)), values.get(as_paper.get(proposed, proposed))
     return math.nan if a is None or b is None else round(float(b) - float(a), 10)
@@ -185,7 +180,7 @@ def paper_gain_range(paper: pd.DataFrame, table_id: str = "P1") -> tuple[float, 
     entry = catalogue.table(table_id)
     pairs = entry.pairs if entry is not None else DEFAULT_PAIRS
     gains = []
-    for _, group in rows.groupby(["block", "model", "metric"], sort=False):
+    for _, group in rows.groupby(["row_id", "metric"], sort=False):
         values = dict(zip(group["optimizer"], group["value"]))
         gains += [values[b] - values[a] for a, b in pairs if a in values and b in values]
     return (min(gains), max(gains)) if gains else (math.nan, math.nan)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from adamp_repro.results.text import markdown_table, signed_pct, yes_or_bold_no
 from adamp_repro.tracking.records import atomic_write_text, rows_to_csv
 
 INIT_KEY = "at_init_mean_filter_norm"
@@ -174,28 +175,25 @@ def mechanism_markdown(table_id: str, rows: list[dict], check: MechanismCheck) -
         ]
         header += [f"eff. step {base} / {proj}", "step smaller"] if step else []
         header += [f"{o} growth" for o in others] + ["all met"]
-        out += [
-            f"## Scale `{scale}`: {pair}",
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---:|" * len(header),
-        ]
+        out += [f"## Scale `{scale}`: {pair}", ""]
+        cells_of = []
         for r in group:
             cells = [
                 str(r["seed"]),
                 f"{r['baseline_growth']:+.1%}",
                 f"{r['projected_growth']:+.1%}",
                 f"{r['growth_ratio']:.2f}",
-                _yes(r["baseline_grows"]),
-                _yes(r["projection_holds"]),
+                yes_or_bold_no(r["baseline_grows"]),
+                yes_or_bold_no(r["projection_holds"]),
             ]
             if step:
                 cells += [
                     f"{r['baseline_step']:.3e} / {r['projected_step']:.3e}",
-                    _yes(r["baseline_step_smaller"]),
+                    yes_or_bold_no(r["baseline_step_smaller"]),
                 ]
-            cells += [_pct(r.get(f"{o}_growth")) for o in others] + [_yes(r["all_met"])]
-            out.append("| " + " | ".join(cells) + " |")
+            cells += [signed_pct(r.get(f"{o}_growth")) for o in others] + [yes_or_bold_no(r["all_met"])]
+            cells_of.append(cells)
+        out += markdown_table(header, cells_of, "r" * len(header))
         out.append("")
     findings = mechanism_findings(rows, check)
     if findings:
@@ -204,14 +202,6 @@ def mechanism_markdown(table_id: str, rows: list[dict], check: MechanismCheck) -
     for r in rows:
         out.append(f"- seed {r['seed']} ({r['scale']}): `{r['baseline_run']}`, `{r['projected_run']}`")
     return "\n".join(out) + "\n"
-
-
-def _yes(flag) -> str:
-    return "yes" if flag else "**no**"
-
-
-def _pct(value) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.1%}"
 
 
 def mechanism_outputs(

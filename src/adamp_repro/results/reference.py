@@ -1,7 +1,9 @@
 """The paper's printed numbers: one CSV per table under ``results/paper/``.
 
 The CSVs are generated from the project's transcription of the paper (``results/paper/reference.csv``, 84 cells
-read from the project page's table LaTeX; arXiv 2006.08217) by ``write_paper_csvs``; no number is retyped.
+read from the project page's table LaTeX; arXiv 2006.08217) by ``write_paper_csvs``; no number is retyped. Each
+printed row has an id (``row_id``, one per block, model and dataset of a table): the tables join our runs to the
+paper's rows by it (the catalogue's ``rows`` map the labels a run carries to the id), never by display label.
 Which tables exist, their titles, sources and test sets are the catalogue's (``configs/tables.yaml``, entries
 of kind ``paper``). Tables are named P1..P7 after the project page (clovaai.github.io/AdamP): the ICLR version (v3) numbers
 its tables differently and that mapping has not been read, so no "paper Table N" label is claimed here.
@@ -21,10 +23,12 @@ from adamp_repro import catalogue, paths
 from adamp_repro.catalogue import Table
 from adamp_repro.tracking.records import atomic_write_text
 
-REFERENCE_COLUMNS = ("table", "block", "model", "dataset", "optimizer", "metric", "value")
+REFERENCE_COLUMNS = ("table", "row_id", "block", "model", "dataset", "optimizer", "metric", "value")
+ROW_COLUMNS = ("block", "model", "dataset")  # what one row id stands for, within a table
 PAPER_COLUMNS = (
     "table",
     "source",
+    "row_id",
     "block",
     "model",
     "dataset",
@@ -74,7 +78,32 @@ def read_reference_csv(path: str | Path) -> pd.DataFrame:
     unknown = sorted(set(frame["table"]) - set(known))
     if unknown:
         raise ValueError(f"{path}: unknown table ids {unknown}; known: {list(known)}")
+    check_row_ids(frame, path)
     return frame
+
+
+def check_row_ids(frame: pd.DataFrame, path: str | Path) -> None:
+    """Each printed row has one id and each id one row (block, model, dataset) of its table, and every row the
+    catalogue lists for a paper table is printed there; a ``ValueError`` names the first that is not."""
+    missing = frame.loc[frame["row_id"].str.strip() == "", ["table", *ROW_COLUMNS]]
+    if len(missing):
+        raise ValueError(f"{path}: a printed row has no row_id: {' / '.join(missing.iloc[0])}")
+    rows = frame[["table", "row_id", *ROW_COLUMNS]].drop_duplicates()
+    for keys in (["table", "row_id"], ["table", *ROW_COLUMNS]):
+        doubled = rows[rows.duplicated(keys, keep=False)]
+        if len(doubled):
+            raise ValueError(
+                f"{path}: {' / '.join(keys)} must name one printed row each; "
+                f"{' / '.join(doubled.iloc[0][keys])} names more than one"
+            )
+    for table_id, table in paper_tables().items():
+        printed = set(frame.loc[frame["table"] == table_id, "row_id"])
+        unprinted = [r for r in (*table.rows, *table.borrow) if r not in printed]
+        if unprinted:
+            raise ValueError(
+                f"{path}: the catalogue's row {unprinted[0]!r} of {table_id} is not printed there; "
+                f"printed rows: {', '.join(sorted(printed))}"
+            )
 
 
 def paper_frames(reference: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -130,7 +159,9 @@ def load_paper_numbers(paper_dir: str | Path) -> pd.DataFrame:
         for column in ("value", "tolerance"):
             frame[column] = [_to_float(v, path, column) for v in frame[column]]
         frames.append(frame[list(PAPER_COLUMNS)])
-    return pd.concat(frames, ignore_index=True)
+    numbers = pd.concat(frames, ignore_index=True)
+    check_row_ids(numbers, paper_dir)
+    return numbers
 
 
 def _to_float(text: str, path: Path, column: str) -> float:

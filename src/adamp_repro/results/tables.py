@@ -29,6 +29,7 @@ from adamp_repro.results.findings import (
     table_notes,
 )
 from adamp_repro.results.stats import MAX_SEEDS, NOT_APPLICABLE_ONE_SEED, POWER
+from adamp_repro.results.text import markdown_table
 
 
 @dataclass
@@ -80,13 +81,10 @@ def layout_table(comparison: Comparison, paper: pd.DataFrame) -> TableDoc:
         intro = ["Our own table: no printed counterpart, so there is no paper value, band or diff."]
         if entry is not None and entry.proxy is not None:
             proxy = entry.proxy
-            row = (
-                f"the same model in {proxy.table}"
-                if proxy.model is None
-                else f"{proxy.table}'s {proxy.model} row (block {proxy.block})"
-            )
+            block, model = catalogue.row_labels(proxy.table, proxy.row)
+            row = f"{proxy.table}'s {model} row (block {block})"
             intro = [
-                f"Our own table on other data, standing in for {proxy.table} ({proxy.block}): its accuracies are "
+                f"Our own table on other data, standing in for {proxy.table} ({block}): its accuracies are "
                 f"not comparable with the paper's, so only the paper's printed gains of {row} are set beside our "
                 "gains (`Paper gain`), and each sign is judged against them."
             ]
@@ -133,10 +131,7 @@ def _section(entry, table_id, is_paper, scale, cells, gains, paper, left_out) ->
     if len(gain_part):
         proxy = entry.proxy if entry is not None else None
         reference = entry.reference_gain if entry is not None else DEFAULT_REFERENCE
-        varying_gains = [c for c in varying if c != "dataset"]
-        grids.append(
-            _gain_grid(gain_part, varying_gains, is_paper or proxy is not None, proxy, entry, reference)
-        )
+        grids.append(_gain_grid(gain_part, varying, is_paper or proxy is not None, proxy, entry, reference))
     sentences, headlines = [], []
     if not (scale is None or part["n_seeds"].sum() == 0):
         sentences = gap_sentences(gain_part, is_paper, paper, table_id)
@@ -204,7 +199,7 @@ def _cell_grid(part, varying, is_paper, scale, mechanism) -> Grid:
 
 def _gain_grid(part, varying, paper_gain: bool, proxy, entry, reference) -> Grid:
     header = [c.capitalize() for c in varying] + ["Comparison"]
-    target = "paper gain" if paper_gain else f"{reference[0]} {reference[2]} gain"
+    target = "paper gain" if paper_gain else f"{reference[0]} {catalogue.row_labels(*reference)[1]} gain"
     header += (["Paper gain"] if paper_gain else []) + [
         "Our gain",
         "95% CI",
@@ -341,8 +336,11 @@ def _p(p, test) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _norms(initial, final) -> str:
-    return MISSING if _isnan(initial) or _isnan(final) else f"{initial:.3f} → {final:.3f}"
+def _norms(after_epoch_1, final) -> str:
+    """``initial_mean_weight_norm`` (the runner's key: the norm after the first epoch) → the final norm."""
+    if _isnan(after_epoch_1) or _isnan(final):
+        return MISSING
+    return f"{after_epoch_1:.3f} → {final:.3f}"
 
 
 def _sci(x) -> str:
@@ -357,17 +355,11 @@ def render_markdown(doc: TableDoc) -> str:
     for section in doc.sections:
         out += [f"## {section.heading}", ""]
         for grid in section.grids:
-            out += [f"{grid.caption}:", "", _md_row(grid.header)]
-            out.append("|" + "|".join("---:" if a == "r" else "---" for a in grid.align) + "|")
-            out += [_md_row(row) for row in grid.rows] + [""]
+            out += [f"{grid.caption}:", "", *markdown_table(grid.header, grid.rows, grid.align), ""]
             out += [*grid.footer, ""] if grid.footer else []
         out += [f"- {s}" for s in section.sentences] + ([""] if section.sentences else [])
     out += ["## Notes", ""] + [f"{i}. {n}" for i, n in enumerate(doc.notes, 1)]
     return "\n".join(out) + "\n"
-
-
-def _md_row(cells: list[str]) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
 _TEX_SPECIAL = {
