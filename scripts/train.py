@@ -18,6 +18,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from adamp_repro import paths
 from adamp_repro.errors import UsageError
 from adamp_repro.train import run
 
@@ -27,7 +28,8 @@ class JobRefused(CompactHydraException):
     after the batch; a compact exception is printed as its message alone, without a traceback."""
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+# The configs: $ADAMP_REPRO_CONFIG_DIR when set, else the package's (adamp_repro.paths.config_dir).
+@hydra.main(version_base="1.3", config_path=str(paths.config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         summary = run(cfg)

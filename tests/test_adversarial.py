@@ -1,4 +1,4 @@
-"""The adversarial task (train/adversarial.py) and its config: metrics, training step, and two trained tiny models
+"""The adversarial task (train/tasks/adversarial.py) and its config: metrics, training step, and two trained tiny models
 on real CIFAR-10 images (the embedded subset) for the checks that need a trained model: robust accuracy falls
 with eps down to ~0 (no gradient masking), and adversarial training buys robustness.
 """
@@ -20,10 +20,10 @@ from torch import nn
 
 from adamp_repro.data.sharding import make_generator
 from adamp_repro.errors import ConfigError
-from adamp_repro.train.adversarial import AdversarialTask, build_adversarial_task
 from adamp_repro.train.attacks import PGD
 from adamp_repro.train.autoattack import WARNING_FLAGS
 from adamp_repro.train.tasks import build_task
+from adamp_repro.train.tasks.adversarial import AdversarialTask, build_adversarial_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_YAML = ROOT / "configs" / "task" / "adversarial.yaml"

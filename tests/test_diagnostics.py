@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import timm
@@ -14,7 +17,7 @@ from adamp_repro.train.diagnostics import (
     WeightDiagnostics,
     display_name,
     normalised_weights,
-    scale_invariance_report,
+    scale_invariance_test,
 )
 
 
@@ -55,6 +58,54 @@ class SmallBNNet(nn.Module):
         x = self.act(self.bn1(self.conv1(x)))
         x = self.act(self.bn2(self.conv2(x)))
         return self.fc(self.pool(x).flatten(1))
+
+
+def scale_invariance_report(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch: tuple[torch.Tensor, torch.Tensor],
+    delta: float = 0.1,
+    eps: float = 1e-8,
+) -> dict[str, Any]:
+    """One forward/backward on ``batch = (inputs, targets)`` in train mode, on a copy of ``model``.
+
+    Returns ``detected_share`` (share of the elements of ndim > 1 weights that pass the optimizer's test),
+    ``detected_tensor_share`` (the same by tensor count), ``normalised_share`` (element share of the weights
+    followed by a normalisation layer), ``agreement`` (share of tensors where the structural rule and the
+    gradient test agree) and per-weight ``rows``. The model (weights, grads, BN statistics) is untouched.
+    """
+    work = copy.deepcopy(model).train()
+    inputs, targets = batch
+    work.zero_grad(set_to_none=True)
+    loss_fn(work(inputs), targets).backward()
+    normalised = normalised_weights(work)
+    rows = []
+    with torch.no_grad():
+        for name, p in work.named_parameters():
+            if p.ndim < 2 or p.grad is None:
+                continue
+            channel_cos, passed = scale_invariance_test(p.grad, p, delta, eps)
+            rows.append(
+                {
+                    "param": display_name(name),
+                    "numel": p.numel(),
+                    "abs_cos_max": float(channel_cos),
+                    "detected": bool(passed),
+                    "followed_by_norm": name in normalised,
+                }
+            )
+    total = sum(r["numel"] for r in rows)
+    return {
+        "detected_share": sum(r["numel"] for r in rows if r["detected"]) / total if total else math.nan,
+        "detected_tensor_share": sum(r["detected"] for r in rows) / len(rows) if rows else math.nan,
+        "normalised_share": sum(r["numel"] for r in rows if r["followed_by_norm"]) / total
+        if total
+        else math.nan,
+        "agreement": sum(r["detected"] == r["followed_by_norm"] for r in rows) / len(rows)
+        if rows
+        else math.nan,
+        "rows": rows,
+    }
 
 
 @pytest.fixture()

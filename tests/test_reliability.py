@@ -245,11 +245,11 @@ def _stop_after(monkeypatch, epochs: int) -> None:
     original = runner.Trainer.fit
 
     def fit_then_stop(self):
-        planned, self.s.epochs = self.s.epochs, epochs
+        planned, self.settings.epochs = self.settings.epochs, epochs
         try:
             original(self)
         finally:
-            self.s.epochs = planned
+            self.settings.epochs = planned
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner.Trainer, "fit", fit_then_stop)

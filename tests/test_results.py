@@ -534,3 +534,27 @@ def test_a_printed_row_without_an_id_is_refused(tmp_path: Path) -> None:
     (tmp_path / "reference.csv").write_text(text)
     with pytest.raises(ValueError, match=r"a printed row has no row_id: P1 / imagenet / ResNet18 / ImageNet"):
         read_reference_csv(tmp_path / "reference.csv")
+
+
+def test_records_carry_a_schema_version_and_older_ones_read_as_version_1(tmp_path):
+    import json
+
+    from adamp_repro.tracking.schema import SCHEMA_VERSION
+
+    root = tmp_path / "runs"
+    current = p1_run(root, "sgdp", 0, top1=70.0)
+    older = p1_run(root, "sgd", 0, top1=69.0)
+    newer = p1_run(root, "adamp", 0, top1=71.0)
+    for run_dir, version in ((older, None), (newer, SCHEMA_VERSION + 1)):
+        path = run_dir / "summary.json"
+        summary = json.loads(path.read_text())
+        if version is None:
+            del summary["schema_version"]  # a record written before versions existed
+        else:
+            summary["schema_version"] = version
+        atomic_write_text(path, json.dumps(summary))
+    assert json.loads((current / "summary.json").read_text())["schema_version"] == SCHEMA_VERSION
+    runs, problems = collect_runs(root)
+    versions = dict(zip(runs["optimizer"], runs["schema_version"]))
+    assert versions == {"sgdp": SCHEMA_VERSION, "sgd": 1}
+    assert [(p.kind, "schema_version" in p.detail) for p in problems] == [("broken", True)]

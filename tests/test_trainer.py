@@ -94,9 +94,9 @@ def test_resume_equals_uninterrupted_run(smoke_cfg, tmp_path):
     original = runner.Trainer.fit
 
     def fit_one_epoch_then_die(self):
-        self.s.epochs, planned = 1, self.s.epochs
+        self.settings.epochs, planned = 1, self.settings.epochs
         original(self)
-        self.s.epochs = planned
+        self.settings.epochs = planned
         raise KeyboardInterrupt
 
     runner.Trainer.fit = fit_one_epoch_then_die

@@ -254,6 +254,20 @@ class AdversarialTask(Closed):
     eps_sweep: EpsSweepCheck
 
 
+class ExternalTask(Open):
+    """A task config that names its own class (``_target_: package.module.Class``): every key but ``name`` is a
+    keyword of that class (open: ``train.tasks.registry`` checks them against its signature)."""
+
+    name: str = text(pattern=NAME, description="a task name without '/'")
+
+
+def _task_form(data: Any) -> str:
+    """Which task model checks ``data``: a config naming its own class, or one of the suite's tasks by name."""
+    if isinstance(data, dict) and "_target_" in data:
+        return "external"
+    return str(data.get("name")) if isinstance(data, dict) else "classification"
+
+
 class Scale(Closed):
     name: Literal[SCALES]  # type: ignore[valid-type]
     epochs: int = integer(gt=0)
@@ -335,7 +349,12 @@ class RunConfig(Closed):
     scheduler: ConstantSchedule | CosineSchedule | StepSchedule | MultiStepSchedule = Field(
         discriminator="name"
     )
-    task: ClassificationTask | AdversarialTask = Field(discriminator="name")
+    task: Annotated[
+        Annotated[ClassificationTask, Tag("classification")]
+        | Annotated[AdversarialTask, Tag("adversarial")]
+        | Annotated[ExternalTask, Tag("external")],
+        Discriminator(_task_form),
+    ]
     scale: Scale
     logger: NoLogger | WandbLogger = Field(discriminator="name")
     hydra: dict[str, Any] | None = None

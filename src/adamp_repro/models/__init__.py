@@ -5,7 +5,7 @@ Importing this package registers ``cifar_resnet20/32/56``, ``cifar_resnet18``,
 """
 
 from adamp_repro.models.cifar_resnet import CifarResNet
-from adamp_repro.models.factory import NormalizedModel, build_model, close_model_names, set_channels_last
+from adamp_repro.models.factory import NormalizedModel, build_model, close_model_names
 from adamp_repro.models.wide_resnet_madry import MadryWideResNet
 
 __all__ = [
@@ -14,5 +14,4 @@ __all__ = [
     "NormalizedModel",
     "build_model",
     "close_model_names",
-    "set_channels_last",
 ]

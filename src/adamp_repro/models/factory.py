@@ -101,11 +101,6 @@ def build_model(
     return NormalizedModel(net, tuple(mean), tuple(std))
 
 
-def set_channels_last(model: nn.Module) -> nn.Module:
-    """Convert the model's 4-D weights to channels_last (NHWC) in place (faster GPU convs); returns it."""
-    return model.to(memory_format=torch.channels_last)
-
-
 def _plain(cfg: Any) -> dict[str, Any]:
     try:
         from omegaconf import DictConfig, OmegaConf

@@ -1,8 +1,10 @@
 """Run records -> one pandas DataFrame, one row per completed run that can be counted.
 
 Reads only ``summary.json`` (and checks ``config.yaml`` parses) in each run folder of the record contract
-(``tracking/records.py``). Records that are broken or half-written are reported by path and skipped;
-runs that are not ``completed`` are reported and not counted. Nothing here raises on a bad record.
+(``tracking/records.py``; key names and versions in ``tracking/schema.py``). Records that are broken or
+half-written are reported by path and skipped; runs that are not ``completed`` are reported and not counted.
+Nothing here raises on a bad record. A summary without ``schema_version`` reads as version 1 (written before
+versions existed; its keys mean what they mean in version 2); one newer than this suite's is ``broken``.
 
 The collector refuses to guess. A completed record is *left out* (reported by path, kept apart in
 ``RunSet.left_out`` so each table can say what it left out) when it ran fewer epochs than planned (``short``),
@@ -38,6 +40,7 @@ from adamp_repro.tracking.records import (
     SUMMARY_FILE,
     read_summary,
 )
+from adamp_repro.tracking.schema import SCHEMA_VERSION, schema_version_of
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ RUN_COLUMNS = (
     *NUMERIC_COLUMNS,
     "attacks",
     "code_changed_on_resume",
+    "schema_version",
 )
 # Completed records that are not counted: RUN_COLUMNS plus why (``RunProblem.kind`` and ``detail``).
 LEFT_OUT_COLUMNS = (*RUN_COLUMNS, "left_out_kind", "left_out_detail")
@@ -322,6 +326,17 @@ def _summary_to_row(
             run_dir, "broken", f"code_changed_on_resume must be true/false, got {changed!r}"
         )
     row["code_changed_on_resume"] = bool(changed)
+    try:
+        version = schema_version_of(summary)
+    except (TypeError, ValueError):
+        version = None
+    if version is None or not 1 <= version <= SCHEMA_VERSION:
+        return None, RunProblem(
+            run_dir,
+            "broken",
+            f"schema_version must be an integer in 1..{SCHEMA_VERSION}, got {summary.get('schema_version')!r}",
+        )
+    row["schema_version"] = version
     return row, None
 
 

@@ -1,6 +1,7 @@
 """Run records on disk: the source of truth for every reproduced number.
 
-One folder per run (``results/runs/<experiment>/<scale>/<run_name>/``) with a fixed contract:
+One folder per run (``results/runs/<experiment>/<scale>/<run_name>-<hash>/``, the hash being eight hex digits of
+the run's config, ``train.runner.config_hash``) with a fixed contract:
 
 - ``config.yaml``      the resolved Hydra config of the run
 - ``provenance.json``  ``{"segments": [...]}``, one entry per segment of the run (the first start and every
@@ -9,8 +10,9 @@ One folder per run (``results/runs/<experiment>/<scale>/<run_name>/``) with a fi
                        single dict, read as one segment (``read_provenance_segments``).
 - ``metrics.csv``      one row per epoch, prefixed columns (``train_loss``, ``eval_top1``, ``lr``, ...)
 - ``diagnostics.csv``  optional: per-epoch weight-norm diagnostics of the scale-invariant weights
-- ``summary.json``     the final state: ``status`` (running / completed / failed / diverged / interrupted),
-                       final and best metrics, wall time, images/s, and identifying keys
+- ``summary.json``     the final state: ``schema_version`` (``tracking.schema``; absent = 1), ``status``
+                       (running / completed / failed / diverged / interrupted), final and best metrics, wall
+                       time, images/s, and identifying keys
 
 Every file is written to a temporary name in the same folder and renamed, so a crash never leaves a
 half-written file behind.
@@ -26,6 +28,8 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from adamp_repro.tracking.schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY
 
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 CONFIG_FILE = "config.yaml"
@@ -156,11 +160,14 @@ class RunRecord:
             self.diagnostics.extend(dict(d) for d in diagnostics)
             atomic_write_text(self.run_dir / DIAGNOSTICS_FILE, rows_to_csv(self.diagnostics))
 
-    def write_summary(self, summary: Mapping[str, Any]) -> None:
+    def write_summary(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """Write ``summary.json`` with the schema version; returns what was written."""
         status = summary.get("status")
         if status not in STATUSES:
             raise ValueError(f"Invalid run status: {status!r}; expected one of {STATUSES}")
-        atomic_write_json(self.run_dir / SUMMARY_FILE, dict(summary))
+        written = {**summary, SCHEMA_VERSION_KEY: SCHEMA_VERSION}
+        atomic_write_json(self.run_dir / SUMMARY_FILE, written)
+        return written
 
 
 def _rows_before(path: Path, epoch: int) -> list[dict[str, Any]]:

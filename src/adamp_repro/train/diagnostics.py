@@ -39,9 +39,7 @@ stay on the device until ``epoch_end``, which does one host transfer.
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -97,7 +95,7 @@ def normalised_weights(model: nn.Module) -> set[str]:
     (``bn1 -> conv1 -> bn2 -> conv2`` then the residual sum) ``conv1`` counts and ``conv2`` does not.
     A structural rule, not a proof, and a conservative one: it misses weights made scale-invariant through
     longer paths (in the Madry WRN the stem conv and some residual-branch convs pass the gradient test while
-    only each block's ``conv1`` is counted, 33% of the elements). ``scale_invariance_report`` shows both.
+    only each block's ``conv1`` is counted, 33% of the elements); the detection share shows both.
     """
     names: set[str] = set()
     for parent_name, parent in model.named_modules():
@@ -324,51 +322,3 @@ def _filter_norms(weight: torch.Tensor) -> torch.Tensor:
 
 def _detached(value: Any) -> float | torch.Tensor:
     return value.detach().clone() if torch.is_tensor(value) else float(value)
-
-
-def scale_invariance_report(
-    model: nn.Module,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    batch: tuple[torch.Tensor, torch.Tensor],
-    delta: float = 0.1,
-    eps: float = 1e-8,
-) -> dict[str, Any]:
-    """One forward/backward on ``batch = (inputs, targets)`` in train mode, on a copy of ``model``.
-
-    Returns ``detected_share`` (share of the elements of ndim > 1 weights that pass the optimizer's test),
-    ``detected_tensor_share`` (the same by tensor count), ``normalised_share`` (element share of the weights
-    followed by a normalisation layer), ``agreement`` (share of tensors where the structural rule and the
-    gradient test agree) and per-weight ``rows``. The model (weights, grads, BN statistics) is untouched.
-    """
-    work = copy.deepcopy(model).train()
-    inputs, targets = batch
-    work.zero_grad(set_to_none=True)
-    loss_fn(work(inputs), targets).backward()
-    normalised = normalised_weights(work)
-    rows = []
-    with torch.no_grad():
-        for name, p in work.named_parameters():
-            if p.ndim < 2 or p.grad is None:
-                continue
-            channel_cos, passed = scale_invariance_test(p.grad, p, delta, eps)
-            rows.append(
-                {
-                    "param": display_name(name),
-                    "numel": p.numel(),
-                    "abs_cos_max": float(channel_cos),
-                    "detected": bool(passed),
-                    "followed_by_norm": name in normalised,
-                }
-            )
-    total = sum(r["numel"] for r in rows)
-    return {
-        "detected_share": sum(r["numel"] for r in rows if r["detected"]) / total if total else math.nan,
-        "detected_tensor_share": sum(r["detected"] for r in rows) / len(rows) if rows else math.nan,
-        "normalised_share": sum(r["numel"] for r in rows if r["followed_by_norm"]) / total
-        if total
-        else math.nan,
-        "agreement": sum(r["detected"] == r["followed_by_norm"] for r in rows) / len(rows)
-        if rows
-        else math.nan,
-        "rows": rows,
-    }

@@ -1,10 +1,11 @@
 """``run(cfg)``: one training job from a composed config to a finished run record.
 
 The Hydra entry point (``scripts/train.py``) only composes the config and calls this; tests call it directly.
-Building happens in a fixed order (seed -> data -> model -> optimizer -> task), so the same config and seed give
-the same numbers. The record's ``summary.json`` is written in a ``finally``: a crash still leaves a record
-with status ``failed`` and the error, a NaN loss leaves ``diverged``, Ctrl-C, SIGTERM and SIGHUP leave
-``interrupted`` with the signal (see ``train.stopping``), an unreadable checkpoint leaves ``failed``.
+``_run`` composes every object of the run at its top, in a fixed order (seed -> data -> model -> optimizer ->
+task -> diagnostics -> record -> trainer), so the same config and seed give the same numbers. The record's life
+is one object, ``train.life.RunLife``: its ``summary.json`` is written however the training ends: a crash
+still leaves a record with status ``failed`` and the error, a NaN loss leaves ``diverged``, Ctrl-C, SIGTERM and
+SIGHUP leave ``interrupted`` with the signal (see ``train.stopping``), an unreadable checkpoint leaves ``failed``.
 
 Before anything is written, rank 0 locks the run folder (``tracking.run_lock``); before anything is read, a
 resume checks that the package's source hash is the one the run's last segment recorded (``allow_code_change``
@@ -19,8 +20,6 @@ import json
 import logging
 import random
 import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +27,21 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from adamp_repro.config import validate_config
+from adamp_repro.data import build_data
+from adamp_repro.models import build_model
+from adamp_repro.optim import build_optimizer
 from adamp_repro.tracking.provenance import collect_provenance
 from adamp_repro.tracking.records import RunRecord, is_completed, read_summary
 from adamp_repro.tracking.run_lock import RunLock
-from adamp_repro.tracking.schema import SUMMARY_KEYS as DIAGNOSTIC_SUMMARY_KEYS
-from adamp_repro.tracking.wandb_mirror import WandbMirror
+from adamp_repro.train.diagnostics import WeightDiagnostics
 from adamp_repro.train.distributed import DistContext, init_distributed, resolve_device, shutdown
-from adamp_repro.train.resume import code_changed, prepare_resume
+from adamp_repro.train.life import RunLife
+from adamp_repro.train.resume import prepare_resume
 from adamp_repro.train.schedule import build_lr_factor
 from adamp_repro.train.stopping import RunInterrupted, StopSignals, exit_by_signal
 from adamp_repro.train.tasks import build_task
-from adamp_repro.train.trainer import DivergedError, Trainer, TrainerSettings
+from adamp_repro.train.trainer import Trainer, TrainerSettings
 
 log = logging.getLogger("adamp_repro")
 
@@ -117,32 +120,8 @@ def optimizer_values(cfg: DictConfig) -> str:
     return f"recipe.{name}" if name in (cfg.get("recipe") or {}) else NO_RECIPE_ENTRY
 
 
-def _final_metrics(history: list[dict[str, Any]], primary_metric: str) -> dict[str, Any]:
-    if not history:
-        return {"epochs": 0}
-    last = history[-1]
-    primary = f"eval_{primary_metric}"
-    evaluated = [row for row in history if primary in row]
-    out: dict[str, Any] = {"epochs": int(last["epoch"]) + 1, "final_train_loss": last.get("train_loss")}
-    if evaluated:
-        final = evaluated[-1]
-        out.update({f"final_{k}": v for k, v in final.items() if k.startswith("eval_") and "count" not in k})
-        out[f"best_{primary}"] = max(row[primary] for row in evaluated)
-    speeds = [row["images_per_s"] for row in history if "images_per_s" in row]
-    out["images_per_s"] = float(np.median(speeds)) if speeds else None
-    for key in DIAGNOSTIC_SUMMARY_KEYS:
-        if key in last:
-            out[f"final_{key}"] = last[key]
-    for key in ("mean_weight_norm", "mean_filter_norm"):
-        if key in history[0]:
-            out[f"initial_{key}"] = history[0][key]
-    return out
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one configuration; return its summary (also written to ``summary.json``)."""
-    from adamp_repro.config import validate_config
-
     validate_config(cfg)
     build_task(cfg.task)  # the task's own checks (attack settings) also fail before the run folder exists
     if cfg.threads:
@@ -185,10 +164,7 @@ def _run(
     stops: StopSignals,
     lock: RunLock | None,
 ) -> dict[str, Any]:
-    from adamp_repro.data import build_data
-    from adamp_repro.models import build_model
-    from adamp_repro.optim import build_optimizer
-
+    # ---- composition: every object of the run, in the order that fixes its random draws
     resume_point, earlier_segments = prepare_resume(cfg, ctx, run_dir, _identity(cfg, None))
     seed_everything(int(cfg.seed))
     data = build_data(
@@ -213,8 +189,7 @@ def _run(
         cfg.optimizer.lr,
         cfg.optimizer.get("weight_decay", 0.0),
     )
-    optimizer_cfg = _scaled_optimizer_cfg(cfg, ctx)
-    optimizer = build_optimizer(optimizer_cfg, model)
+    optimizer = build_optimizer(_scaled_optimizer_cfg(cfg, ctx), model)
     train_model = model
     if ctx.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -223,28 +198,25 @@ def _run(
     task = build_task(cfg.task)
     diagnostics = None
     if cfg.diagnostics.enabled:
-        from adamp_repro.train.diagnostics import WeightDiagnostics
-
         diagnostics = WeightDiagnostics(
             model,
             optimizer,
             every_n_steps=int(cfg.diagnostics.every_n_steps),
             delta=float(cfg.optimizer.get("delta", 0.1)),
         )
-    settings = TrainerSettings(
-        epochs=int(cfg.scale.epochs),
-        max_steps_per_epoch=cfg.scale.max_steps_per_epoch,
-        grad_clip_norm=cfg.train.grad_clip_norm,
-        amp=str(cfg.train.amp),
-        ema_decay=cfg.train.ema_decay,
-        log_every_n_steps=int(cfg.train.log_every_n_steps),
-        eval_every=int(cfg.train.eval_every),
-        checkpoint=bool(cfg.train.checkpoint),
-        progress=_progress_enabled(cfg.progress),
-    )
+    settings = _trainer_settings(cfg)
     steps_per_epoch = settings.epoch_steps(data.steps_per_epoch)
     lr_factor = build_lr_factor(cfg.scheduler, settings.epochs * steps_per_epoch, steps_per_epoch)
-    record = RunRecord(run_dir) if ctx.is_main else None
+    identity = _identity(cfg, data) | {"world_size": ctx.world_size, "task_settings": task.describe()}
+    if lock is not None:
+        identity["run_lock"] = lock.status
+    life = RunLife(
+        RunRecord(run_dir) if ctx.is_main else None,
+        identity,
+        task.primary_metric,
+        run_dir,
+        at_init=None if diagnostics is None else diagnostics.at_init,
+    )
     trainer = Trainer(
         model=train_model,
         optimizer=optimizer,
@@ -257,8 +229,12 @@ def _run(
         run_dir=run_dir,
         seed=int(cfg.seed),
         diagnostics=diagnostics,
+        on_epoch=life.on_epoch,
+        on_step=life.on_step,
         stop=stops,
     )
+
+    # ---- the run: resume, start the record, train; the record's life is RunLife's
     segment: dict[str, Any] = {}
     if resume_point is not None:
         (path, ckpt), resume_point = resume_point, None
@@ -266,98 +242,32 @@ def _run(
         del ckpt  # the state now lives in the model and optimizer
         segment = {"resumed_from": path.name, "resumed_after_epoch": trainer.state.epoch}
         log.info("resuming %s from %s after epoch %d", run_dir, path.name, trainer.state.epoch)
-    identity = _identity(cfg, data) | {"world_size": ctx.world_size, "task_settings": task.describe()}
-    if lock is not None:
-        identity["run_lock"] = lock.status
-    provenance = collect_provenance(device, int(cfg.seed), ctx.world_size) | segment
-    return _fit_and_record(cfg, trainer, record, identity, (provenance, earlier_segments), ctx, run_dir)
-
-
-def _fit_and_record(
-    cfg,
-    trainer: Trainer,
-    record: RunRecord | None,
-    identity: dict[str, Any],
-    provenance: tuple[dict[str, Any], list[dict[str, Any]]],
-    ctx: DistContext,
-    run_dir: Path,
-) -> dict[str, Any]:
-    wandb = None
-    if record is not None:
-        segment, earlier = provenance
-        segments = record.start(
-            OmegaConf.to_yaml(cfg, resolve=True), segment, identity, earlier_segments=earlier
-        )
-        identity |= {"segments": len(segments), "code_changed_on_resume": code_changed(segments)}
-        state = trainer.state
-        for name in record.restore_rows(state.epoch, state.history, state.diagnostics_history):
-            log.warning("%s was missing or short: rebuilt from the checkpoint's rows", name)
-        wandb = WandbMirror(
-            cfg.logger,
-            name=f"{cfg.run_name}",
-            run_dir=run_dir,
-            config=OmegaConf.to_container(cfg, resolve=True) | {"run_dir": str(run_dir)},
-            resume_id=trainer.state.wandb_id,
-        )
-        trainer.state.wandb_id = wandb.run_id
-
-        def on_epoch(row: dict[str, Any], diag_rows: list[dict[str, Any]]) -> None:
-            record.log_epoch(row, diag_rows)
-            wandb.log_epoch(row)
-            log.info("epoch %d: %s", row["epoch"] + 1, _brief(row))
-
-        trainer.on_epoch = on_epoch
-        trainer.on_step = wandb.log_step
-    started = time.perf_counter()
-    status, error = "failed", None
-    try:
+    life.start(
+        trainer.state,
+        OmegaConf.to_yaml(cfg, resolve=True),
+        collect_provenance(device, int(cfg.seed), ctx.world_size) | segment,
+        earlier_segments,
+        logger_cfg=cfg.logger,
+        wandb_name=f"{cfg.run_name}",
+        wandb_config=OmegaConf.to_container(cfg, resolve=True) | {"run_dir": str(run_dir)},
+    )
+    with life.running():
         trainer.fit()
-        status = "completed"
-    except DivergedError as exc:
-        status, error = "diverged", str(exc)
-        log.error("run diverged: %s", exc)
-    except RunInterrupted as exc:
-        status, error = "interrupted", f"stopped by {exc}"
-        raise
-    except KeyboardInterrupt:
-        status, error = "interrupted", "stopped by SIGINT (KeyboardInterrupt)"
-        raise
-    except (
-        SystemExit
-    ) as exc:  # submitit's requeue on preemption or a time limit exits from its signal handler
-        status, error = "interrupted", f"stopped by SystemExit({exc.code}) (a launcher's requeue or exit)"
-        raise
-    except Exception as exc:
-        status, error = "failed", "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        raise
-    finally:
-        summary = (
-            identity
-            | _final_metrics(trainer.state.history, trainer.task.primary_metric)
-            | {
-                "status": status,
-                "error": error,
-                "wall_time_s": time.perf_counter() - started,
-                "run_dir": str(run_dir),
-            }
-        )
-        if trainer.diag is not None:  # the weights before the first step (the paper's curves start there)
-            summary |= {f"at_init_{k}": v for k, v in trainer.diag.at_init.items()}
-        skipped = sum(int(row.get("skipped_images", 0)) for row in trainer.state.history)
-        if skipped:
-            summary["skipped_images"] = skipped
-            log.warning(
-                "WARNING: %d unreadable images were skipped (dataset.skip_unreadable_images)", skipped
-            )
-        if record is not None:
-            record.write_summary(summary)
-            wandb.finish(summary)
-    return summary
+    return life.summary
 
 
-def _brief(row: dict[str, Any]) -> str:
-    keys = ("train_loss", "eval_top1", "eval_robust_top1", "mean_weight_norm", "images_per_s")
-    return ", ".join(f"{k}={row[k]:.4g}" for k in keys if isinstance(row.get(k), float))
+def _trainer_settings(cfg: DictConfig) -> TrainerSettings:
+    return TrainerSettings(
+        epochs=int(cfg.scale.epochs),
+        max_steps_per_epoch=cfg.scale.max_steps_per_epoch,
+        grad_clip_norm=cfg.train.grad_clip_norm,
+        amp=str(cfg.train.amp),
+        ema_decay=cfg.train.ema_decay,
+        log_every_n_steps=int(cfg.train.log_every_n_steps),
+        eval_every=int(cfg.train.eval_every),
+        checkpoint=bool(cfg.train.checkpoint),
+        progress=_progress_enabled(cfg.progress),
+    )
 
 
 def _channels_last(cfg: DictConfig, device: torch.device) -> bool:

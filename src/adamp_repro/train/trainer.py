@@ -1,8 +1,10 @@
-"""The one training loop, shared by every task (classification, adversarial) and every data set.
+"""The one training loop, shared by every task (``train.tasks``) and every data set.
 
-``Trainer.fit`` runs epochs of train -> evaluate -> record -> checkpoint. Tasks only decide how a batch becomes
-a loss and what evaluation measures. The loop keeps per-step work on the device: losses and accuracies are
-accumulated as tensors and read back once per logging interval and once per epoch.
+``Trainer.fit`` runs epochs of train -> evaluate -> record -> checkpoint. The trainer knows no metric of its
+own: the task turns a batch into a loss and metric sums (``Task.train_step``) and evaluation batches into sums
+(``Task.evaluate``); the trainer adds the sums up on the device, all-reduces them once per epoch and lets the task
+divide them (``Task.train_metrics`` / ``Task.finalize``). Per-step work stays on the device: the sums are read
+back once per epoch, the loss once per logging interval.
 
 A stop signal (``train.stopping``) is honoured before a training step and after an epoch's checkpoint: one
 process checks before every step (a Python flag, no device sync); the ranks of a distributed job agree at each
@@ -31,8 +33,8 @@ from adamp_repro.train.checkpoint import (
     set_rng_state,
 )
 from adamp_repro.train.distributed import DistContext, all_reduce_sums, broadcast_flag
-from adamp_repro.train.metrics import correct_topk, finalize_sums
 from adamp_repro.train.stopping import RunInterrupted, StopSignals
+from adamp_repro.train.tasks.base import Task
 
 
 class DivergedError(RuntimeError):
@@ -75,7 +77,7 @@ class Trainer:
         *,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        task: Any,
+        task: Task,
         data: Any,
         lr_factor: Callable[[int], float],
         settings: TrainerSettings,
@@ -91,7 +93,7 @@ class Trainer:
         if settings.amp not in AMP_DTYPES:
             raise ValueError(f"Invalid train.amp: {settings.amp!r}; expected one of {list(AMP_DTYPES)}")
         self.model, self.optimizer, self.task, self.data = model, optimizer, task, data
-        self.lr_factor, self.s, self.device, self.ctx = lr_factor, settings, device, ctx
+        self.lr_factor, self.settings, self.device, self.ctx = lr_factor, settings, device, ctx
         self.run_dir, self.seed, self.diag = run_dir, seed, diagnostics
         self.on_epoch, self.on_step, self.stop = on_epoch, on_step, stop
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -110,7 +112,7 @@ class Trainer:
         return getattr(self.model, "module", self.model)
 
     def save(self) -> None:
-        if not (self.s.checkpoint and self.ctx.is_main and self.checkpoint_path is not None):
+        if not (self.settings.checkpoint and self.ctx.is_main and self.checkpoint_path is not None):
             return
         save_checkpoint(
             self.checkpoint_path,
@@ -162,11 +164,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- loop
     def fit(self) -> TrainState:
-        for epoch in range(self.state.epoch, self.s.epochs):
+        for epoch in range(self.state.epoch, self.settings.epochs):
             train_metrics = self._train_epoch(epoch)
             row: dict[str, Any] = {"epoch": epoch, **train_metrics}
-            last = epoch + 1 == self.s.epochs
-            if last or (epoch + 1) % self.s.eval_every == 0:
+            last = epoch + 1 == self.settings.epochs
+            if last or (epoch + 1) % self.settings.eval_every == 0:
                 row.update({f"eval_{k}": v for k, v in self.evaluate(self.model, final=last).items()})
                 if self.ema is not None:
                     row.update({f"eval_ema_{k}": v for k, v in self.evaluate(self.ema, final=last).items()})
@@ -215,27 +217,25 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
-        if hasattr(self.task, "set_epoch"):
-            self.task.set_epoch(self.seed, epoch, self.ctx.rank)
+        self.task.set_epoch(self.seed, epoch, self.ctx.rank)
         zero = torch.zeros((), device=self.device)
-        sums = {"loss": zero.clone(), "top1": zero.clone(), "count": zero.clone()}
+        sums = {key: zero.clone() for key in (*self.task.train_metric_names, "count")}
         bar = self._progress(epoch)
         started = time.perf_counter()
         steps = 0
         lr = self.base_lrs[0]
-        for x, y in self.data.train_batches(epoch):
+        for batch in self.data.train_batches(epoch):
             if steps >= self.steps_per_epoch:
                 break
             self._stop_if_asked(agree=False)
             lr = self._set_lr(self.state.global_step)
-            loss, logits = self._train_step(x, y)
+            loss, batch_sums = self._train_step(batch)
             with torch.no_grad():
-                sums["loss"] += loss.detach().float() * y.numel()
-                sums["top1"] += correct_topk(logits.detach(), y, (1,))[0]
-                sums["count"] += y.numel()
+                for key, value in batch_sums.items():
+                    sums[key] += value
             steps += 1
             self.state.global_step += 1
-            if self.state.global_step % self.s.log_every_n_steps == 0:
+            if self.state.global_step % self.settings.log_every_n_steps == 0:
                 self._check_finite(loss)
                 self._report_step(loss, lr, bar)
                 self._stop_if_asked(agree=True)
@@ -246,26 +246,26 @@ class Trainer:
             bar.close()
         totals = all_reduce_sums(sums, self.ctx)
         count = max(float(totals["count"]), 1.0)
-        train_loss = float(totals["loss"]) / count
+        metrics = self.task.train_metrics(totals)
+        train_loss = metrics["loss"]
         if broadcast_flag(not math.isfinite(train_loss), self.ctx, self.device):
             raise DivergedError(f"training loss is {train_loss} at epoch {epoch}")
         return {
-            "train_loss": train_loss,
-            "train_top1": 100.0 * float(totals["top1"]) / count,
+            **{f"train_{key}": value for key, value in metrics.items()},
             "lr": lr,
             "images_per_s": count / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
             "step": self.state.global_step,
         }
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _train_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss, logits = self.task.train_loss(self.model, x, y)
+            loss, sums = self.task.train_step(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.s.grad_clip_norm:
+        if self.settings.grad_clip_norm:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip_norm)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip_norm)
         if self.diag is not None:
             self.diag.before_step(self.state.global_step)
         self.scaler.step(self.optimizer)
@@ -274,7 +274,7 @@ class Trainer:
             self.diag.after_step(self.state.global_step)
         if self.ema is not None:
             self._update_ema()
-        return loss, logits
+        return loss, sums
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         # One host sync per logging interval, not per step.
@@ -290,13 +290,13 @@ class Trainer:
             self.on_step(self.state.global_step, values)
 
     def _progress(self, epoch: int):
-        if not (self.s.progress and self.ctx.is_main):
+        if not (self.settings.progress and self.ctx.is_main):
             return None
         from tqdm.auto import tqdm
 
         return tqdm(
             total=self.steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{self.s.epochs}",
+            desc=f"epoch {epoch + 1}/{self.settings.epochs}",
             leave=False,
             file=sys.stderr,
             dynamic_ncols=True,
@@ -313,12 +313,14 @@ class Trainer:
                 sums = self.task.evaluate(model, self.data.eval_batches(), final=final)
         finally:
             model.train(was_training)
-        return finalize_sums(all_reduce_sums(sums, self.ctx), getattr(self.task, "denominators", None))
+        return self.task.finalize(all_reduce_sums(sums, self.ctx))
 
     # ------------------------------------------------------------------------------------------------- EMA
     def _make_ema(self) -> nn.Module:
-        if not 0.0 < float(self.s.ema_decay) < 1.0:
-            raise ValueError(f"Invalid train.ema_decay: {self.s.ema_decay}; expected 0 < decay < 1 or null")
+        if not 0.0 < float(self.settings.ema_decay) < 1.0:
+            raise ValueError(
+                f"Invalid train.ema_decay: {self.settings.ema_decay}; expected 0 < decay < 1 or null"
+            )
         ema = copy.deepcopy(self._unwrapped())
         ema.requires_grad_(False)
         return ema
@@ -328,6 +330,6 @@ class Trainer:
         src = self._unwrapped().state_dict()
         for name, value in self.ema.state_dict().items():
             if value.dtype.is_floating_point:
-                value.lerp_(src[name], 1.0 - float(self.s.ema_decay))
+                value.lerp_(src[name], 1.0 - float(self.settings.ema_decay))
             else:
                 value.copy_(src[name])

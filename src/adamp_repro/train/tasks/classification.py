@@ -1,21 +1,9 @@
-"""Tasks: how a batch becomes a loss, and which metrics evaluation reports.
-
-Tasks do not fork the training loop (``trainer.py`` is the one loop). A task provides:
-
-- ``train_loss(model, x, y) -> (loss, logits)``: the loss of one training batch; an adversarial task crafts its
-  inputs here. ``x`` is in [0, 1] (normalisation lives inside the model), shape (B, C, H, W).
-- ``evaluate(model, batches) -> dict[str, Tensor]``: per-metric SUMS over the batches this process saw, plus
-  ``"count"`` (number of samples). ``sum / count`` is the metric in its reported unit (accuracies in percent),
-  so the trainer can all-reduce sums across ranks and divide once; every sample is counted exactly once.
-- ``primary_metric``: the evaluation key whose best value the run tracks (``best_eval_<key>``).
-- optional ``denominators``: ``{metric: count key}`` for metrics measured on fewer samples than ``"count"``.
-- ``describe() -> dict``: settings recorded next to the numbers in ``summary.json`` (attack settings, ...).
-"""
+"""The classification task: cross-entropy training, top-1 / top-5 accuracy and loss on evaluation."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -23,11 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adamp_repro.train.adversarial import build_adversarial_task
 from adamp_repro.train.metrics import correct_topk
+from adamp_repro.train.tasks.base import (
+    CLASSIFIER_TRAIN_METRICS,
+    TaskBase,
+    classifier_sums,
+    classifier_train_metrics,
+)
 
 
-class ClassificationTask:
+class ClassificationTask(TaskBase):
     """Cross-entropy training (optional label smoothing and CutMix); top-1 / top-5 accuracy and loss on
     evaluation.
 
@@ -39,6 +32,7 @@ class ClassificationTask:
 
     name = "classification"
     primary_metric = "top1"
+    train_metric_names = CLASSIFIER_TRAIN_METRICS
 
     def __init__(self, label_smoothing: float = 0.0, cutmix_alpha: float = 0.0, cutmix_prob: float = 0.0):
         if not 0.0 <= label_smoothing < 1.0:
@@ -53,6 +47,14 @@ class ClassificationTask:
 
     def set_epoch(self, seed: int, epoch: int, rank: int = 0) -> None:
         self.rng = np.random.default_rng([seed, epoch, rank, 0xC07])
+
+    def train_step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        x, y = batch
+        loss, logits = self.train_loss(model, x, y)
+        return loss, classifier_sums(loss, logits, y)
+
+    def train_metrics(self, totals: Mapping[str, Tensor | float]) -> dict[str, float]:
+        return classifier_train_metrics(totals)
 
     def train_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if self.cutmix_alpha > 0.0 and self.cutmix_prob > 0.0 and self.rng.random() < self.cutmix_prob:
@@ -109,23 +111,10 @@ class ClassificationTask:
         }
 
 
-def _build_classification(cfg: Mapping[str, Any]) -> ClassificationTask:
+def build_classification_task(cfg: Mapping[str, Any]) -> ClassificationTask:
+    """Build the task from ``configs/task/classification.yaml``; a key left out takes its default."""
     return ClassificationTask(
         label_smoothing=cfg.get("label_smoothing", 0.0),
         cutmix_alpha=cfg.get("cutmix_alpha", 0.0),
         cutmix_prob=cfg.get("cutmix_prob", 0.0),
     )
-
-
-TASKS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
-    "classification": _build_classification,
-    "adversarial": build_adversarial_task,
-}
-
-
-def build_task(cfg: Mapping[str, Any]):
-    """Build the task named by ``cfg["name"]`` from the registry."""
-    name = cfg.get("name")
-    if name not in TASKS:
-        raise ValueError(f"Unknown task.name: {name!r}; expected one of {sorted(TASKS)}")
-    return TASKS[name](cfg)

@@ -48,7 +48,12 @@ from adamp_repro.data.sharding import make_generator
 from adamp_repro.errors import ConfigError
 from adamp_repro.train.attacks import PGD, module_modes
 from adamp_repro.train.autoattack import WARNING_FLAGS, AutoAttack
-from adamp_repro.train.metrics import finalize_sums
+from adamp_repro.train.tasks.base import (
+    CLASSIFIER_TRAIN_METRICS,
+    TaskBase,
+    classifier_sums,
+    classifier_train_metrics,
+)
 
 log = logging.getLogger("adamp_repro")
 
@@ -87,7 +92,7 @@ class EpsSweep:
         return [f"eps_sweep_{i}_top1" for i in range(len(self.eps_factors))]
 
 
-class AdversarialTask:
+class AdversarialTask(TaskBase):
     """PGD adversarial training; clean, PGD and AutoAttack accuracy on evaluation (see the module docstring).
 
     Args:
@@ -104,6 +109,7 @@ class AdversarialTask:
 
     primary_metric = "robust_top1"
     name = "adversarial"
+    train_metric_names = CLASSIFIER_TRAIN_METRICS  # on the adversarial batch
 
     def __init__(
         self,
@@ -136,7 +142,7 @@ class AdversarialTask:
         self.train_attack, self.eval_attack = train_attack, eval_attack
         self.autoattack, self.autoattack_subset, self.eps_sweep = autoattack, autoattack_subset, eps_sweep
         self.eval_seed = eval_seed
-        self.generator: torch.Generator | None = None
+        self.generator: torch.Generator | None = None  # set_epoch seeds it
         self.denominators: dict[str, str] = {}
         if autoattack is not None:
             self.denominators |= dict.fromkeys(_AA_RATES, "autoattack_images")
@@ -149,9 +155,14 @@ class AdversarialTask:
         """Seed the training attack's random starts from (seed, epoch, rank): a resumed epoch redraws them."""
         self.generator = make_generator(seed, epoch, rank, STREAM_ATTACK_START)
 
-    def set_generator(self, generator: torch.Generator | None) -> None:
-        """Use ``generator`` for the training attack's random starts (None: torch's global RNG)."""
-        self.generator = generator
+    def train_step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of ``train_loss`` and its sums (loss, top-1 on the adversarial batch, count)."""
+        x, y = batch
+        loss, logits = self.train_loss(model, x, y)
+        return loss, classifier_sums(loss, logits, y)
+
+    def train_metrics(self, totals: Mapping[str, Tensor | float]) -> dict[str, float]:
+        return classifier_train_metrics(totals)
 
     def train_loss(
         self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None
@@ -287,10 +298,6 @@ class AdversarialTask:
         if final and self.eps_sweep is not None:
             keys += ["eps_sweep_images", *self.eps_sweep.keys()]
         return tuple(keys)
-
-    def finalize(self, sums: Mapping[str, Tensor | float]) -> dict[str, float]:
-        """Metrics from (all-reduced) sums: each sum over its denominator; the counts themselves unchanged."""
-        return finalize_sums(sums, self.denominators)
 
     # ------------------------------------------------------------------------------------------ description
     def describe(self) -> dict[str, Any]:

@@ -1,0 +1,104 @@
+"""The task protocol: what the trainer asks of a task, and the metric sums a classifier's tasks share.
+
+The trainer knows no metric of its own. A task turns a batch into a loss and per-batch metric SUMS, and
+evaluation batches into per-metric SUMS; the trainer adds the sums up on the device, all-reduces them across
+ranks once per epoch (or evaluation) and hands the totals back to the task, which divides them into metrics.
+Every sample is counted exactly once, so ``sum / count`` is a metric in its reported unit.
+
+A task (``Task``) has:
+
+- ``name``: the ``task.name`` of its config; ``primary_metric``: the evaluation key whose best value the run
+  tracks (``best_eval_<key>``).
+- ``train_metric_names``: the ``train_<name>`` columns of ``metrics.csv``; ``"loss"`` is one of them (the
+  trainer stops a run whose training loss is not finite).
+- ``denominators``: ``{evaluation metric: count key}`` for metrics measured on fewer samples than ``"count"``.
+- ``set_epoch(seed, epoch, rank)``: called before every training epoch, so a task's random draws (CutMix boxes,
+  attack starts) follow (seed, epoch, rank) and a resumed epoch repeats them.
+- ``train_step(model, batch) -> (loss, sums)``: the loss of one training batch (an adversarial task crafts
+  its inputs here) and the batch's sums, ``"count"`` (samples) among them, one per ``train_metric_names``.
+  The batch is what the data yields, ``(x, y)`` for the suite's data: ``x`` in [0, 1] (normalisation lives
+  inside the model), shape (B, C, H, W).
+- ``train_metrics(totals) -> dict``: the epoch's training metrics from its (all-reduced) sums.
+- ``evaluate(model, batches, final) -> sums``: per-metric sums plus ``"count"``; ``final`` marks the run's last
+  evaluation (where a task may run its costly checks).
+- ``finalize(sums) -> dict``: evaluation metrics from (all-reduced) sums.
+- ``describe() -> dict``: settings recorded next to the numbers in ``summary.json``.
+
+``TaskBase`` gives the defaults (no random draws, every metric over ``"count"``); ``classifier_sums`` and
+``classifier_train_metrics`` are the training sums of a task whose model returns class logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from adamp_repro.train.metrics import correct_topk, finalize_sums
+
+Batch = Any  # what the data's train_batches / eval_batches yield: (x, y) for the suite's data
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: str
+    primary_metric: str
+    train_metric_names: tuple[str, ...]
+    denominators: Mapping[str, str]
+
+    def set_epoch(self, seed: int, epoch: int, rank: int = 0) -> None: ...
+
+    def train_step(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+    def train_metrics(self, totals: Mapping[str, Tensor | float]) -> dict[str, float]: ...
+
+    def evaluate(
+        self, model: nn.Module, batches: Iterable[Batch], final: bool = True
+    ) -> dict[str, Tensor]: ...
+
+    def finalize(self, sums: Mapping[str, Tensor | float]) -> dict[str, float]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class TaskBase:
+    """Defaults of the protocol: no random draws; every metric is its sum over ``"count"``."""
+
+    name = "task"
+    primary_metric = "loss"
+    train_metric_names: tuple[str, ...] = ("loss",)
+    denominators: Mapping[str, str] = {}
+
+    def set_epoch(self, seed: int, epoch: int, rank: int = 0) -> None:
+        return None
+
+    def train_metrics(self, totals: Mapping[str, Tensor | float]) -> dict[str, float]:
+        count = max(float(totals["count"]), 1.0)
+        return {key: float(totals[key]) / count for key in self.train_metric_names}
+
+    def finalize(self, sums: Mapping[str, Tensor | float]) -> dict[str, float]:
+        return finalize_sums(sums, self.denominators)
+
+    def describe(self) -> dict[str, Any]:
+        return {"task": self.name}
+
+
+CLASSIFIER_TRAIN_METRICS = ("loss", "top1")
+
+
+@torch.no_grad()
+def classifier_sums(loss: Tensor, logits: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """One training batch's sums: loss x samples, top-1 hits on ``logits`` and the sample count."""
+    return {
+        "loss": loss.detach().float() * y.numel(),
+        "top1": correct_topk(logits.detach(), y, (1,))[0],
+        "count": torch.tensor(y.numel(), device=y.device),
+    }
+
+
+def classifier_train_metrics(totals: Mapping[str, Tensor | float]) -> dict[str, float]:
+    """``loss`` (mean per sample) and ``top1`` (percent) from an epoch's ``classifier_sums``."""
+    count = max(float(totals["count"]), 1.0)
+    return {"loss": float(totals["loss"]) / count, "top1": 100.0 * float(totals["top1"]) / count}
