@@ -68,7 +68,11 @@ def test_p4a_and_its_proxy_pair_torch_adam_with_adamp() -> None:
         ("kind: table\n  title: x\n  runs: false", r"kind 'table'; allowed: paper, proxy, own"),
         (
             "kind: own\n  title: x",
-            r"a table that runs needs \['experiments', 'optimizers', 'seeds', 'rows'\]",
+            r"a table that runs needs \['experiments', 'optimizers', 'seeds'\]",
+        ),
+        (  # a paper or proxy table lists its rows: their ids join the paper's numbers
+            "kind: paper\n  title: x\n  experiments: [a]\n  optimizers: [sgd]\n  seeds: 1",
+            r"a table that runs needs \['rows'\]",
         ),
         (
             "kind: own\n  title: x\n  runs: false\n  reference_gain: {table: P1, block: imagenet}",

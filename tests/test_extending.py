@@ -111,7 +111,7 @@ TABLE_ENTRY = """
       metrics: {top1_acc: final_eval_top1}
       columns: {RMSprop: [my_rmsprop]}
       pairs: [[RMSprop, SGDP]]
-      reference_gain: {table: P1, block: imagenet, model: ResNet18}
+      reference_gain: {table: P1, row: resnet18}
 """
 
 

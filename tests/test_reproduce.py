@@ -104,9 +104,9 @@ def test_seeds_for_must_name_an_optimizer_of_the_table(tmp_path):
     assert seed_groups(spec, "mini_mechanism", seeds=5) == [(["sgd"], 1), (["sgdp"], 5)]
     bad = tmp_path / "tables.yaml"
     bad.write_text(
-        "t:\n  experiments: [mini_mechanism]\n  optimizers: [sgd]\n  seeds: 2\n  seeds_for: {adam: 1}\n"
+        "mechanism:\n  experiments: [mini_mechanism]\n  optimizers: [sgd]\n  seeds: 2\n  seeds_for: {adam: 1}\n"
     )
-    with pytest.raises(ConfigError, match=r"table 't' sets seeds_for adam: 1; expected a positive integer"):
+    with pytest.raises(ConfigError, match=r"table 'mechanism' sets seeds_for adam: 1; expected a positive integer"):
         load_tables(bad, EXPERIMENTS_DIR)
 
 

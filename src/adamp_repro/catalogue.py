@@ -223,7 +223,8 @@ def _table(path: Path, name: str, entry: Any) -> Table:
     runs = entry.get("runs", True)
     if not isinstance(runs, bool):
         raise ConfigError(f"{where}: runs {runs!r}; allowed: true, false")
-    missing = [k for k in ("experiments", "optimizers", "seeds", "rows") if runs and k not in entry]
+    needed = ("experiments", "optimizers", "seeds") + (("rows",) if kind != "own" else ())
+    missing = [k for k in needed if runs and k not in entry]
     if missing:
         raise ConfigError(f"{where}: a table that runs needs {missing} (or `runs: false`)")
     pairs, labels = [], {}
@@ -252,7 +253,9 @@ def _table(path: Path, name: str, entry: Any) -> Table:
         columns={k: tuple(v) for k, v in (entry.get("columns") or {}).items()},
         pairs=tuple(pairs),
         pair_labels=labels,
-        rows=_rows(where, entry.get("rows") or {}),
+        rows=_rows(where, entry["rows"])
+        if "rows" in entry
+        else _own_rows(path, str(entry.get("id", name)), entry.get("experiments", ())),
         borrow={str(b): _row_ref(where, r) for b, r in (entry.get("borrow") or {}).items()},
         proxy=None
         if proxy is None
@@ -269,6 +272,21 @@ def _table(path: Path, name: str, entry: Any) -> Table:
         analysis=bool(entry.get("analysis", False)),
         spec={k: entry[k] for k in RUN_KEYS if k in entry} if runs else {},
     )
+
+
+def _own_rows(path: Path, table_id: str, experiments: Any) -> dict[str, Row]:
+    """An own table may leave out ``rows``: each of its experiments tagged with its id is one row, named after
+    the experiment, with the labels the experiment file gives (a paper or proxy table must list its rows, whose
+    ids join the paper's numbers)."""
+    rows = {}
+    for experiment in experiments or ():
+        file = path.parent / "experiment" / f"{experiment}.yaml"
+        if not file.is_file():
+            continue  # an unknown experiment is `make reproduce-table`'s error (reproduce.load_tables)
+        tag = OmegaConf.load(file).get("table") or {}
+        if str(tag.get("id", "")) == table_id:
+            rows[str(experiment)] = {"block": tag.get("block"), "model": tag.get("model")}
+    return _rows(f"{path}: table {table_id!r}", rows)
 
 
 def _rows(where: str, rows: Any) -> dict[str, Row]:
