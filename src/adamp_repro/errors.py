@@ -6,6 +6,9 @@ process, a resume refused after a code change); anything else is a bug or a faul
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 
 class UsageError(Exception):
     """A problem the user can fix; its message names the bad value and what is allowed."""
@@ -15,3 +18,19 @@ class UsageError(Exception):
 
 class ConfigError(UsageError, ValueError):
     """A config value that is refused before any work starts."""
+
+
+def resolve_target(target: Any, key: str, expected: str) -> Any:
+    """The object ``package.module.Name`` names (a config's ``_target_``), or a ConfigError on ``key`` saying
+    what is wrong and what is ``expected``; the caller checks what kind of object it is."""
+    if not isinstance(target, str) or "." not in target:
+        raise ConfigError(f"{key}={target!r}: {expected}")
+    module_name, _, attribute = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{key}={target!r}: cannot import {module_name!r} ({exc}); {expected}") from None
+    found = getattr(module, attribute, None)
+    if found is None:
+        raise ConfigError(f"{key}={target!r}: {attribute!r} in {module_name} is not found; {expected}")
+    return found

@@ -24,7 +24,6 @@ is allowed), raised by ``check_optimizer_config`` before any work.
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adamp_repro.errors import ConfigError
+from adamp_repro.errors import ConfigError, resolve_target
 from adamp_repro.optim.adamp import AdamP
 from adamp_repro.optim.param_groups import param_groups
 from adamp_repro.optim.sgdp import SGDP
@@ -190,18 +189,10 @@ def _external(settings: Mapping[str, Any]) -> tuple[Callable[[list, dict], torch
 def _import_optimizer(target: Any) -> type[torch.optim.Optimizer]:
     """The class a ``_target_`` names, or a ConfigError saying what is wrong with it."""
     expected = "expected a torch.optim.Optimizer subclass as package.module.Class, e.g. torch.optim.RMSprop"
-    if not isinstance(target, str) or "." not in target:
-        raise ConfigError(f"optimizer._target_={target!r}: {expected}")
+    cls = resolve_target(target, "optimizer._target_", expected)
     module_name, _, attribute = target.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"optimizer._target_={target!r}: cannot import {module_name!r} ({exc}); {expected}"
-        ) from None
-    cls = getattr(module, attribute, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        what = "not found" if cls is None else f"a {type(cls).__name__}, not an optimizer class"
+        what = f"a {type(cls).__name__}, not an optimizer class"
         raise ConfigError(
             f"optimizer._target_={target!r}: {attribute!r} in {module_name} is {what}; {expected}"
         )

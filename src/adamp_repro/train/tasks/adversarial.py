@@ -50,9 +50,7 @@ from adamp_repro.train.attacks import PGD, module_modes
 from adamp_repro.train.autoattack import WARNING_FLAGS, AutoAttack
 from adamp_repro.train.tasks.base import (
     CLASSIFIER_TRAIN_METRICS,
-    TaskBase,
-    classifier_sums,
-    classifier_train_metrics,
+    ClassifierTaskBase,
 )
 
 log = logging.getLogger("adamp_repro")
@@ -92,7 +90,7 @@ class EpsSweep:
         return [f"eps_sweep_{i}_top1" for i in range(len(self.eps_factors))]
 
 
-class AdversarialTask(TaskBase):
+class AdversarialTask(ClassifierTaskBase):
     """PGD adversarial training; clean, PGD and AutoAttack accuracy on evaluation (see the module docstring).
 
     Args:
@@ -154,15 +152,6 @@ class AdversarialTask(TaskBase):
     def set_epoch(self, seed: int, epoch: int, rank: int = 0) -> None:
         """Seed the training attack's random starts from (seed, epoch, rank): a resumed epoch redraws them."""
         self.generator = make_generator(seed, epoch, rank, STREAM_ATTACK_START)
-
-    def train_step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """The loss of ``train_loss`` and its sums (loss, top-1 on the adversarial batch, count)."""
-        x, y = batch
-        loss, logits = self.train_loss(model, x, y)
-        return loss, classifier_sums(loss, logits, y)
-
-    def train_metrics(self, totals: Mapping[str, Tensor | float]) -> dict[str, float]:
-        return classifier_train_metrics(totals)
 
     def train_loss(
         self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None

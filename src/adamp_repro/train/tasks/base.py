@@ -102,3 +102,22 @@ def classifier_train_metrics(totals: Mapping[str, Tensor | float]) -> dict[str, 
     """``loss`` (mean per sample) and ``top1`` (percent) from an epoch's ``classifier_sums``."""
     count = max(float(totals["count"]), 1.0)
     return {"loss": float(totals["loss"]) / count, "top1": 100.0 * float(totals["top1"]) / count}
+
+
+class ClassifierTaskBase(TaskBase):
+    """A task whose model returns class logits: its subclass gives ``train_loss(model, x, y) -> (loss,
+    logits)``; the training step and its metrics (loss, top-1) are these."""
+
+    train_metric_names = CLASSIFIER_TRAIN_METRICS
+
+    def train_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def train_step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of ``train_loss`` and the batch's sums (loss, top-1 on the logits it was taken on, count)."""
+        x, y = batch
+        loss, logits = self.train_loss(model, x, y)
+        return loss, classifier_sums(loss, logits, y)
+
+    def train_metrics(self, totals: Mapping[str, Tensor | float]) -> dict[str, float]:
+        return classifier_train_metrics(totals)

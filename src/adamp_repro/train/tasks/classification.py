@@ -14,13 +14,11 @@ from torch import Tensor, nn
 from adamp_repro.train.metrics import correct_topk
 from adamp_repro.train.tasks.base import (
     CLASSIFIER_TRAIN_METRICS,
-    TaskBase,
-    classifier_sums,
-    classifier_train_metrics,
+    ClassifierTaskBase,
 )
 
 
-class ClassificationTask(TaskBase):
+class ClassificationTask(ClassifierTaskBase):
     """Cross-entropy training (optional label smoothing and CutMix); top-1 / top-5 accuracy and loss on
     evaluation.
 
@@ -47,14 +45,6 @@ class ClassificationTask(TaskBase):
 
     def set_epoch(self, seed: int, epoch: int, rank: int = 0) -> None:
         self.rng = np.random.default_rng([seed, epoch, rank, 0xC07])
-
-    def train_step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        x, y = batch
-        loss, logits = self.train_loss(model, x, y)
-        return loss, classifier_sums(loss, logits, y)
-
-    def train_metrics(self, totals: Mapping[str, Tensor | float]) -> dict[str, float]:
-        return classifier_train_metrics(totals)
 
     def train_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if self.cutmix_alpha > 0.0 and self.cutmix_prob > 0.0 and self.rng.random() < self.cutmix_prob:

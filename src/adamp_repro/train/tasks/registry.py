@@ -10,12 +10,11 @@ A bad value is a ``ConfigError`` naming it, raised before the run folder exists.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from adamp_repro.errors import ConfigError
+from adamp_repro.errors import ConfigError, resolve_target
 from adamp_repro.train.tasks.adversarial import build_adversarial_task
 from adamp_repro.train.tasks.base import Task
 from adamp_repro.train.tasks.classification import build_classification_task
@@ -89,17 +88,9 @@ def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def _import_target(target: Any) -> Callable[..., Any]:
     expected = "expected package.module.Name of a task class or builder function"
-    if not isinstance(target, str) or "." not in target:
-        raise ConfigError(f"task._target_={target!r}: {expected}")
+    factory = resolve_target(target, "task._target_", expected)
     module_name, _, attribute = target.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"task._target_={target!r}: cannot import {module_name!r} ({exc}); {expected}"
-        ) from None
-    factory = getattr(module, attribute, None)
     if not callable(factory):
-        what = "not found" if factory is None else f"a {type(factory).__name__}, not callable"
+        what = f"a {type(factory).__name__}, not callable"
         raise ConfigError(f"task._target_={target!r}: {attribute!r} in {module_name} is {what}; {expected}")
     return factory
