@@ -7,6 +7,7 @@ process, a resume refused after a code change); anything else is a bug or a faul
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -34,3 +35,20 @@ def resolve_target(target: Any, key: str, expected: str) -> Any:
     if found is None:
         raise ConfigError(f"{key}={target!r}: {attribute!r} in {module_name} is not found; {expected}")
     return found
+
+
+def plain_config(cfg: Any, what: str) -> dict[str, Any]:
+    """A config section as a plain dict with its interpolations resolved: an OmegaConf DictConfig (a composed
+    config) or any mapping; anything else is a ConfigError naming ``what``. omegaconf is imported only for a
+    DictConfig, so the optimizers and models stay usable where Hydra is not installed."""
+    if isinstance(cfg, Mapping) and not _is_dictconfig(cfg):
+        return dict(cfg)
+    if _is_dictconfig(cfg):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    raise ConfigError(f"Invalid {what}: {cfg!r}; expected a mapping (a config section)")
+
+
+def _is_dictconfig(cfg: Any) -> bool:
+    return any(c.__name__ == "DictConfig" and c.__module__.startswith("omegaconf") for c in type(cfg).__mro__)

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from adamp_repro import errors
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -103,15 +105,7 @@ class ClassificationData(abc.ABC):
 
 def plain_config(cfg: Any) -> dict[str, Any]:
     """A plain dict of a dataset config given as an OmegaConf DictConfig or a mapping."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:  # omegaconf comes with hydra; plain mappings still work without it
-        DictConfig = OmegaConf = None
-    if DictConfig is not None and isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    if isinstance(cfg, Mapping):
-        return dict(cfg)
-    raise TypeError(f"dataset config must be a DictConfig or a mapping, got {type(cfg).__name__}")
+    return errors.plain_config(cfg, "dataset")
 
 
 def require(cfg: Mapping[str, Any], key: str) -> Any:

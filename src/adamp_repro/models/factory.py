@@ -8,7 +8,7 @@ checkpoint (its mean/std are buffers).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import timm
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 # Importing these modules registers the CIFAR networks with timm's registry.
+from adamp_repro.errors import plain_config
 from adamp_repro.models import cifar_resnet, wide_resnet_madry  # noqa: F401
 
 # Keys build_model reads; any other key in a model config is an error, so typos do not pass silently.
@@ -76,7 +77,7 @@ def build_model(
     Raises:
         ValueError: unknown timm name (with close matches), unknown config key, or bad kwargs.
     """
-    cfg = _plain(model_cfg)
+    cfg = plain_config(model_cfg, "model")
     unknown = sorted(set(cfg) - set(MODEL_KEYS))
     if unknown:
         raise ValueError(
@@ -99,15 +100,3 @@ def build_model(
         channels = len(mean)
         mean, std = (0.0,) * channels, (1.0,) * channels
     return NormalizedModel(net, tuple(mean), tuple(std))
-
-
-def _plain(cfg: Any) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:  # omegaconf comes with hydra; plain mappings still work without it
-        DictConfig = OmegaConf = None
-    if DictConfig is not None and isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    if isinstance(cfg, Mapping):
-        return dict(cfg)
-    raise TypeError(f"model config must be a DictConfig or a mapping, got {type(cfg).__name__}")

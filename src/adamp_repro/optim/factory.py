@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adamp_repro.errors import ConfigError, resolve_target
+from adamp_repro.errors import ConfigError, plain_config, resolve_target
 from adamp_repro.optim.adamp import AdamP
 from adamp_repro.optim.param_groups import param_groups
 from adamp_repro.optim.sgdp import SGDP
@@ -94,7 +94,7 @@ def build_optimizer(cfg: Mapping[str, Any], model: nn.Module) -> torch.optim.Opt
     with ``_target_`` or ``timm`` builds the class it names (module docstring); ``check_optimizer_config``
     checks it first.
     """
-    settings = _plain_dict(cfg)
+    settings = plain_config(cfg, "optimizer")
     if is_external(settings):
         make, kwargs = _external(settings)
         groups = param_groups(
@@ -126,7 +126,7 @@ def is_external(settings: Mapping[str, Any]) -> bool:
 def check_optimizer_config(cfg: Mapping[str, Any]) -> None:
     """Raise ConfigError unless an external config (``_target_`` / ``timm``) names a class that can be built
     with its keys; a registered name is checked by ``config.combinations`` against the registry."""
-    settings = _plain_dict(cfg)
+    settings = plain_config(cfg, "optimizer")
     if not is_external(settings):
         return
     make, kwargs = _external(settings)
@@ -224,14 +224,3 @@ def _checked_kwargs(cls: type, kwargs: dict[str, Any], weight_decay: float, sour
                 f"optimizer.{key}={out[key]!r}: not a keyword of {cls.__name__} ({source}); {hint}"
             )
     return out
-
-
-def _plain_dict(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A resolved plain dict from a DictConfig (interpolations such as the recipe's oc.select) or mapping."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:  # omegaconf comes with hydra; plain mappings still work without it
-        return dict(cfg)
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return dict(cfg)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adamp_repro.data.sharding import make_generator
-from adamp_repro.errors import ConfigError
+from adamp_repro.errors import ConfigError, plain_config
 from adamp_repro.train.attacks import PGD, module_modes
 from adamp_repro.train.autoattack import WARNING_FLAGS, AutoAttack
 from adamp_repro.train.tasks.base import (
@@ -335,20 +335,12 @@ def _empty_like_kept(key: str, device: torch.device) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- builder
-def _plain(cfg: Any, where: str) -> dict[str, Any]:
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    if isinstance(cfg, Mapping):
-        return dict(cfg)
-    raise ConfigError(f"Invalid {where}: {cfg!r}; expected a mapping")
 
 
 def _section(cfg: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> dict[str, Any]:
     if cfg.get(name) is None:
         raise ConfigError(f"Missing task.{name}; expected keys {list(allowed)}")
-    section = _plain(cfg[name], f"task.{name}")
+    section = plain_config(cfg[name], f"task.{name}")
     unknown = sorted(set(section) - set(allowed))
     if unknown:
         raise ConfigError(f"Unknown key(s) {unknown} in task.{name}; expected keys {list(allowed)}")
@@ -404,7 +396,7 @@ def build_adversarial_task(cfg: Mapping[str, Any]) -> AdversarialTask:
     Every key is required (configs carry every number of the protocol); unknown keys are errors so that a typo
     cannot silently fall back to a default. Bad values raise :class:`ConfigError` naming the value.
     """
-    cfg = _plain(cfg, "task")
+    cfg = plain_config(cfg, "task")
     unknown = sorted(set(cfg) - set(_TOP_KEYS))
     if unknown:
         raise ConfigError(f"Unknown task key(s) {unknown}; expected keys {list(_TOP_KEYS)}")

@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from adamp_repro.errors import ConfigError, resolve_target
+from adamp_repro.errors import ConfigError, plain_config, resolve_target
 from adamp_repro.train.tasks.adversarial import build_adversarial_task
 from adamp_repro.train.tasks.base import Task
 from adamp_repro.train.tasks.classification import build_classification_task
@@ -51,7 +51,7 @@ def build_task(cfg: Mapping[str, Any]) -> Task:
 
 
 def _build_target(cfg: Mapping[str, Any]) -> Task:
-    settings = _plain(cfg)
+    settings = plain_config(cfg, "task")
     target = settings.pop(TARGET_KEY)
     settings.pop("name", None)
     factory = _import_target(target)
@@ -74,16 +74,6 @@ def _build_target(cfg: Mapping[str, Any]) -> Task:
             "member of adamp_repro.train.tasks.Task (subclass adamp_repro.train.tasks.TaskBase for the defaults)"
         )
     return task
-
-
-def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(cfg, dict):
-        return dict(cfg)
-    # omegaconf only for a composed config: the tasks stay importable where Hydra is not installed
-    # (scripts/device_check.py on a bare GPU machine).
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
 def _import_target(target: Any) -> Callable[..., Any]:
