@@ -227,8 +227,8 @@ def _gain_text(r: pd.Series) -> str:
 def _gain_verdict(rows: pd.DataFrame) -> str:
     """supported: every row beyond noise with the paper's sign; not supported: some row beyond noise against
     it; inside noise: otherwise."""
-    beyond = rows["beyond_noise"].fillna(False).astype(bool)
-    agrees = rows["sign_agrees"].fillna(False).astype(bool)
+    beyond = rows["beyond_noise"].map(lambda v: bool(v) if pd.notna(v) else False)
+    agrees = rows["sign_agrees"].map(lambda v: bool(v) if pd.notna(v) else False)
     if (beyond & ~agrees).any():
         return "not supported"
     if len(rows) and (beyond & agrees).all():
