@@ -94,3 +94,25 @@ def test_committed_ledger_rebuilds_identical(tmp_path):
     assert (copy / "CLAIMS.md").read_text() == (RESULTS / "CLAIMS.md").read_text()
     assert (copy / "tables" / "claims.csv").read_text() == (RESULTS / "tables" / "claims.csv").read_text()
     assert "](tables/" in (RESULTS / "CLAIMS.md").read_text()  # links relative to results/
+
+
+def test_a_gain_below_the_tables_trained_bar_is_inconclusive(tmp_path):
+    pd.DataFrame(
+        [
+            {"metric": "standard_acc", "optimizer": "Adam", "ours_mean": 40.9},
+            {"metric": "standard_acc", "optimizer": "AdamP", "ours_mean": 40.4},
+        ]
+    ).to_csv(tmp_path / "t.csv", index=False)
+    row = {"table": "t", "model": "WRN", "metric": "standard_acc", "baseline": "Adam", "proposed": "AdamP",
+           "paper_gain": 9.73, "ours_gain": -0.5, "n_baseline": 3, "n_proposed": 3, "sign_agrees": False,
+           "p_value": 0.2, "beyond_noise": False, "ci_low": -1.5, "ci_high": 0.5}  # fmt: skip
+    pd.DataFrame([row]).to_csv(tmp_path / "t_gains.csv", index=False)
+    below = gain_claim(
+        "G", "c", "p", tmp_path / "t_gains.csv", "here", tmp_path, trained_bar={"standard_acc": 45}
+    )
+    assert below.verdict == "inconclusive" and "standard_acc best 40.90 < 45" in below.ours
+    assert "the interval excludes the paper's +9.73" in below.ours
+    above = gain_claim(
+        "G", "c", "p", tmp_path / "t_gains.csv", "here", tmp_path, trained_bar={"standard_acc": 40}
+    )
+    assert above.verdict == "inside noise"

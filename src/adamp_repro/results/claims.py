@@ -12,7 +12,7 @@ Verdicts (the same words in every row; the rule of each row is stated in its "ho
 - ``inside noise``: a gain whose sign cannot be told from seed noise at these seeds (the row says how many
   seeds per arm would detect the paper's gain), or a cost whose interval holds both none and the paper's;
 - ``inconclusive``: the run exists but what it measured is too small to weigh either way (a norm that has
-  barely moved);
+  barely moved), or the model did not reach the table's own bar for being trained (fixed before its runs);
 - ``not run``: the suite has the experiment but no completed record of it (e.g. ImageNet here).
 """
 
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from adamp_repro import catalogue
 from adamp_repro.results.stats import welch_test
 from adamp_repro.tracking.records import atomic_write_text
 
@@ -221,6 +222,9 @@ def _gain_text(r: pd.Series) -> str:
         text += f", p={r['p_value']:.2g}"
     if not pd.isna(r.get("seeds_needed")):
         text += f"; {int(r['seeds_needed'])} seeds/arm would detect {r['target_gain']:+.2f}"
+    paper = r.get("paper_gain")
+    if not pd.isna(r.get("ci_high")) and not pd.isna(paper) and paper > 0 and r["ci_high"] < paper:
+        text += f"; the interval excludes the paper's {paper:+.2f}"
     return text
 
 
@@ -245,7 +249,10 @@ def gain_claim(
     base: Path,
     pairs: Iterable[tuple[str, str]] | None = None,
     metrics: Iterable[str] | None = None,
+    trained_bar: dict[str, float] | None = None,
 ) -> Claim:
+    """One gains claim; with ``trained_bar`` ({metric: accuracy %}, the table's own bar fixed before its runs)
+    the verdict is ``inconclusive`` where the better arm of the pair is below the bar in some metric."""
     frame = _read(gains_csv)
     evidence = _link(gains_csv.with_name(gains_csv.name.replace("_gains.csv", ".md")), base)
     if frame is not None and pairs is not None:
@@ -268,17 +275,35 @@ def gain_claim(
         else f"{r['model']} {r['metric']}: {_gain_text(r)}"
         for _, r in frame.iterrows()
     )
-    return Claim(
-        id_,
-        claim,
-        paper,
-        tested_at,
-        seeds,
-        ours,
-        _gain_verdict(frame),
-        "Welch t-test per cell, two-sided p < 0.05, against the sign of the paper's printed gain",
-        evidence,
-    )
+    verdict = _gain_verdict(frame)
+    rule = "Welch t-test per cell, two-sided p < 0.05, against the sign of the paper's printed gain"
+    if trained_bar:
+        short = _below_bar(
+            gains_csv.with_name(gains_csv.name.replace("_gains.csv", ".csv")), frame, trained_bar
+        )
+        rule += (
+            "; the better arm must reach the table's bar ("
+            + ", ".join(f"{m} {v:g}%" for m, v in trained_bar.items())
+            + ", fixed before the runs), else inconclusive"
+        )
+        if short:
+            verdict = "inconclusive"
+            ours += "; below the bar: " + ", ".join(short)
+    return Claim(id_, claim, paper, tested_at, seeds, ours, verdict, rule, evidence)
+
+
+def _below_bar(cells_csv: Path, gains: pd.DataFrame, bar: dict[str, float]) -> list[str]:
+    """The metrics whose better arm (of the pairs in ``gains``) is below ``bar``, as text."""
+    cells = _read(cells_csv)
+    if cells is None:
+        return [f"{m} (no cells)" for m in bar]
+    arms = set(gains["baseline"]) | set(gains["proposed"])
+    short = []
+    for metric, level in bar.items():
+        best = cells[(cells["metric"] == metric) & cells["optimizer"].isin(arms)]["ours_mean"].max()
+        if pd.isna(best) or best < level:
+            short.append(f"{metric} best {best:.2f} < {level:g}")
+    return short
 
 
 # ------------------------------------------------------------------------------------------ cost
@@ -412,10 +437,16 @@ def build_claims(runs: Path, tables: Path, figures: Path, base: Path) -> list[Cl
             "WRN-10-2, embedded CIFAR-10 JPEG copy (5k train, 10k test), 8 epochs (table P4a_mini)",
             base,
             pairs=[("Adam", "AdamP")],
+            trained_bar=_trained_bar("P4a_mini"),
         )
     )
     rows.append(overhead_claim(runs, tables, base))
     return rows
+
+
+def _trained_bar(table_id: str) -> dict[str, float]:
+    entry = catalogue.table(table_id)
+    return dict(entry.trained_bar) if entry is not None else {}
 
 
 def claims_markdown(rows: list[Claim]) -> str:
@@ -426,7 +457,7 @@ def claims_markdown(rows: list[Claim]) -> str:
         "typed. Each row names the scale and data it was tested at: a verdict holds at that scale only. "
         "Verdicts: **supported** (meets the row's rule), **not supported** (evidence against it), "
         "**inside noise** (a gain whose sign these seeds cannot tell), **inconclusive** (measured, but too small to "
-        "weigh), **not run** (no completed record).",
+        "weigh, or the model below its table's bar for being trained), **not run** (no completed record).",
         "",
         "| # | Claim | Paper | Tested at | Seeds | Ours | Verdict | How judged | Evidence |",
         "|---|---|---|---|---|---|---|---|---|",
