@@ -3,7 +3,6 @@ the committed results/CLAIMS.md rebuilt identical from the committed records, ta
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pandas as pd
 from adamp_repro.results.claims import VERDICTS, build_claims, gain_claim, mechanism_claims
 
 from .conftest import PROJECT_ROOT
+from .test_results import write_run
 
 RESULTS = PROJECT_ROOT / "results"
 
@@ -72,10 +72,9 @@ def test_overhead_row_reads_the_records_throughput(tmp_path):
     tables.mkdir()
     for optimizer, speeds in {"adam": [100, 102, 98], "adamp": [80, 81, 79]}.items():
         for seed, speed in enumerate(speeds):
-            run = tmp_path / "runs" / "mini_mechanism" / "mini" / f"{optimizer}-s{seed}"
-            run.mkdir(parents=True)
-            (run / "summary.json").write_text(json.dumps({"status": "completed", "images_per_s": speed}))
-            (run / "config.yaml").write_text(f"optimizer:\n  name: {optimizer}\n")
+            run = write_run(tmp_path / "runs", table_id="mechanism", block="momentum", model="CIFAR ResNet-20",
+                            optimizer=optimizer, seed=seed, scale="mini", metrics={"images_per_s": speed})  # fmt: skip
+            assert (run / "summary.json").is_file()
     rows = {c.id: c for c in build_claims(tmp_path / "runs", tables, tmp_path / "figures", tmp_path)}
     c1 = rows["C1"]
     assert c1.verdict == "not supported" and "adamp vs adam: +25.0% time per image" in c1.ours, c1.ours

@@ -18,7 +18,6 @@ Verdicts (the same words in every row; the rule of each row is stated in its "ho
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from adamp_repro import catalogue
+from adamp_repro.results.collect import collect_runs
 from adamp_repro.results.stats import welch_test
 from adamp_repro.tracking.records import atomic_write_text
 
@@ -307,19 +307,15 @@ def _below_bar(cells_csv: Path, gains: pd.DataFrame, bar: dict[str, float]) -> l
 
 
 # ------------------------------------------------------------------------------------------ cost
-def _throughput(runs: Path, experiment: str) -> dict[str, list[float]]:
-    """Training images/s of the completed runs of one experiment, by optimizer name."""
-    out: dict[str, list[float]] = {}
-    for summary in sorted(runs.glob(f"{experiment}/*/*/summary.json")):
-        data = json.loads(summary.read_text())
-        config = summary.parent / "config.yaml"
-        if data.get("status") != "completed" or not config.is_file() or "images_per_s" not in data:
-            continue
-        from omegaconf import OmegaConf
-
-        name = str(OmegaConf.load(config).optimizer.name)
-        out.setdefault(name, []).append(float(data["images_per_s"]))
-    return out
+def _throughput(runs: Path, table_id: str, row_id: str) -> dict[str, list[float]]:
+    """Training images/s of the counted runs of one table row (``collect.collect_runs``), by optimizer name."""
+    frame, _ = collect_runs(runs)
+    if frame.empty:
+        return {}
+    frame = frame[
+        (frame["table_id"] == table_id) & (frame["row_id"] == row_id) & frame["images_per_s"].notna()
+    ]
+    return {name: [float(v) for v in group["images_per_s"]] for name, group in frame.groupby("optimizer")}
 
 
 def _step_ratios(path: Path) -> str:
@@ -339,7 +335,7 @@ def overhead_claim(runs: Path, tables: Path, base: Path) -> Claim:
     claim = "The projection costs little: AdamP trains about 8% slower than Adam (batch 256)"
     paper = "clovaai/AdamP#9 (authors), docs/paper.md §5"
     tested = "CIFAR ResNet-20, batch 64, CPU, one thread per run (table mechanism's records)"
-    speed = _throughput(runs, "mini_mechanism")
+    speed = _throughput(runs, "mechanism", "momentum")  # the SGD and Adam pairs at the same recipe
     parts, overheads = [], []
     for base_name, proj in (("adam", "adamp"), ("sgd", "sgdp")):
         a, b = speed.get(base_name, []), speed.get(proj, [])
