@@ -194,10 +194,9 @@ def _check_references(path: Path, entry: Table, known: Catalogue) -> None:
 def _check_experiment_rows(path: Path, entry: Table, known: Catalogue) -> None:
     """Each experiment the entry runs tags its runs with a table and labels that name one of its rows."""
     for experiment in entry.spec.get("experiments", ()):
-        file = path.parent / "experiment" / f"{experiment}.yaml"
-        if not file.is_file():
+        tag = _experiment_tag(path, experiment)
+        if tag is None:
             continue  # an unknown experiment is `make reproduce-table`'s error (reproduce.load_tables)
-        tag = OmegaConf.load(file).get("table") or {}
         table_id, block, model = (str(tag.get(k, "")) for k in ("id", "block", "model"))
         target = known.get(table_id)
         if target is None or target.row_of(block, model) is None:
@@ -274,17 +273,21 @@ def _table(path: Path, name: str, entry: Any) -> Table:
     )
 
 
+def _experiment_tag(path: Path, experiment: str) -> Any:
+    """The ``table:`` block of an experiment file beside the catalogue (``{}`` when it has none), or None when
+    the file does not exist."""
+    file = path.parent / "experiment" / f"{experiment}.yaml"
+    return (OmegaConf.load(file).get("table") or {}) if file.is_file() else None
+
+
 def _own_rows(path: Path, table_id: str, experiments: Any) -> dict[str, Row]:
     """An own table may leave out ``rows``: each of its experiments tagged with its id is one row, named after
     the experiment, with the labels the experiment file gives (a paper or proxy table must list its rows, whose
     ids join the paper's numbers)."""
     rows = {}
     for experiment in experiments or ():
-        file = path.parent / "experiment" / f"{experiment}.yaml"
-        if not file.is_file():
-            continue  # an unknown experiment is `make reproduce-table`'s error (reproduce.load_tables)
-        tag = OmegaConf.load(file).get("table") or {}
-        if str(tag.get("id", "")) == table_id:
+        tag = _experiment_tag(path, experiment)
+        if tag is not None and str(tag.get("id", "")) == table_id:
             rows[str(experiment)] = {"block": tag.get("block"), "model": tag.get("model")}
     return _rows(f"{path}: table {table_id!r}", rows)
 
