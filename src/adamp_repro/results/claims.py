@@ -79,6 +79,18 @@ def _not_run(id_: str, claim: str, paper: str, tested_at: str, evidence: str, wh
 
 
 # ------------------------------------------------------------------------------------------ the mechanism
+# id -> (id, the claim, where the paper makes it)
+MECHANISM_CLAIMS = {
+    "M1": (
+        "M1",
+        "Momentum grows the norm of scale-invariant weights",
+        "§2, Fig. 2 (vanilla vs momentum SGD)",
+    ),
+    "M2": ("M2", "The projection (SGDP, AdamP) holds that growth back", "§3, Fig. 2"),
+    "M3": ("M3", "Momentum SGD's effective step ends below SGDP's", "§2-3, Fig. 2 (effective step)"),
+}
+
+
 def mechanism_claims(tables: Path, base: Path) -> list[Claim]:
     """Rows of the mechanism: momentum grows the norms, the projection holds them, the effective step."""
     path = tables / "mechanism_mechanism.csv"
@@ -87,16 +99,8 @@ def mechanism_claims(tables: Path, base: Path) -> list[Claim]:
     ev = _link(tables / "mechanism_mechanism.md", base)
     if seeds is None or seeds.empty:
         return [
-            _not_run(i, c, p, tested, ev, "no record of table `mechanism`")
-            for i, c, p in (
-                (
-                    "M1",
-                    "Momentum grows the norm of scale-invariant weights",
-                    "§2, Fig. 2 (vanilla vs momentum SGD)",
-                ),
-                ("M2", "The projection (SGDP, AdamP) holds that growth back", "§3, Fig. 2"),
-                ("M3", "Momentum SGD's effective step ends below SGDP's", "§2-3, Fig. 2 (effective step)"),
-            )
+            _not_run(*MECHANISM_CLAIMS[i], tested, ev, "no record of table `mechanism`")
+            for i in MECHANISM_CLAIMS
         ]
     sgd = seeds[seeds["baseline"] == "momentum SGD"]
     adam = seeds[seeds["baseline"] == "Adam"]
@@ -120,9 +124,7 @@ def mechanism_claims(tables: Path, base: Path) -> list[Claim]:
     step = [bool(v) for v in sgd["baseline_step_smaller"]]
     return [
         Claim(
-            "M1",
-            "Momentum grows the norm of scale-invariant weights",
-            "§2, Fig. 2 (vanilla vs momentum SGD)",
+            *MECHANISM_CLAIMS["M1"],
             tested,
             n,
             m1_ours + " (mean per-filter norm, initialisation to end)",
@@ -131,9 +133,7 @@ def mechanism_claims(tables: Path, base: Path) -> list[Claim]:
             ev,
         ),
         Claim(
-            "M2",
-            "The projection (SGDP, AdamP) holds that growth back",
-            "§3, Fig. 2",
+            *MECHANISM_CLAIMS["M2"],
             tested,
             n,
             f"SGDP {per_seed(sgd, 'projected_growth')}; AdamP {per_seed(adam, 'projected_growth')}",
@@ -142,9 +142,7 @@ def mechanism_claims(tables: Path, base: Path) -> list[Claim]:
             ev,
         ),
         Claim(
-            "M3",
-            "Momentum SGD's effective step ends below SGDP's",
-            "§2-3, Fig. 2 (effective step)",
+            *MECHANISM_CLAIMS["M3"],
             tested,
             str(len(sgd)),
             "final effective step, momentum SGD / SGDP: "
