@@ -106,7 +106,9 @@ def test_seeds_for_must_name_an_optimizer_of_the_table(tmp_path):
     bad.write_text(
         "mechanism:\n  experiments: [mini_mechanism]\n  optimizers: [sgd]\n  seeds: 2\n  seeds_for: {adam: 1}\n"
     )
-    with pytest.raises(ConfigError, match=r"table 'mechanism' sets seeds_for adam: 1; expected a positive integer"):
+    with pytest.raises(
+        ConfigError, match=r"table 'mechanism' sets seeds_for adam: 1; expected a positive integer"
+    ):
         load_tables(bad, EXPERIMENTS_DIR)
 
 
