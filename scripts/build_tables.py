@@ -1,4 +1,5 @@
-"""Rebuild every table in results/tables from the run records alone (no network needed).
+"""Rebuild every table in results/tables from the run records alone: ``adamp_repro.cli.tables``
+(``adamp-tables``).
 
 python scripts/build_tables.py                       # results/runs -> results/tables and results/CLAIMS.md
 python scripts/build_tables.py --claims-only         # only the claims ledger (after the figures are drawn)
@@ -8,72 +9,9 @@ ADAMP_REPRO_TABLES_WANDB=1 python scripts/build_tables.py   # same, from the env
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
-from pathlib import Path
+from adamp_repro.cli.tables import main
 
-from adamp_repro.results.build import build_tables, log_tables_to_wandb
-from adamp_repro.results.claims import write_claims
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def main(argv: list[str] | None = None) -> int:
-    env_wandb = os.environ.get("ADAMP_REPRO_TABLES_WANDB", "").lower() in ("1", "true", "yes")
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--runs", type=Path, default=REPO / "results/runs", help="run records root")
-    parser.add_argument("--out", type=Path, default=REPO / "results/tables", help="where tables are written")
-    parser.add_argument("--paper", type=Path, default=REPO / "results/paper", help="the paper's numbers")
-    parser.add_argument(
-        "--figures",
-        type=Path,
-        default=REPO / "results/figures",
-        help="figures (their CSVs feed the claims ledger; PNGs logged with --wandb)",
-    )
-    parser.add_argument(
-        "--claims", type=Path, default=None, help="the claims ledger (default: CLAIMS.md beside --out)"
-    )
-    parser.add_argument(
-        "--claims-only", action="store_true", help="write only the claims ledger from the built tables"
-    )
-    parser.add_argument(
-        "--wandb",
-        action=argparse.BooleanOptionalAction,
-        default=env_wandb,
-        help="log the tables to W&B (default: $ADAMP_REPRO_TABLES_WANDB)",
-    )
-    parser.add_argument("--wandb-project", default=os.environ.get("WANDB_PROJECT", "adamp-repro"))
-    parser.add_argument("--wandb-entity", default=os.environ.get("WANDB_ENTITY"))
-    parser.add_argument(
-        "--read-wandb",
-        metavar="ENTITY/PROJECT",
-        default=None,
-        help="also read completed runs mirrored in this W&B project but missing on disk",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    claims = args.claims or args.out.parent / "CLAIMS.md"
-    if args.claims_only:
-        rows = write_claims(args.runs, args.out, args.figures, claims)
-        print(f"{len(rows)} claims -> {claims}")
-        return 0
-    result = build_tables(args.runs, args.out, args.paper, wandb_project=args.read_wandb)
-    print(f"{len(result.runs)} completed runs -> {len(result.written)} files in {args.out}")
-    for problem in result.problems:
-        print(f"  not counted: {problem}")
-    rows = write_claims(args.runs, args.out, args.figures, claims)
-    print(f"{len(rows)} claims -> {claims}")
-    if args.wandb:
-        where = log_tables_to_wandb(
-            result.docs, project=args.wandb_project, entity=args.wandb_entity, figures_dir=args.figures
-        )
-        print(f"logged {len(result.docs)} tables to W&B ({where})")
-    return 0
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

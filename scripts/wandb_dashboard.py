@@ -1,57 +1,16 @@
-"""W&B dashboards as code: one workspace view per table and one report (the paper's numbers beside ours).
+"""W&B dashboards as code: ``adamp_repro.cli.dashboard`` (``adamp-dashboard``).
 
 python scripts/wandb_dashboard.py                          # offline: results/dashboards/*.json, no key needed
 WANDB_API_KEY=... python scripts/wandb_dashboard.py --publish [--entity ENTITY]   # save to W&B, print URLs
-
-The sections follow configs/tables.yaml and the experiment files' table ids; see adamp_repro.tracking.dashboard.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-from pathlib import Path
 
-import yaml
+from adamp_repro.cli.dashboard import default_project, main
 
-from adamp_repro.tracking.dashboard import PublishError, publish, require_api_key, write_specs
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def default_project() -> str:
-    """$WANDB_PROJECT, else the project the trainer logs to (configs/logger/wandb.yaml)."""
-    logger = yaml.safe_load((REPO / "configs" / "logger" / "wandb.yaml").read_text())
-    return os.environ.get("WANDB_PROJECT") or logger["project"]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--project", default=default_project(), help="W&B project (default: %(default)s)")
-    parser.add_argument(
-        "--entity",
-        default=os.environ.get("WANDB_ENTITY"),
-        help="W&B entity (default: $WANDB_ENTITY; offline a placeholder, with --publish your default entity)",
-    )
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "dashboards", help="where specs go")
-    parser.add_argument("--publish", action="store_true", help="also save them to W&B (needs WANDB_API_KEY)")
-    args = parser.parse_args(argv)
-    try:
-        if args.publish:
-            require_api_key()  # fail before writing or sending anything
-        paths = write_specs(args.out, project=args.project, entity=args.entity)
-        print(f"{len(paths)} dashboard specs in {args.out}: {', '.join(p.name for p in paths)}")
-        if args.publish:
-            for url in publish(project=args.project, entity=args.entity):
-                print(url)
-    except PublishError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
+__all__ = ["default_project", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -100,3 +100,16 @@ def test_paths_follow_the_environment(monkeypatch, tmp_path):
     assert paths.config_dir() == tmp_path / "my_configs"
     assert paths.project_root() == tmp_path
     assert paths.results_dir() == tmp_path / "results"
+
+
+def test_the_paper_numbers_come_from_the_root_the_checkout_or_the_package(monkeypatch, tmp_path):
+    monkeypatch.delenv(paths.ROOT_VAR, raising=False)
+    assert paths.paper_dir() == PROJECT_ROOT / "results" / "paper"
+    # A root of one's own without the paper's numbers (only outputs go there): the checkout's.
+    monkeypatch.setenv(paths.ROOT_VAR, str(tmp_path))
+    assert paths.paper_dir() == PROJECT_ROOT / "results" / "paper"
+    (tmp_path / "results" / "paper").mkdir(parents=True)
+    assert paths.paper_dir() == tmp_path / "results" / "paper"
+    # The package's copy is a link to the same folder in a checkout (a built wheel holds the files).
+    assert (paths.PACKAGE_DIR / "paper").resolve() == (PROJECT_ROOT / "results" / "paper").resolve()
+    assert (paths.PACKAGE_DIR / "paper" / "P1.csv").is_file()

@@ -8,7 +8,6 @@ and every config the tables catalogue runs (experiment x optimizer x scale) pass
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -85,24 +84,17 @@ def test_sweep_reports_each_refused_job_and_fails(tmp_path):
     assert written(tmp_path) == []
 
 
-def _train_script():
-    spec = importlib.util.spec_from_file_location("train_script", TRAIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_any_usage_error_is_printed_the_same_way(monkeypatch, capsys):
     """A run folder held by another process, a refused resume: raised as UsageError, one line and exit 2."""
-    script = _train_script()
+    from adamp_repro.cli import train as command  # what scripts/train.py and adamp-train run
 
     def refuse(cfg):
         raise UsageError("results/runs/x is held by process 123")
 
-    monkeypatch.setattr(script, "run", refuse)
+    monkeypatch.setattr(command, "run", refuse)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as stop:
-        script.main(compose_config(["logger=none"]))  # hydra.main passes a given config straight through
+        command.main(compose_config(["logger=none"]))  # hydra.main passes a given config straight through
     assert stop.value.code == 2
     assert capsys.readouterr().err == "error: results/runs/x is held by process 123\n"
 

@@ -1,7 +1,11 @@
-"""Packaging: the optimizers need torch alone, the wheel holds the configs, the pins live in one place."""
+"""Packaging: the optimizers need torch alone, the wheel holds the configs, the paper's numbers and the
+commands, an installed package trains and builds tables outside a checkout, the pins live in one place."""
 
 from __future__ import annotations
 
+import configparser
+import importlib
+import json
 import os
 import re
 import shutil
@@ -20,6 +24,14 @@ from .conftest import PROJECT_ROOT
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 PINS = PROJECT_ROOT / "requirements" / "pins.txt"
+PAPER = PROJECT_ROOT / "results" / "paper"
+COMMANDS = {
+    "adamp-train": "adamp_repro.cli.train:main",
+    "adamp-reproduce": "adamp_repro.cli.reproduce:main",
+    "adamp-tables": "adamp_repro.cli.tables:main",
+    "adamp-figures": "adamp_repro.cli.figures:main",
+    "adamp-dashboard": "adamp_repro.cli.dashboard:main",
+}
 
 
 def _name(requirement: str) -> str:
@@ -99,6 +111,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(PROJECT_ROOT / name, root / name)
     shutil.copytree(PROJECT_ROOT / "configs", root / "configs")
+    shutil.copytree(PAPER, root / "results" / "paper")
     shutil.copytree(
         PROJECT_ROOT / "src",
         root / "src",
@@ -140,36 +153,123 @@ def test_the_wheel_holds_the_configs_and_requires_torch_alone(wheel):
     assert core == ["Requires-Dist: torch>=2.1"]
 
 
-def test_an_installed_package_finds_its_configs(wheel, tmp_path):
-    site = tmp_path / "site"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--no-deps",
-        "--no-index",
-        "-q",
-        "--target",
-        str(site),
-        str(wheel),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+def test_the_wheel_holds_the_paper_numbers_and_the_commands(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(
+            archive.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt")
+        )
+    paper = {f"adamp_repro/paper/{p.name}" for p in PAPER.iterdir() if p.suffix in (".csv", ".md")}
+    assert {"adamp_repro/paper/P1.csv", "adamp_repro/paper/README.md"} <= paper <= names
+    assert "adamp_repro/cli/train.py" in names
+    parser = configparser.ConfigParser()
+    parser.read_string(entry_points)
+    assert dict(parser["console_scripts"]) == COMMANDS == _pyproject()["scripts"]
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel installed into a folder of its own (no dependencies: they come from this interpreter)."""
+    site = tmp_path_factory.mktemp("installed") / "site"
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site)]
+    result = subprocess.run([*cmd, str(wheel)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    return site
+
+
+def _outside(site: Path, cwd: Path, *cmd: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``cmd`` in ``cwd``, away from the checkout: the installed package alone, no ``ADAMP_REPRO_*``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAMP_REPRO_")}
+    env |= {"PYTHONPATH": str(site), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_an_installed_package_finds_its_configs(installed, tmp_path):
     script = "from adamp_repro import paths; print(paths.config_dir()); print(paths.project_root())"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAMP_REPRO_")} | {
-        "PYTHONPATH": str(site)
-    }
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120
-    )
+    result = _outside(installed, tmp_path, sys.executable, "-c", script)
     assert result.returncode == 0, result.stderr
     config_dir, root = (Path(line) for line in result.stdout.splitlines())
-    assert config_dir == site / "adamp_repro" / "configs" and (config_dir / "experiment").is_dir()
+    assert config_dir == installed / "adamp_repro" / "configs" and (config_dir / "experiment").is_dir()
     assert (config_dir / "train.yaml").is_file() and not config_dir.is_symlink()
-    assert root == elsewhere  # not imported from a checkout: the working directory
+    assert root == tmp_path  # not imported from a checkout: the working directory
+
+
+def test_an_installed_package_reads_the_paper_trains_and_builds_tables(installed, tmp_path):
+    from adamp_repro.results.analysis import load_paper_readings
+    from adamp_repro.results.reference import load_paper_numbers
+
+    expected = f"{len(load_paper_numbers(PAPER))} {len(load_paper_readings(PAPER / 'analysis_resnet18.csv'))}"
+    script = textwrap.dedent(
+        """
+        from adamp_repro import paths
+        from adamp_repro.results import analysis, reference
+
+        print(paths.paper_dir())
+        print(paths.results_dir())
+        print(analysis.PAPER_FILE)
+        print(len(reference.load_paper_numbers()), len(analysis.load_paper_readings()))
+        """
+    )
+    result = _outside(installed, tmp_path, sys.executable, "-c", script)
+    assert result.returncode == 0, result.stderr[-3000:]
+    paper_dir, results, paper_file, counts = result.stdout.splitlines()
+    package = installed / "adamp_repro"
+    assert Path(paper_dir) == package / "paper" and not Path(paper_dir).is_symlink()
+    assert Path(results) == tmp_path / "results"  # outputs go under the working directory
+    assert Path(paper_file) == package / "paper" / "analysis_resnet18.csv"
+    assert counts == expected  # the package's copy holds the checkout's numbers
+
+    runs = tmp_path / "results" / "runs"
+    train = [sys.executable, "-m", "adamp_repro.cli.train", "scale=smoke", "dataset=cifar10_mini"]
+    train += [
+        "logger=none",
+        "scale.epochs=1",
+        "scale.max_steps_per_epoch=2",
+        "device=cpu",
+        "progress=false",
+        "threads=1",
+    ]
+    result = _outside(installed, tmp_path, *train, f"output_root={runs}", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (summary,) = runs.rglob("summary.json")
+    record = json.loads(summary.read_text())
+    assert record["status"] == "completed" and record["scale"] == "smoke"
+
+    # The tables from the installed package: the run records and outputs of ./results, the package's paper.
+    result = _outside(installed, tmp_path, sys.executable, "-m", "adamp_repro.cli.tables", "--no-wandb")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 completed runs" in result.stdout
+    assert (tmp_path / "results" / "tables" / "README.md").is_file()
+    assert (tmp_path / "results" / "CLAIMS.md").is_file()
+    refused = _outside(installed, tmp_path, *train, "optimizer.lr=-1")
+    assert refused.returncode == 2 and refused.stderr.startswith("error: "), refused.stderr[-2000:]
+
+
+def test_the_installed_console_script_plans_its_runs_through_the_package(installed, tmp_path):
+    command = str(installed / "bin" / "adamp-reproduce")
+    result = _outside(installed, tmp_path, command, "--scale", "smoke", "--dry-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = [line for line in result.stdout.splitlines() if "python -m adamp_repro.cli.train -m " in line]
+    assert planned and all(f"output_root={tmp_path / 'results' / 'local' / 'runs'}" in p for p in planned)
+    assert not (tmp_path / "results").exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_each_command_answers_help(command, monkeypatch, capsys):
+    from hydra.core.global_hydra import GlobalHydra
+
+    module, function = COMMANDS[command].split(":")
+    entry = getattr(importlib.import_module(module), function)
+    monkeypatch.setattr(
+        sys, "argv", [command, "--help"]
+    )  # a console script calls its entry with no arguments
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            entry()
+    finally:
+        GlobalHydra.instance().clear()
+    assert exit_info.value.code in (0, None)
+    assert capsys.readouterr().out.strip()
 
 
 def test_the_venv_is_rebuilt_when_the_pins_change(tmp_path):

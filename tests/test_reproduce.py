@@ -70,7 +70,7 @@ def test_p4a_is_in_the_catalogue_and_dry_run_shows_its_commands():
            "--scale", "paper", "--dry-run"]  # fmt: skip
     result = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    lines = [line for line in result.stdout.splitlines() if "scripts/train.py -m" in line]
+    lines = [line for line in result.stdout.splitlines() if "adamp_repro.cli.train -m" in line]
     assert len(lines) == 2, result.stdout
     for line, experiment in zip(lines, ("cifar10_wrn_adv_linf", "cifar10_wrn_adv_l2")):
         assert f"experiment={experiment} seed=0 optimizer=adam,adamp scale=paper" in line
@@ -83,7 +83,7 @@ def test_p4a_mini_runs_three_seeds_of_the_pair_and_one_control_arm():
            "--dry-run"]  # fmt: skip
     result = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    lines = [line for line in result.stdout.splitlines() if "scripts/train.py -m" in line]
+    lines = [line for line in result.stdout.splitlines() if "adamp_repro.cli.train -m" in line]
     assert len(lines) == 2 and "7 run(s)" in result.stdout, result.stdout
     assert "seed=0,1,2 optimizer=adam,adamp scale=mini" in lines[0]
     assert "seed=0 optimizer=adamw scale=mini" in lines[1]

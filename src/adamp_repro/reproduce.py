@@ -1,8 +1,10 @@
 """``make reproduce-table``: one Hydra multirun per experiment of a table, then the tables and figures.
 
 Which experiments, optimizers and seeds a table needs lives in ``configs/tables.yaml``. The runs go through
-``scripts/train.py -m`` (so ``hydra/launcher=...`` can send them to a cluster); a run whose record is complete
-returns at once, an interrupted one resumes from its checkpoint.
+``python -m adamp_repro.cli.train -m`` (``adamp-train``; so ``hydra/launcher=...`` can send them to a cluster),
+the tables and figures through ``adamp_repro.cli.tables`` and ``adamp_repro.cli.figures``: the package, not a
+checkout's ``scripts/``, so an installed package runs them too. A run whose record is complete returns at once,
+an interrupted one resumes from its checkpoint.
 
 Where things go: ``--out`` (default ``results/local``, not tracked by git) holds ``runs/``, ``tables/`` and
 ``figures/``, so a user's own runs never mix with the committed records under ``results/runs``. After the runs,
@@ -28,6 +30,10 @@ from adamp_repro.config import SCALES
 from adamp_repro.errors import ConfigError, UsageError
 
 PROJECT_ROOT = paths.project_root()
+# The commands the runs, tables and figures go through (``python -m <module>``, adamp_repro.cli).
+TRAIN_MODULE = "adamp_repro.cli.train"
+TABLES_MODULE = "adamp_repro.cli.tables"
+FIGURES_MODULE = "adamp_repro.cli.figures"
 TABLES_FILE = catalogue.TABLES_FILE
 EXPERIMENTS_DIR = paths.config_dir() / "experiment"
 OPTIMIZERS_DIR = paths.config_dir() / "optimizer"
@@ -111,7 +117,8 @@ def multirun_command(
     e.g. its launcher and threads), before the user's ``extra`` so that a user's value wins."""
     cmd = [
         sys.executable,
-        str(PROJECT_ROOT / "scripts" / "train.py"),
+        "-m",
+        TRAIN_MODULE,
         "-m",
         *overrides,
         f"experiment={experiment}",
@@ -124,6 +131,11 @@ def multirun_command(
     if output_root:
         cmd.append(f"output_root={output_root}")
     return cmd + list(extra)
+
+
+def shown(cmd: list[str]) -> str:
+    """A command as printed: ``python -m adamp_repro.cli.train -m ...`` (the interpreter's path left out)."""
+    return " ".join(["python", *cmd[1:]])
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -225,7 +237,7 @@ def main(argv: list[str]) -> int:
         cmd = multirun_command(
             experiment, optimizers, n, args.scale, extra, args.output_root, spec.get("overrides", [])
         )
-        print(f"[reproduce-table] ({index}/{len(plan)}) {' '.join(cmd[1:])}", flush=True)
+        print(f"[reproduce-table] ({index}/{len(plan)}) {shown(cmd)}", flush=True)
         if args.dry_run:
             continue
         result = subprocess.run(cmd, cwd=PROJECT_ROOT)
@@ -239,16 +251,16 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         return 0
     runs_root = args.output_root
-    steps = [("building tables", "build_tables.py", args.tables_out)]
+    steps = [("building tables", TABLES_MODULE, args.tables_out)]
     if not args.no_figures:
-        steps.append(("drawing figures", "make_figures.py", args.figures_out))
-    for what, script, out in steps:
+        steps.append(("drawing figures", FIGURES_MODULE, args.figures_out))
+    for what, module, out in steps:
         print(f"[reproduce-table] {what}", flush=True)
-        cmd = [sys.executable, str(PROJECT_ROOT / "scripts" / script), "--runs", runs_root, "--out", out]
+        cmd = [sys.executable, "-m", module, "--runs", runs_root, "--out", out]
         failed = subprocess.run(cmd, cwd=PROJECT_ROOT).returncode != 0 or failed
     claims = Path(args.tables_out).parent / "CLAIMS.md"
     print("[reproduce-table] claims ledger", flush=True)
-    cmd = [sys.executable, str(PROJECT_ROOT / "scripts" / "build_tables.py"), "--claims-only", "--runs", runs_root,
+    cmd = [sys.executable, "-m", TABLES_MODULE, "--claims-only", "--runs", runs_root,
            "--out", args.tables_out, "--figures", args.figures_out, "--claims", str(claims)]  # fmt: skip
     failed = subprocess.run(cmd, cwd=PROJECT_ROOT).returncode != 0 or failed
     for line in reference_lines(runs_root, args.reference, experiments, args.scale):
@@ -288,7 +300,7 @@ def findings_lines(runs_root: str, experiments: list[str]) -> list[str]:
         if table_id in MECHANISM_CHECKS:
             check = MECHANISM_CHECKS[table_id]
             lines += mechanism_findings(seed_rows(found.runs, table_id, check), check)
-    paper = load_paper_numbers(paths.results_dir() / "paper")
+    paper = load_paper_numbers(paths.paper_dir())
     for doc in build_table_docs(found.runs, paper, found.left_out):
         if doc.table_id in ids:
             for section in doc.sections:

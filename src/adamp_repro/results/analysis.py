@@ -37,7 +37,7 @@ from adamp_repro.results.render import save_figure
 from adamp_repro.results.text import signed_pct
 from adamp_repro.tracking.records import atomic_write_text, rows_to_csv
 
-PAPER_FILE = paths.results_dir() / "paper" / "analysis_resnet18.csv"
+PAPER_FILE = paths.paper_dir() / "analysis_resnet18.csv"
 # (table block, optimizer) -> curve key of the paper's figures, label, colour. Other cells (e.g. SGDP without
 # momentum in block "vanilla") are drawn dashed under their own label and have no paper reading.
 CURVES = {

@@ -140,13 +140,14 @@ def write_paper_csvs(reference_csv: str | Path, out_dir: str | Path) -> list[Pat
     return written
 
 
-def load_paper_numbers(paper_dir: str | Path) -> pd.DataFrame:
-    """All printed cells from ``results/paper/P*.csv``, in table order then file order.
+def load_paper_numbers(paper_dir: str | Path | None = None) -> pd.DataFrame:
+    """All printed cells from ``results/paper/P*.csv`` (``paper_dir``, default ``paths.paper_dir()``), in table
+    order then file order.
 
     String columns stay text (a block named ``-`` is not missing); ``value`` and ``tolerance`` are floats,
     an empty tolerance is NaN.
     """
-    paper_dir = Path(paper_dir)
+    paper_dir = paths.paper_dir() if paper_dir is None else Path(paper_dir)
     frames = []
     for table_id in paper_tables():
         path = paper_dir / f"{table_id}.csv"
@@ -172,7 +173,7 @@ def _to_float(text: str, path: Path, column: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    paper = paths.results_dir() / "paper"
+    paper = paths.paper_dir()
     parser = argparse.ArgumentParser(description="Write results/paper/P*.csv from the paper transcription.")
     parser.add_argument("--reference", type=Path, default=paper / "reference.csv")
     parser.add_argument("--out", type=Path, default=paper)

@@ -1,6 +1,7 @@
 """``run(cfg)``: one training job from a composed config to a finished run record.
 
-The Hydra entry point (``scripts/train.py``) only composes the config and calls this; tests call it directly.
+The Hydra entry point (``adamp_repro.cli.train``: ``adamp-train``, ``scripts/train.py``) only composes the config
+and calls this; tests call it directly.
 ``_run`` composes every object of the run at its top, in a fixed order (seed -> data -> model -> optimizer ->
 task -> diagnostics -> record -> trainer), so the same config and seed give the same numbers. The record's life
 is one object, ``train.life.RunLife``: its ``summary.json`` is written however the training ends: a crash
