@@ -47,7 +47,7 @@ def plant(tree: Path, module: str, source: str) -> None:
 def test_the_package_keeps_its_import_contract():
     result = lint_imports(PROJECT_ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 kept, 0 broken" in result.stdout
+    assert "3 kept, 0 broken" in result.stdout
 
 
 def test_the_planted_copy_keeps_the_contract_before_planting(tree):
@@ -76,6 +76,18 @@ def test_a_circle_inside_a_package_is_refused(tree):
     result = lint_imports(tree)
     assert result.returncode == 1, result.stdout
     assert "No cycles are allowed in adamp_repro.results" in result.stdout
+
+
+def test_the_results_floors_refuse_a_lower_floor_reaching_up(tree):
+    # render is on the lowest floor of results and figures two floors up: no circle, still refused.
+    plant(
+        tree,
+        "adamp_repro.results.render",
+        "def _planted():\n    from adamp_repro.results import figures\n\n    return figures\n",
+    )
+    result = lint_imports(tree)
+    assert result.returncode == 1, result.stdout
+    assert "adamp_repro.results.render is not allowed to import adamp_repro.results.figures" in result.stdout
 
 
 def test_a_module_on_no_floor_is_refused(tree):
