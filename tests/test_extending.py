@@ -20,6 +20,7 @@ import pytest
 
 from adamp_repro import paths
 from adamp_repro.errors import ConfigError
+from adamp_repro.tracking.schema import SCHEMA_VERSION
 from adamp_repro.train.tasks import ClassificationTask, build_task
 
 ROOT = paths.project_root()
@@ -156,7 +157,7 @@ def test_an_optimizer_a_task_and_a_table_join_by_config(config_copy, tmp_path):
         assert summary["status"] == "completed" and summary["task"] == "my_task"
         assert summary["task_settings"] == {"task": "my_task", "label_smoothing": 0.1}
         assert 0.0 < summary["final_eval_true_prob"] < 1.0 and "best_eval_top1" in summary
-        assert summary["schema_version"] == 2
+        assert summary["schema_version"] == SCHEMA_VERSION
     table = (out / "tables" / "my_table.md").read_text()
     assert "RMSprop" in table and "SGDP" in table
 

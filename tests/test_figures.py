@@ -11,6 +11,7 @@ from adamp_repro.results.curves import read_epoch_curves
 from adamp_repro.results.render import save_figure
 from adamp_repro.toy import circle2d, hemisphere3d
 from adamp_repro.tracking.records import RunRecord
+from adamp_repro.tracking.schema import TITLES
 
 EXPERIMENT, SCALE = "cifar10_resnet", "smoke"
 
@@ -97,3 +98,44 @@ def test_markdown_table_formats_numbers():
         [{"momentum": 0.95, "final_norm": 5.675081, "x": math.nan}], ["momentum", "final_norm", "x"]
     )
     assert text.splitlines()[2] == "| 0.95 | 5.6751 | - |"
+
+
+def test_panel_rows_come_from_the_catalogue():
+    everything = ("sgd", "sgdp", "adam", "adamw", "adamp")
+    # The default table compares SGD/SGDP and Adam/AdamP, labelled as its columns.
+    assert figures.panel_rows(["mechanism"], ["sgd", "sgdp", "adam", "adamp"]) == [
+        ("SGD vs SGDP", (("sgd", "SGD"), ("sgdp", "SGDP"))),
+        ("Adam vs AdamP", (("adam", "Adam"), ("adamp", "AdamP"))),
+    ]
+    # P4a_mini's three pairs share optimizers: one row, baselines first.
+    assert figures.panel_rows(["P4a_mini"], ["adam", "adamp", "adamw"]) == [
+        ("Adam vs AdamW vs AdamP", (("adam", "Adam"), ("adamw", "AdamW"), ("adamp", "AdamP")))
+    ]
+    # A row is drawn when any of its optimizers has runs; a table the catalogue does not list compares the
+    # default pairs.
+    assert [title for title, _ in figures.panel_rows(["mechanism"], ["sgd"])] == ["SGD vs SGDP"]
+    assert [title for title, _ in figures.panel_rows(["C1"], everything)] == [
+        "SGD vs SGDP",
+        "AdamW vs Adam vs AdamP",
+    ]
+
+
+def test_an_optimizer_no_pair_names_gets_a_row_beside_the_proposed_one(runs_root):
+    for seed in (0, 1):
+        _write_run(runs_root, "lion", seed, with_summary_columns=True)
+    rows = figures.panel_rows(["C1"], ["sgd", "sgdp", "adamw", "adamp", "lion"])
+    assert rows[-1] == ("lion vs SGDP", (("lion", "lion"), ("sgdp", "SGDP")))
+    curves = read_epoch_curves(runs_root)
+    fig = figures.plot_mechanism(curves, "records")
+    axes = fig.axes
+    assert len(axes) == 3 * len(figures.CURVE_COLUMNS)  # SGD, Adam and the row of its own
+    last_row = axes[-len(figures.CURVE_COLUMNS) :]
+    assert {ax.get_title() for ax in last_row} == {"lion vs SGDP"}
+    legend = [t.get_text() for t in last_row[0].get_legend().get_texts()]
+    assert legend == ["lion (n=2)", "SGDP (n=2)"]
+    colours = [line.get_color() for line in last_row[0].get_lines()]
+    assert len(set(colours)) == 2 and figures.OPTIMIZER_STYLE["sgdp"][0] in colours  # a free colour, no entry
+    # Only the optimizer itself: still drawn.
+    only = figures.plot_mechanism(curves[curves["optimizer"] == "lion"], "records")
+    assert [ax.get_title() for ax in only.axes] == ["lion"] * len(figures.CURVE_COLUMNS)
+    assert only.axes[0].get_ylabel() == TITLES["mean_weight_norm"].axis_label

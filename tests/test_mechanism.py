@@ -104,3 +104,24 @@ def test_fresh_runs_are_compared_with_the_committed_ones_seed_by_seed(tmp_path):
     assert reference_lines(str(fresh), str(fresh), [experiment], "mini")[0].startswith(
         "records written to the"
     )
+
+
+def test_a_reference_of_an_older_schema_compares_under_the_current_names(tmp_path):
+    """A committed record of schema version 2 names the first epoch's norm ``initial_mean_weight_norm``: it
+    is compared with the fresh run's ``epoch1_mean_weight_norm``, and the version itself is no number of the
+    run."""
+    fresh, reference = tmp_path / "fresh", tmp_path / "reference"
+    for root in (fresh, reference):
+        mechanism_runs(root)
+    experiment = "mechanism_cifar_resnet-20"
+    for rel, norm in (("momentum-sgd-s0", 1.4), ("momentum-sgd-s1", 1.5)):
+        path = fresh / experiment / "mini" / rel / "summary.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "epoch1_mean_weight_norm": 1.4}))
+        ref = reference / experiment / "mini" / rel / "summary.json"
+        old = {**json.loads(ref.read_text()), "schema_version": 2, "initial_mean_weight_norm": norm}
+        ref.write_text(json.dumps(old))
+    rows = {r["run"]: r for r in compare_with_reference(fresh, reference, [experiment], "mini")}
+    assert rows[f"{experiment}/mini/momentum-sgd-s0"]["identical"]
+    moved = rows[f"{experiment}/mini/momentum-sgd-s1"]
+    assert not moved["identical"] and "epoch1_mean_weight_norm 0.1" in moved["detail"]
+    assert sum(not r["identical"] for r in rows.values()) == 1

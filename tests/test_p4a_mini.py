@@ -42,7 +42,7 @@ def _write(root: Path, values: dict) -> None:
                 "final_eval_robust_top1": pgd,
                 "final_eval_autoattack_top1": aa,
                 "final_eval_autoattack_subset_robust_top1": aa_pgd,
-                "initial_mean_weight_norm": w0,
+                "epoch1_mean_weight_norm": w0,
                 "final_mean_weight_norm": w1,
                 "final_effective_step_size": step,
             }

@@ -106,7 +106,7 @@ def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         p1_run(root, optimizer, 0, value)
     for optimizer, (values, w0, w1, step) in MINI.items():
         for seed, value in enumerate(values):
-            mini_run(root, optimizer, seed, {"final_eval_top1": value, "initial_mean_weight_norm": w0,
+            mini_run(root, optimizer, seed, {"final_eval_top1": value, "epoch1_mean_weight_norm": w0,
                                              "final_mean_weight_norm": w1, "final_effective_step_size": step})  # fmt: skip
     # An older record without diagnostics keys: counted, its mechanism columns stay missing.
     mini_run(root, "adamp", 1, {"final_eval_top1": 63.2})
@@ -260,7 +260,7 @@ def test_mini_table_shows_scale_mechanism_and_noise_in_words(runs_root: Path, pa
     assert "SGDP's norm grew less than SGD's" in markdown
     assert "Paper" not in doc.sections[0].grids[0].header  # own table: no paper column to fill
     adamp = doc.cells.set_index("optimizer").loc["AdamP"]
-    assert adamp["n_seeds"] == 2 and adamp["initial_mean_weight_norm"] == pytest.approx(3.40)
+    assert adamp["n_seeds"] == 2 and adamp["epoch1_mean_weight_norm"] == pytest.approx(3.40)
     gains = doc.gains.set_index("proposed")
     assert gains.loc["AdamP", "baseline"] == "AdamW" and gains.loc["AdamP", "expected_sign"] == 1.0
     assert gains.loc["AdamP", "target_gain"] == pytest.approx(70.81 - 70.41)  # P1 ResNet18's AdamP − Adam
@@ -558,3 +558,50 @@ def test_records_carry_a_schema_version_and_older_ones_read_as_version_1(tmp_pat
     versions = dict(zip(runs["optimizer"], runs["schema_version"]))
     assert versions == {"sgdp": SCHEMA_VERSION, "sgd": 1}
     assert [(p.kind, "schema_version" in p.detail) for p in problems] == [("broken", True)]
+
+
+def test_a_version_2_summary_reads_with_the_epoch1_names(tmp_path):
+    """Version 3 renamed ``initial_mean_*_norm`` (taken after the first epoch) to ``epoch1_mean_*_norm``; a
+    committed record of version 1 or 2 is not rewritten, the collector reads it with the new names."""
+    import json
+
+    from adamp_repro.results.collect import _wandb_run_to_row
+    from adamp_repro.tracking.schema import SCHEMA_VERSION, upgrade_summary
+
+    root = tmp_path / "runs"
+    norms = {"final_eval_top1": 60.0, "final_mean_weight_norm": 3.9, "final_mean_filter_norm": 1.6}
+    dirs = {}
+    for optimizer, seed, version in (("sgd", 0, 2), ("sgd", 1, None), ("sgdp", 0, SCHEMA_VERSION)):
+        epoch1 = {"epoch1_mean_weight_norm": 3.5 + seed, "epoch1_mean_filter_norm": 1.4}
+        run_dir = dirs[version] = mini_run(root, optimizer, seed, norms | epoch1)
+        if version == SCHEMA_VERSION:
+            continue
+        path = run_dir / "summary.json"
+        summary = json.loads(path.read_text())
+        old = {k.replace("epoch1_", "initial_"): v for k, v in summary.items()}
+        if version is None:
+            del old["schema_version"]  # a record written before versions existed: version 1
+        else:
+            old["schema_version"] = version
+        atomic_write_text(path, json.dumps(old))
+    runs, problems = collect_runs(root)
+    assert problems == [] and "initial_mean_weight_norm" not in runs.columns
+    assert "initial_mean_weight_norm" in json.loads((dirs[2] / "summary.json").read_text())  # not rewritten
+    by_run = runs.set_index(["optimizer", "seed"])
+    assert by_run["epoch1_mean_weight_norm"].to_dict() == {("sgd", 0): 3.5, ("sgd", 1): 4.5, ("sgdp", 0): 3.5}
+    assert by_run["schema_version"].to_dict() == {("sgd", 0): 2, ("sgd", 1): 1, ("sgdp", 0): SCHEMA_VERSION}
+    # The W&B mirror of an old run goes through the same reader.
+    fake = type("FakeRun", (), {"path": ["me", "proj", "a"], "state": "finished", "config": {}})()
+    fake.summary_metrics = json.loads((dirs[2] / "summary.json").read_text())
+    row, problem = _wandb_run_to_row(fake)
+    assert problem is None and row["epoch1_mean_weight_norm"] == 3.5
+    # The reader keeps the key order and the version as written; a key already named anew is not overwritten.
+    old = {"schema_version": 2, "initial_mean_weight_norm": 1.0, "epochs": 3}
+    assert list(upgrade_summary(old).items()) == [("schema_version", 2), ("epoch1_mean_weight_norm", 1.0),
+                                                  ("epochs", 3)]  # fmt: skip
+    both = {"schema_version": 2, "initial_mean_weight_norm": 1.0, "epoch1_mean_weight_norm": 2.0}
+    assert upgrade_summary(both) == both
+    current = {"schema_version": SCHEMA_VERSION, "initial_mean_weight_norm": 1.0}
+    assert upgrade_summary(current) == current  # a version-3 summary has no old names to read
+    unreadable = {"schema_version": "x", "initial_mean_weight_norm": 1.0}
+    assert upgrade_summary(unreadable) == unreadable  # left as it is, for the collector to report

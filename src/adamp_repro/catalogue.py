@@ -111,6 +111,20 @@ class Table:
         """Our optimizers that may fill a column, the first with runs in the row wins."""
         return self.columns.get(label, (label.lower(),))
 
+    def column_labels(self) -> tuple[str, ...]:
+        """Every column label the entry names, in order: its pairs' (baseline, proposed), then its
+        columns'."""
+        return tuple(dict.fromkeys([*(label for pair in self.pairs for label in pair), *self.columns]))
+
+    def label_of(self, optimizer: str) -> str | None:
+        """The column label one of our optimizers is shown under: the label that is its name (``AdamW`` for
+        adamw, though P1's ``Adam`` column lists adamw first), else the first column that lists it; None where
+        the entry names it in no column."""
+        labels = self.column_labels()
+        own = [label for label in labels if label.lower() == optimizer]
+        listing = [label for label in labels if optimizer in self.optimizers_for_column(label)]
+        return next(iter(own + listing), None)
+
     def row_of(self, block: str, model: str) -> str | None:
         """The id of the row whose runs carry these ``table.block`` / ``table.model`` labels (None: no row)."""
         return next((r.row_id for r in self.rows.values() if (r.block, r.model) == (block, model)), None)

@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from adamp_repro import catalogue, paths
 from adamp_repro.config import SCALES
 from adamp_repro.errors import ConfigError, UsageError
+from adamp_repro.tracking.schema import SCHEMA_VERSION_KEY, upgrade_summary
 
 PROJECT_ROOT = paths.project_root()
 # The commands the runs, tables and figures go through (``python -m <module>``, adamp_repro.cli).
@@ -39,8 +40,9 @@ EXPERIMENTS_DIR = paths.config_dir() / "experiment"
 OPTIMIZERS_DIR = paths.config_dir() / "optimizer"
 DEFAULT_OUT = paths.results_dir() / "local"
 REFERENCE_RUNS = paths.results_dir() / "runs"
-# Summary keys that differ between two runs of the same config without any number of the run changing.
-UNCOMPARED_KEYS = ("wall_time_s", "images_per_s", "run_dir", "error")
+# Summary keys that differ between two runs of the same config without any number of the run changing (a
+# committed record may be of an older schema version: both are read with this version's key names).
+UNCOMPARED_KEYS = ("wall_time_s", "images_per_s", "run_dir", "error", SCHEMA_VERSION_KEY)
 NO_REFERENCE = "no committed record of this config"
 
 
@@ -345,7 +347,7 @@ def compare_with_reference(
 
 
 def _compare_summaries(fresh_path: Path, ref_path: Path) -> dict:
-    fresh, ref = json.loads(fresh_path.read_text()), json.loads(ref_path.read_text())
+    fresh, ref = (upgrade_summary(json.loads(path.read_text())) for path in (fresh_path, ref_path))
     if fresh.get("status") != "completed":
         return {"identical": False, "detail": f"fresh run is {fresh.get('status')!r}, not completed"}
     diffs = {}

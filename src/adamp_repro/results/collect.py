@@ -4,7 +4,9 @@ Reads only ``summary.json`` (and checks ``config.yaml`` parses) in each run fold
 (``tracking/records.py``; key names and versions in ``tracking/schema.py``). Records that are broken or
 half-written are reported by path and skipped; runs that are not ``completed`` are reported and not counted.
 Nothing here raises on a bad record. A summary without ``schema_version`` reads as version 1 (written before
-versions existed; its keys mean what they mean in version 2); one newer than this suite's is ``broken``.
+versions existed); every summary, from disk or W&B, is read through ``schema.upgrade_summary``, so an older
+version's keys carry their current names (version 3's ``epoch1_*`` norms are version 2's ``initial_*``); one
+newer than this suite's is ``broken``.
 
 The collector refuses to guess. A completed record is *left out* (reported by path, kept apart in
 ``RunSet.left_out`` so each table can say what it left out) when it ran fewer epochs than planned (``short``),
@@ -40,7 +42,7 @@ from adamp_repro.tracking.records import (
     SUMMARY_FILE,
     read_summary,
 )
-from adamp_repro.tracking.schema import SCHEMA_VERSION, schema_version_of
+from adamp_repro.tracking.schema import SCHEMA_VERSION, schema_version_of, upgrade_summary
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ NUMERIC_COLUMNS = (
     "final_eval_robust_top1",
     "final_eval_autoattack_top1",
     "final_eval_autoattack_subset_robust_top1",
-    "initial_mean_weight_norm",
+    "epoch1_mean_weight_norm",
     "final_mean_weight_norm",
     "final_effective_step_size",
     "at_init_mean_weight_norm",
@@ -295,7 +297,9 @@ def _without_path(err: Exception, run_dir: Path) -> str:
 def _summary_to_row(
     summary: Mapping[str, Any], run_dir: str, source: str
 ) -> tuple[dict[str, Any] | None, RunProblem | None]:
-    """One frame row from a completed run's summary; a bad key makes it a ``broken`` problem naming it."""
+    """One frame row from a completed run's summary (read with this version's key names,
+    ``upgrade_summary``); a bad key makes it a ``broken`` problem naming it."""
+    summary = upgrade_summary(summary)
     missing = [k for k in REQUIRED_KEYS if summary.get(k) in (None, "")]
     if missing:
         return None, RunProblem(run_dir, "broken", f"completed summary lacks {missing}")

@@ -45,8 +45,8 @@ OPTIMIZER_ORDER = ("sgd", "sgdp", "adam", "adamw", "adamp")
 OPTIMIZER_LABELS = {"sgd": "SGD", "sgdp": "SGDP", "adam": "Adam", "adamw": "AdamW", "adamp": "AdamP"}
 # The summary key of the paper's PGD-10 accuracy (``attacked_acc``), which our AutoAttack is set beside.
 ROBUST_KEY = "final_eval_robust_top1"
-# The runner's ``initial_*`` norm is the norm after the first epoch (``at_init_*``: before the first step).
-MECHANISM_KEYS = ("initial_mean_weight_norm", "final_mean_weight_norm", "final_effective_step_size")
+# ``epoch1_*``: the norm after the first epoch (``at_init_*``: before the first step).
+MECHANISM_KEYS = ("epoch1_mean_weight_norm", "final_mean_weight_norm", "final_effective_step_size")
 # Our AutoAttack robust accuracy, set beside the PGD-10 ("attacked_acc") cell; the paper has no such number.
 AUTOATTACK_KEY = "final_eval_autoattack_top1"
 # PGD-10 accuracy on the samples AutoAttack attacked (it may run on a subset of the test set).
@@ -80,7 +80,7 @@ CELL_COLUMNS = (
     "ours_max",
     "diff",
     "within_tolerance",
-    "initial_mean_weight_norm",
+    "epoch1_mean_weight_norm",
     "final_mean_weight_norm",
     "final_effective_step_size",
     "seeds",

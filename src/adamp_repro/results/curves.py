@@ -15,11 +15,22 @@ import pandas as pd
 
 from adamp_repro.results.collect import collect_runs
 from adamp_repro.tracking.records import DIAGNOSTICS_FILE, METRICS_FILE, read_csv_rows
-from adamp_repro.tracking.schema import summarise_rows
+from adamp_repro.tracking.schema import (
+    EFFECTIVE_STEP_SIZE,
+    EPOCH,
+    FILTER_EFFECTIVE_STEP_SIZE,
+    LR,
+    MEAN_FILTER_NORM,
+    MEAN_WEIGHT_NORM,
+    TOP1,
+    eval_key,
+    summarise_rows,
+)
 
-CURVE_COLUMNS = ("mean_weight_norm", "effective_step_size", "eval_top1")
+# Epoch-row keys of metrics.csv (names and titles in tracking/schema.py); the first two are diagnostics.
+CURVE_COLUMNS = (MEAN_WEIGHT_NORM, EFFECTIVE_STEP_SIZE, eval_key(TOP1))
 # Also read per epoch when a run has them (NaN otherwise): the lr and the per-filter diagnostics.
-EXTRA_COLUMNS = ("lr", "mean_filter_norm", "filter_effective_step_size")
+EXTRA_COLUMNS = (LR, MEAN_FILTER_NORM, FILTER_EFFECTIVE_STEP_SIZE)
 # Per-run columns of collect_runs copied onto every epoch row (the initial norms start the analysis curves).
 RUN_KEYS = (
     "experiment",
@@ -29,8 +40,8 @@ RUN_KEYS = (
     "table_id",
     "table_block",
     "run_dir",
-    "at_init_mean_weight_norm",
-    "at_init_mean_filter_norm",
+    f"at_init_{MEAN_WEIGHT_NORM}",
+    f"at_init_{MEAN_FILTER_NORM}",
 )
 
 
@@ -49,17 +60,17 @@ def read_epoch_curves(runs_root: str | os.PathLike) -> pd.DataFrame:
         if not metrics_path.exists():
             continue
         metrics = pd.DataFrame(read_csv_rows(metrics_path))
-        if metrics.empty or "epoch" not in metrics:
+        if metrics.empty or EPOCH not in metrics:
             continue
         metrics = metrics.apply(pd.to_numeric, errors="coerce")
         diagnostics_path = root / run.run_dir / DIAGNOSTICS_FILE
         if diagnostics_path.exists() and metrics.reindex(columns=CURVE_COLUMNS[:2]).isna().all().any():
             metrics = _merge_diagnostics(metrics, read_csv_rows(diagnostics_path))
-        frame = metrics.reindex(columns=["epoch", *CURVE_COLUMNS, *EXTRA_COLUMNS]).astype(float)
+        frame = metrics.reindex(columns=[EPOCH, *CURVE_COLUMNS, *EXTRA_COLUMNS]).astype(float)
         for key in RUN_KEYS:
             frame[key] = getattr(run, key)
         frames.append(frame)
-    columns = [*RUN_KEYS, "epoch", *CURVE_COLUMNS, *EXTRA_COLUMNS]
+    columns = [*RUN_KEYS, EPOCH, *CURVE_COLUMNS, *EXTRA_COLUMNS]
     if not frames:
         return pd.DataFrame(columns=columns)
     return pd.concat(frames, ignore_index=True)[columns]
@@ -69,10 +80,10 @@ def _merge_diagnostics(metrics: pd.DataFrame, diag_rows: list[dict[str, str]]) -
     by_epoch: dict[int, list[dict]] = {}
     for row in diag_rows:
         parsed = {k: _to_float(v) for k, v in row.items() if k != "param"}
-        by_epoch.setdefault(int(parsed["epoch"]), []).append(parsed)
-    summaries = pd.DataFrame([{"epoch": e, **summarise_rows(rows)} for e, rows in sorted(by_epoch.items())])
+        by_epoch.setdefault(int(parsed[EPOCH]), []).append(parsed)
+    summaries = pd.DataFrame([{EPOCH: e, **summarise_rows(rows)} for e, rows in sorted(by_epoch.items())])
     merged = metrics.drop(columns=[c for c in CURVE_COLUMNS[:2] if c in metrics], errors="ignore")
-    return merged.merge(summaries[["epoch", *CURVE_COLUMNS[:2]]], on="epoch", how="left")
+    return merged.merge(summaries[[EPOCH, *CURVE_COLUMNS[:2]]], on=EPOCH, how="left")
 
 
 def _to_float(text: str) -> float:

@@ -1,9 +1,11 @@
 """Figures of the mechanism: weight norms and effective step sizes from run records, and the paper's toys.
 
 - ``mechanism_<experiment>_<scale>.{png,pdf}``: per epoch, the mean norm of the weights followed by a
-  normalisation layer, their mean effective step size lr / ||w||^2 and eval top-1, for SGD vs SGDP and
-  Adam(W) vs AdamP; the line is the mean over seeds, the band the min-max over seeds. The paper's
-  counterpart is the ResNet-18 / ImageNet analysis on the project page (docs/paper.md §4.3).
+  normalisation layer, their mean effective step size lr / ||w||^2 and eval top-1, one row of panels per group
+  of optimizers the run's table compares (its ``pairs`` in ``configs/tables.yaml``, labelled as its columns);
+  an optimizer no pair names gets a row of its own beside the table's proposed optimizer. The line is the mean
+  over seeds, the band the min-max over seeds. The paper's counterpart is the ResNet-18 / ImageNet analysis
+  on the project page (docs/paper.md §4.3).
 - ``toy_2d.{png,pdf}``: the project page's 2D cosine toy (paths on the plane, ||w|| over iterations);
   ``toy_2d_adam.{png,pdf}``: Adam vs AdamP on the same toy; ``toy_3d.{png,pdf}``: the Rosenbrock-on-hemisphere
   toy.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
+from adamp_repro import catalogue
 from adamp_repro.results.analysis import analysis_outputs
 from adamp_repro.results.curves import CURVE_COLUMNS, read_epoch_curves
 from adamp_repro.results.render import save_figure
@@ -32,14 +35,10 @@ from adamp_repro.results.text import markdown_table
 from adamp_repro.toy.circle2d import METHOD_LABELS, CircleRun
 from adamp_repro.toy.hemisphere3d import HEMISPHERE_LABELS, OPTIMUM, HemisphereRun, rosenbrock
 from adamp_repro.tracking.records import atomic_write_text, rows_to_csv
+from adamp_repro.tracking.schema import EFFECTIVE_STEP_SIZE, EPOCH, TITLES
 
-CURVE_LABELS = {
-    "mean_weight_norm": "mean ||w|| (weights before a norm layer)",
-    "effective_step_size": "effective step size lr / ||w||^2",
-    "eval_top1": "eval top-1 (%)",
-}
-# Baseline and projected optimizer of each panel row; a row is drawn when any of its optimizers has runs.
-OPTIMIZER_PAIRS = (("SGD vs SGDP", ("sgd", "sgdp")), ("Adam(W) vs AdamP", ("adam", "adamw", "adamp")))
+# A style choice for the suite's optimizers (colour, line); any other optimizer (or one whose colour its row
+# already uses) takes the first colour of CYCLE its row does not use yet, solid.
 OPTIMIZER_STYLE = {
     "sgd": ("tab:blue", "-"),
     "sgdp": ("tab:orange", "-"),
@@ -47,6 +46,7 @@ OPTIMIZER_STYLE = {
     "adamw": ("tab:blue", "-"),
     "adamp": ("tab:orange", "-"),
 }
+CYCLE = tuple(f"tab:{c}" for c in ("blue orange green red purple brown pink gray olive cyan".split()))
 TOY_COLORS = {
     "gd": "tab:gray",
     "gd_momentum": "tab:blue",
@@ -67,31 +67,97 @@ def seed_bands(curves: pd.DataFrame, column: str) -> pd.DataFrame:
     return grouped.agg(mean="mean", low="min", high="max", n="count").reset_index()
 
 
+def panel_rows(
+    table_ids: Iterable[str], optimizers: Iterable[str]
+) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """The rows of panels of a mechanism figure: ``(title, ((optimizer, label), ...))`` in drawing order.
+
+    ``table_ids``: the tables the runs carry (``table_id``); ``optimizers``: those with runs. Each table's
+    catalogue entry (``catalogue.table``; a table it does not list compares the default pairs) gives the rows
+    (``compared_groups``), each optimizer under its column label (``Table.label_of``); a row is drawn when any
+    of its optimizers has runs. The optimizers with runs that no pair names share one more row, beside the
+    proposed optimizer of the table's first pair with runs."""
+    have = set(optimizers)
+    rows: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    drawn: set[str] = set()
+    reference: tuple[str, str] | None = None
+    for table_id in sorted(set(table_ids)):
+        entry = catalogue.table(table_id) or catalogue.Table(
+            name=table_id, table_id=table_id, kind="own", title=table_id, runs=False
+        )
+        for labels in compared_groups(entry):
+            members = list(dict.fromkeys(o for label in labels for o in entry.optimizers_for_column(label)))
+            if have.isdisjoint(members) or drawn.issuperset(members):
+                continue
+            rows.append((" vs ".join(labels), tuple((o, entry.label_of(o) or o) for o in members)))
+            drawn.update(members)
+        proposed = [o for _, label in entry.pairs for o in entry.optimizers_for_column(label) if o in have]
+        if reference is None and proposed:
+            reference = (proposed[0], entry.label_of(proposed[0]) or proposed[0])
+    others = tuple((o, o) for o in sorted(have - drawn))
+    if others:
+        row = others + ((reference,) if reference is not None else ())
+        rows.append((" vs ".join(label for _, label in row), row))
+    return rows
+
+
+def compared_groups(entry: catalogue.Table) -> list[tuple[str, ...]]:
+    """The column labels of each group of optimizers a table compares, in the order of its pairs: pairs that
+    share an optimizer are one group (P4a_mini's Adam, AdamW and AdamP), baselines first."""
+    groups: list[list[tuple[str, str]]] = []
+    for pair in entry.pairs:
+        touching = [g for g in groups if not _optimizers(entry, g).isdisjoint(_optimizers(entry, [pair]))]
+        merged = [p for g in touching for p in g] + [pair]
+        groups = [g for g in groups if g not in touching] + [merged]
+        groups.sort(key=lambda g: min(entry.pairs.index(p) for p in g))
+    return [tuple(dict.fromkeys([b for b, _ in g] + [p for _, p in g])) for g in groups]
+
+
+def _optimizers(entry: catalogue.Table, pairs: Iterable[tuple[str, str]]) -> set[str]:
+    return {o for pair in pairs for label in pair for o in entry.optimizers_for_column(label)}
+
+
+def _styles(optimizers: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Colour and line of each optimizer of a row: its ``OPTIMIZER_STYLE`` where the row does not use that
+    colour yet, else the first colour of ``CYCLE`` the row does not use, solid."""
+    styles: dict[str, tuple[str, str]] = {}
+    for optimizer in optimizers:
+        style = OPTIMIZER_STYLE.get(optimizer)
+        if style is not None and style[0] not in {color for color, _ in styles.values()}:
+            styles[optimizer] = style
+    for index, optimizer in enumerate(o for o in optimizers if o not in styles):
+        free = [color for color in CYCLE if color not in {c for c, _ in styles.values()}]
+        styles[optimizer] = (free[0] if free else CYCLE[index % len(CYCLE)], "-")
+    return styles
+
+
 def plot_mechanism(curves: pd.DataFrame, title: str) -> Figure | None:
-    """One figure for the curves of one (experiment, scale): a row per optimizer pair, a column per curve."""
-    pairs = [(label, opts) for label, opts in OPTIMIZER_PAIRS if curves["optimizer"].isin(opts).any()]
-    if not pairs:
+    """One figure for the curves of one (experiment, scale): a row per group of optimizers its table compares
+    (``panel_rows``), a column per curve."""
+    rows = panel_rows(curves["table_id"].dropna().astype(str), curves["optimizer"].dropna().astype(str))
+    if not rows:
         return None
-    fig = Figure(figsize=(4.2 * len(CURVE_COLUMNS), 3.2 * len(pairs)), layout="constrained")
-    axes = fig.subplots(len(pairs), len(CURVE_COLUMNS), squeeze=False)
-    for row, (pair_label, optimizers) in enumerate(pairs):
+    fig = Figure(figsize=(4.2 * len(CURVE_COLUMNS), 3.2 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(CURVE_COLUMNS), squeeze=False)
+    for row, (row_title, members) in enumerate(rows):
+        optimizers = [o for o, _ in members]
+        styles = _styles(optimizers)
         for col, column in enumerate(CURVE_COLUMNS):
             ax = axes[row][col]
             bands = seed_bands(curves[curves["optimizer"].isin(optimizers)], column)
-            for optimizer in optimizers:
+            for optimizer, label in members:
                 band = bands[bands["optimizer"] == optimizer]
                 if band.empty:
                     continue
-                color, style = OPTIMIZER_STYLE.get(optimizer, (None, "-"))
-                label = f"{optimizer.upper() if optimizer.startswith('sgd') else _adam_label(optimizer)}"
-                label += f" (n={int(band['n'].max())})"
-                ax.plot(band["epoch"], band["mean"], style, color=color, label=label)
-                ax.fill_between(band["epoch"], band["low"], band["high"], color=color, alpha=0.2, linewidth=0)
-            if column == "effective_step_size" and ax.has_data():
+                color, style = styles[optimizer]
+                label = f"{label} (n={int(band['n'].max())})"
+                ax.plot(band[EPOCH], band["mean"], style, color=color, label=label)
+                ax.fill_between(band[EPOCH], band["low"], band["high"], color=color, alpha=0.2, linewidth=0)
+            if column == EFFECTIVE_STEP_SIZE and ax.has_data():
                 ax.set_yscale("log")
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(CURVE_LABELS[column])
-            ax.set_title(pair_label, fontsize=9)
+            ax.set_xlabel(EPOCH)
+            ax.set_ylabel(TITLES[column].axis_label)
+            ax.set_title(row_title, fontsize=9)
             if ax.has_data():
                 ax.legend(fontsize=7)
     fig.suptitle(
@@ -99,10 +165,6 @@ def plot_mechanism(curves: pd.DataFrame, title: str) -> Figure | None:
         fontsize=9,
     )
     return fig
-
-
-def _adam_label(name: str) -> str:
-    return {"adam": "Adam", "adamw": "AdamW", "adamp": "AdamP"}.get(name, name)
 
 
 def mechanism_figures(

@@ -185,7 +185,7 @@ def mechanism_sentences(part: pd.DataFrame, pairs: list[tuple[str, str]] | None 
     sentences = []
     for (_, block, model), group in part.groupby(["row_id", "block", "model"], sort=False):
         rows = group.drop_duplicates("optimizer")
-        rows = rows[rows["initial_mean_weight_norm"].notna() & rows["final_mean_weight_norm"].notna()]
+        rows = rows[rows["epoch1_mean_weight_norm"].notna() & rows["final_mean_weight_norm"].notna()]
         where = " / ".join(str(x) for x in (model, block) if x not in ("-", ""))
         if rows.empty:
             sentences.append(
@@ -194,8 +194,7 @@ def mechanism_sentences(part: pd.DataFrame, pairs: list[tuple[str, str]] | None 
             )
             continue
         growth = {
-            r.optimizer: r.final_mean_weight_norm / r.initial_mean_weight_norm - 1.0
-            for r in rows.itertuples()
+            r.optimizer: r.final_mean_weight_norm / r.epoch1_mean_weight_norm - 1.0 for r in rows.itertuples()
         }
         text = (
             f"{where}: mean norm of the scale-invariant weights, end of epoch 1 → final (mean over seeds), changed by "

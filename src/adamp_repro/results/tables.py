@@ -186,7 +186,7 @@ def _cell_grid(part, varying, is_paper, scale, mechanism) -> Grid:
             row += [_signed(r["diff"]), _in_band(r["within_tolerance"], scale, r["tolerance"])]
         if mechanism:
             row += [
-                _norms(r["initial_mean_weight_norm"], r["final_mean_weight_norm"]),
+                _norms(r["epoch1_mean_weight_norm"], r["final_mean_weight_norm"]),
                 _sci(r["final_effective_step_size"]),
             ]
         if attacked:
@@ -337,7 +337,7 @@ def _p(p, test) -> str:
 
 
 def _norms(after_epoch_1, final) -> str:
-    """``initial_mean_weight_norm`` (the runner's key: the norm after the first epoch) → the final norm."""
+    """``epoch1_mean_weight_norm`` (the norm after the first epoch) → the final norm."""
     if _isnan(after_epoch_1) or _isnan(final):
         return MISSING
     return f"{after_epoch_1:.3f} → {final:.3f}"

@@ -32,10 +32,28 @@ from wandb_workspaces import expr
 
 from adamp_repro import catalogue, paths
 from adamp_repro.tracking.records import atomic_write_text
+from adamp_repro.tracking.schema import (
+    CLEAN_TOP1,
+    EPOCH,
+    LOSS,
+    LR,
+    MEAN_FILTER_NORM,
+    MEAN_WEIGHT_NORM,
+    ROBUST_LOSS,
+    ROBUST_TOP1,
+    STEP,
+    SUMMARY_KEYS,
+    TITLES,
+    TOP1,
+    TOP5,
+    TRAIN_LOSS,
+    eval_key,
+    step_key,
+    train_key,
+)
 
 CONFIG_DIR = paths.config_dir()
 OFFLINE_ENTITY = "<entity>"  # placeholder: the library's objects need an entity; offline there is none
-EPOCH = "epoch"  # the x axis of per-epoch rows (wandb_mirror.define_metric); per-step rows use train/step
 CLS, ADV = "classification", "adversarial"
 GROUP_KEY = "optimizer.name"
 # The runs table of every view and report section: model, dataset, optimizer, seed, scale, experiment.
@@ -53,32 +71,27 @@ class PanelDef:
 
 
 # Every panel of a table view; a table gets the panels of its experiments' tasks (c: classification,
-# a: adversarial). Columns: section | tasks | x axis | metric | title | report.
-_PANEL_ROWS = """
-Accuracy      | c  | epoch      | eval_top1           | Test top-1 (%)                             | report
-Accuracy      | c  | epoch      | eval_top5           | Test top-5 (%)                             |
-Accuracy      | a  | epoch      | eval_clean_top1     | Standard Acc: clean test top-1 (%)         | report
-Accuracy      | a  | epoch      | eval_robust_top1    | Attacked Acc: test top-1 under PGD (%)     | report
-Accuracy      | ca | epoch      | train_top1          | Train top-1 (%)                            |
-Loss          | ca | epoch      | train_loss          | Train loss (epoch mean)                    |
-Loss          | ca | epoch      | eval_loss           | Test loss (clean)                          |
-Loss          | a  | epoch      | eval_robust_loss    | Test loss under PGD                        |
-Loss          | ca | train/step | step/loss           | Train loss per logged step                 |
-Learning rate | ca | epoch      | lr                  | Learning rate (last step of the epoch)     |
-Learning rate | ca | train/step | step/lr             | Learning rate per logged step              |
-Diagnostics   | ca | epoch      | mean_weight_norm    | Mean norm of scale-invariant weights       | report
-Diagnostics   | ca | epoch      | effective_step_size | Effective step size lr / norm(w)^2         |
-Diagnostics   | ca | epoch      | mean_filter_norm    | Mean norm per filter (output channel)      | report
-Diagnostics   | ca | epoch      | filter_effective_step_size | Effective step per filter, lr / norm(w_c)^2 |
-Diagnostics   | ca | epoch      | detected_share      | Share of weights detected scale-invariant  |
-Diagnostics   | ca | epoch      | mean_abs_cos        | Mean max-channel abs cos(grad, w)          |
-"""
+# a: adversarial). Columns: section | tasks | x axis (EPOCH for the per-epoch rows, as wandb_mirror defines
+# them; STEP for the per-step ones) | metric | also in the report. Key names and panel titles are the record
+# schema's (tracking/schema.py: TITLES).
+_PANEL_ROWS = (
+    ("Accuracy", "c", EPOCH, eval_key(TOP1), True),
+    ("Accuracy", "c", EPOCH, eval_key(TOP5), False),
+    ("Accuracy", "a", EPOCH, eval_key(CLEAN_TOP1), True),
+    ("Accuracy", "a", EPOCH, eval_key(ROBUST_TOP1), True),
+    ("Accuracy", "ca", EPOCH, train_key(TOP1), False),
+    ("Loss", "ca", EPOCH, TRAIN_LOSS, False),
+    ("Loss", "ca", EPOCH, eval_key(LOSS), False),
+    ("Loss", "a", EPOCH, eval_key(ROBUST_LOSS), False),
+    ("Loss", "ca", STEP, step_key(LOSS), False),
+    ("Learning rate", "ca", EPOCH, LR, False),
+    ("Learning rate", "ca", STEP, step_key(LR), False),
+    *(("Diagnostics", "ca", EPOCH, key, key in (MEAN_WEIGHT_NORM, MEAN_FILTER_NORM)) for key in SUMMARY_KEYS),
+)
 _TASKS = {"c": CLS, "a": ADV}
 PANELS = tuple(
-    PanelDef(sec, tuple(_TASKS[t] for t in tasks), x, metric, title, bool(report))
-    for sec, tasks, x, metric, title, report in (
-        [cell.strip() for cell in row.split("|")] for row in _PANEL_ROWS.strip().splitlines()
-    )
+    PanelDef(section, tuple(_TASKS[t] for t in tasks), x, metric, TITLES[metric].title, report)
+    for section, tasks, x, metric, report in _PANEL_ROWS
 )
 
 

@@ -12,7 +12,8 @@ the run's config, ``train.runner.config_hash``) with a fixed contract:
 - ``diagnostics.csv``  optional: per-epoch weight-norm diagnostics of the scale-invariant weights
 - ``summary.json``     the final state: ``schema_version`` (``tracking.schema``; absent = 1), ``status``
                        (running / completed / failed / diverged / interrupted), final and best metrics, wall
-                       time, images/s, and identifying keys
+                       time, images/s, and identifying keys; read through ``read_summary``, which gives an
+                       older version's keys their current names
 
 Every file is written to a temporary name in the same folder and renamed, so a crash never leaves a
 half-written file behind.
@@ -29,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from adamp_repro.tracking.schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY
+from adamp_repro.tracking.schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY, upgrade_summary
 
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 CONFIG_FILE = "config.yaml"
@@ -201,13 +202,15 @@ def read_provenance_segments(run_dir: str | os.PathLike) -> list[dict[str, Any]]
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The summary of a run folder; raises FileNotFoundError / ValueError on a missing or broken file."""
+    """The summary of a run folder, with this schema version's key names (``schema.upgrade_summary``: a record
+    of an older version reads as if written now); raises FileNotFoundError / ValueError on a missing or broken
+    file."""
     path = Path(run_dir) / SUMMARY_FILE
     with open(path) as handle:
         summary = json.load(handle)
     if not isinstance(summary, dict) or summary.get("status") not in STATUSES:
         raise ValueError(f"{path}: not a run summary (missing or unknown 'status')")
-    return summary
+    return upgrade_summary(summary)
 
 
 def is_completed(run_dir: str | os.PathLike) -> bool:

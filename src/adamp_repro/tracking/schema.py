@@ -5,12 +5,23 @@ The writer (``tracking.records.RunRecord``, fed by ``train.life.RunLife``), the 
 
 ``SCHEMA_VERSION`` is written into every ``summary.json`` (``schema_version``); a summary without the key was
 written before versions existed and reads as version 1 (``schema_version_of``). Version 2 adds the key alone:
-every other key of a version-1 summary means what it meant.
+every other key of a version-1 summary means what it meant. Version 3 renames ``initial_mean_weight_norm`` and
+``initial_mean_filter_norm`` to ``epoch1_mean_weight_norm`` and ``epoch1_mean_filter_norm``: they were always
+taken from the first epoch row, i.e. after the first epoch (the norms before the first step are
+``at_init_<key>``). Committed summaries are not rewritten: every reader goes through ``upgrade_summary``,
+which gives a summary of an older version this version's key names (``RENAMED_KEYS``).
 
 ``summary_metrics`` turns a run's epoch rows (the rows of ``metrics.csv``) into the metric keys of its
 summary: ``epochs``, ``final_train_loss``, ``final_eval_<metric>`` (the last evaluation, counts left out),
-``best_eval_<primary metric>``, the median ``images_per_s``, ``final_<key>`` and ``initial_<key>`` of the
+``best_eval_<primary metric>``, the median ``images_per_s``, ``final_<key>`` and ``epoch1_<key>`` of the
 weight diagnostics.
+
+The epoch rows of ``metrics.csv`` carry ``epoch``, ``train_<metric>`` (the task's training metrics,
+``train_loss`` among them), ``eval_<metric>`` on the epochs that evaluate (the task's metric names: ``TOP1``,
+``ROBUST_TOP1``, ...), ``lr``, ``images_per_s`` and the diagnostics ``SUMMARY_KEYS``; W&B also gets
+``step/<key>`` against ``train/step``. ``TITLES`` says in words what each key the figures and dashboards show
+is: one ``Title`` per key, its ``title`` (a dashboard panel's) and ``axis`` (a figure axis's, short, with its
+unit).
 
 ``ROW_KEYS`` are the columns of ``diagnostics.csv`` (one row per weight tensor and epoch, written by
 ``train.diagnostics.WeightDiagnostics``); ``SUMMARY_KEYS`` are the per-epoch summary keys of ``metrics.csv``
@@ -25,19 +36,57 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_VERSION_KEY = "schema_version"
 UNVERSIONED = 1  # the version of a summary written before the key existed
 
+# Keys renamed by a schema version: {version: {old name: new name}}; ``upgrade_summary`` reads an older
+# summary with the new names.
+RENAMED_KEYS = {
+    3: {
+        "initial_mean_weight_norm": "epoch1_mean_weight_norm",
+        "initial_mean_filter_norm": "epoch1_mean_filter_norm",
+    },
+}
+
+# The task metric names (``train/tasks/``): ``train_<name>`` and ``eval_<name>`` in an epoch row.
+LOSS, TOP1, TOP5 = "loss", "top1", "top5"
+CLEAN_TOP1, ROBUST_TOP1, ROBUST_LOSS = "clean_top1", "robust_top1", "robust_loss"
+# The other keys of an epoch row, and the x axis of the per-step rows W&B gets (``step/<key>``).
+EPOCH, LR, IMAGES_PER_S = "epoch", "lr", "images_per_s"
+STEP = "train/step"
+
+
+def train_key(metric: str) -> str:
+    """The epoch-row key of a training metric of the task (``train_loss``)."""
+    return f"train_{metric}"
+
+
+def eval_key(metric: str) -> str:
+    """The epoch-row key of an evaluation metric of the task (``eval_top1``)."""
+    return f"eval_{metric}"
+
+
+def step_key(name: str) -> str:
+    """The W&B key of a per-step value (``step/loss``), logged against ``STEP``."""
+    return f"step/{name}"
+
+
+TRAIN_LOSS = train_key(LOSS)
+
+# The weight diagnostics of an epoch (``summarise_rows``).
+MEAN_WEIGHT_NORM, EFFECTIVE_STEP_SIZE = "mean_weight_norm", "effective_step_size"
+MEAN_FILTER_NORM, FILTER_EFFECTIVE_STEP_SIZE = "mean_filter_norm", "filter_effective_step_size"
+DETECTED_SHARE, MEAN_ABS_COS = "detected_share", "mean_abs_cos"
 SUMMARY_KEYS = (
-    "mean_weight_norm",
-    "effective_step_size",
-    "mean_filter_norm",
-    "filter_effective_step_size",
-    "detected_share",
-    "mean_abs_cos",
+    MEAN_WEIGHT_NORM,
+    EFFECTIVE_STEP_SIZE,
+    MEAN_FILTER_NORM,
+    FILTER_EFFECTIVE_STEP_SIZE,
+    DETECTED_SHARE,
+    MEAN_ABS_COS,
 )
 ROW_KEYS = (
     "epoch",
@@ -54,6 +103,45 @@ ROW_KEYS = (
 )
 
 
+class Title(NamedTuple):
+    """What a key is, in words: ``title`` heads a dashboard panel, ``axis`` labels a figure axis (short, with
+    the unit; the title where none is given)."""
+
+    title: str
+    axis: str = ""
+
+    @property
+    def axis_label(self) -> str:
+        return self.axis or self.title
+
+
+# What each key the figures and dashboards show is (epoch-row keys of metrics.csv, then W&B's per-step keys).
+TITLES = {
+    eval_key(TOP1): Title("Test top-1 (%)", "eval top-1 (%)"),
+    eval_key(TOP5): Title("Test top-5 (%)"),
+    eval_key(CLEAN_TOP1): Title("Standard Acc: clean test top-1 (%)"),
+    eval_key(ROBUST_TOP1): Title("Attacked Acc: test top-1 under PGD (%)"),
+    train_key(TOP1): Title("Train top-1 (%)"),
+    TRAIN_LOSS: Title("Train loss (epoch mean)"),
+    eval_key(LOSS): Title("Test loss (clean)"),
+    eval_key(ROBUST_LOSS): Title("Test loss under PGD"),
+    LR: Title("Learning rate (last step of the epoch)"),
+    IMAGES_PER_S: Title("Training images per second (epoch)", "images/s"),
+    MEAN_WEIGHT_NORM: Title(
+        "Mean norm of scale-invariant weights", "mean ||w|| (weights before a norm layer)"
+    ),
+    EFFECTIVE_STEP_SIZE: Title("Effective step size lr / norm(w)^2", "effective step size lr / ||w||^2"),
+    MEAN_FILTER_NORM: Title("Mean norm per filter (output channel)", "mean ||w_c|| per filter"),
+    FILTER_EFFECTIVE_STEP_SIZE: Title(
+        "Effective step per filter, lr / norm(w_c)^2", "effective step per filter lr / ||w_c||^2"
+    ),
+    DETECTED_SHARE: Title("Share of weights detected scale-invariant", "share detected scale-invariant"),
+    MEAN_ABS_COS: Title("Mean max-channel abs cos(grad, w)", "mean max |cos(grad, w)|"),
+    step_key(LOSS): Title("Train loss per logged step"),
+    step_key(LR): Title("Learning rate per logged step"),
+}
+
+
 def summarise_rows(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
     """Epoch summary (keys ``SUMMARY_KEYS``) from one epoch's per-layer rows (keys ``ROW_KEYS``); NaN-tolerant.
 
@@ -65,15 +153,15 @@ def summarise_rows(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
     tested = [r for r in rows if not math.isnan(r["detected"])]
     tested_numel = sum(r["numel"] for r in tested)
     return {
-        "mean_weight_norm": _mean(r["weight_norm"] for r in invariant),
-        "effective_step_size": _mean(r["effective_step_size"] for r in invariant),
+        MEAN_WEIGHT_NORM: _mean(r["weight_norm"] for r in invariant),
+        EFFECTIVE_STEP_SIZE: _mean(r["effective_step_size"] for r in invariant),
         # Rows written before the per-filter columns existed read as NaN.
-        "mean_filter_norm": _mean(r.get("filter_norm", math.nan) for r in invariant),
-        "filter_effective_step_size": _mean(r.get("filter_effective_step_size", math.nan) for r in invariant),
-        "detected_share": sum(r["numel"] * r["detected"] for r in tested) / tested_numel
+        MEAN_FILTER_NORM: _mean(r.get("filter_norm", math.nan) for r in invariant),
+        FILTER_EFFECTIVE_STEP_SIZE: _mean(r.get("filter_effective_step_size", math.nan) for r in invariant),
+        DETECTED_SHARE: sum(r["numel"] * r["detected"] for r in tested) / tested_numel
         if tested_numel
         else math.nan,
-        "mean_abs_cos": _mean(r["abs_cos_max"] for r in tested),
+        MEAN_ABS_COS: _mean(r["abs_cos_max"] for r in tested),
     }
 
 
@@ -91,8 +179,30 @@ def schema_version_of(summary: Mapping[str, Any]) -> int:
     return version
 
 
-# The diagnostics whose value before the first epoch's end is also summarised, as initial_<key>.
-INITIAL_KEYS = ("mean_weight_norm", "mean_filter_norm")
+def upgrade_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """A summary read from a record, with this version's key names: the keys ``RENAMED_KEYS`` renames in a
+    later version than the summary's are renamed (in place in the key order; ``schema_version`` is kept as
+    written).
+
+    A summary of this version, a newer one or one whose version does not read is returned as it is (a copy),
+    for the collector to judge."""
+    try:
+        version = schema_version_of(summary)
+    except ValueError:
+        return dict(summary)
+    renames = {
+        old: new for since, names in RENAMED_KEYS.items() if version < since for old, new in names.items()
+    }
+    upgraded = {}
+    for key, value in summary.items():
+        new = renames.get(key)
+        upgraded[key if new is None or new in summary else new] = value  # never over a key written as new
+    return upgraded
+
+
+# The diagnostics whose value at the end of the first epoch is also summarised, as epoch1_<key> (the value
+# before the first step is at_init_<key>, written by the trainer).
+EPOCH1_KEYS = (MEAN_WEIGHT_NORM, MEAN_FILTER_NORM)
 
 
 def summary_metrics(history: Sequence[Mapping[str, Any]], primary_metric: str) -> dict[str, Any]:
@@ -100,19 +210,21 @@ def summary_metrics(history: Sequence[Mapping[str, Any]], primary_metric: str) -
     if not history:
         return {"epochs": 0}
     last = history[-1]
-    primary = f"eval_{primary_metric}"
+    primary = eval_key(primary_metric)
     evaluated = [row for row in history if primary in row]
-    out: dict[str, Any] = {"epochs": int(last["epoch"]) + 1, "final_train_loss": last.get("train_loss")}
+    out: dict[str, Any] = {"epochs": int(last[EPOCH]) + 1, f"final_{TRAIN_LOSS}": last.get(TRAIN_LOSS)}
     if evaluated:
         final = evaluated[-1]
-        out.update({f"final_{k}": v for k, v in final.items() if k.startswith("eval_") and "count" not in k})
+        out.update(
+            {f"final_{k}": v for k, v in final.items() if k.startswith(eval_key("")) and "count" not in k}
+        )
         out[f"best_{primary}"] = max(row[primary] for row in evaluated)
-    speeds = [row["images_per_s"] for row in history if "images_per_s" in row]
-    out["images_per_s"] = float(statistics.median(speeds)) if speeds else None
+    speeds = [row[IMAGES_PER_S] for row in history if IMAGES_PER_S in row]
+    out[IMAGES_PER_S] = float(statistics.median(speeds)) if speeds else None
     for key in SUMMARY_KEYS:
         if key in last:
             out[f"final_{key}"] = last[key]
-    for key in INITIAL_KEYS:
+    for key in EPOCH1_KEYS:
         if key in history[0]:
-            out[f"initial_{key}"] = history[0][key]
+            out[f"epoch1_{key}"] = history[0][key]
     return out

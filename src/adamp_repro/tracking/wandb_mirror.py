@@ -13,7 +13,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from adamp_repro.tracking.schema import SUMMARY_KEYS
+from adamp_repro.tracking.schema import (
+    EPOCH,
+    IMAGES_PER_S,
+    LR,
+    STEP,
+    SUMMARY_KEYS,
+    eval_key,
+    step_key,
+    train_key,
+)
 
 MODES = ("auto", "online", "offline", "disabled")
 
@@ -73,11 +82,11 @@ class WandbMirror:
             reinit="finish_previous",
         )
         # Per-step and per-epoch series share one x-axis each, so panels line up.
-        self.run.define_metric("train/step")
-        self.run.define_metric("step/*", step_metric="train/step")
-        self.run.define_metric("epoch")
-        for prefix in ("train_*", "eval_*", "lr", "images_per_s", *SUMMARY_KEYS):
-            self.run.define_metric(prefix, step_metric="epoch")
+        self.run.define_metric(STEP)
+        self.run.define_metric(step_key("*"), step_metric=STEP)
+        self.run.define_metric(EPOCH)
+        for prefix in (train_key("*"), eval_key("*"), LR, IMAGES_PER_S, *SUMMARY_KEYS):
+            self.run.define_metric(prefix, step_metric=EPOCH)
 
     @property
     def run_id(self) -> str | None:
@@ -85,7 +94,7 @@ class WandbMirror:
 
     def log_step(self, step: int, values: Mapping[str, float]) -> None:
         if self.run is not None:
-            self.run.log({"train/step": step, **{f"step/{k}": v for k, v in values.items()}})
+            self.run.log({STEP: step, **{step_key(k): v for k, v in values.items()}})
 
     def log_epoch(self, row: Mapping[str, Any]) -> None:
         if self.run is not None:

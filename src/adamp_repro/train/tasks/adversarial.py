@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from adamp_repro.data.sharding import make_generator
 from adamp_repro.errors import ConfigError, plain_config
+from adamp_repro.tracking.schema import CLEAN_TOP1, LOSS, ROBUST_LOSS, ROBUST_TOP1
 from adamp_repro.train.attacks import PGD, module_modes
 from adamp_repro.train.autoattack import WARNING_FLAGS, AutoAttack
 from adamp_repro.train.tasks.base import (
@@ -65,7 +66,7 @@ _EVAL_KEYS = (*_ATTACK_KEYS, "keep_best")
 _AUTOATTACK_KEYS = ("enabled", "version", "attacks", "subset", "batch_size")
 _SWEEP_KEYS = ("enabled", "eps_factors", "version", "attacks", "subset", "batch_size")
 _TOP_KEYS = ("name", "norm", "eps", "eval_seed", "train_attack", "eval_attack", "autoattack", "eps_sweep")
-_BASE_METRICS = ("clean_top1", "robust_top1", "loss", "robust_loss", "count")
+_BASE_METRICS = (CLEAN_TOP1, ROBUST_TOP1, LOSS, ROBUST_LOSS, "count")
 _AA_RATES = (
     "autoattack_top1",
     "autoattack_subset_clean_top1",
@@ -105,7 +106,7 @@ class AdversarialTask(ClassifierTaskBase):
             ``seed``; the eval attack's only if it has one), so evaluation is the same in every epoch and run.
     """
 
-    primary_metric = "robust_top1"
+    primary_metric = ROBUST_TOP1
     name = "adversarial"
     train_metric_names = CLASSIFIER_TRAIN_METRICS  # on the adversarial batch
 
@@ -219,10 +220,10 @@ class AdversarialTask(ClassifierTaskBase):
                 adv_logits = model(x_adv)
         clean_ok, robust_ok = logits.argmax(dim=1).eq(y), adv_logits.argmax(dim=1).eq(y)
         sums = {
-            "clean_top1": 100.0 * clean_ok.sum().float(),
-            "robust_top1": 100.0 * robust_ok.sum().float(),
-            "loss": F.cross_entropy(logits.float(), y, reduction="sum"),
-            "robust_loss": F.cross_entropy(adv_logits.float(), y, reduction="sum"),
+            CLEAN_TOP1: 100.0 * clean_ok.sum().float(),
+            ROBUST_TOP1: 100.0 * robust_ok.sum().float(),
+            LOSS: F.cross_entropy(logits.float(), y, reduction="sum"),
+            ROBUST_LOSS: F.cross_entropy(adv_logits.float(), y, reduction="sum"),
             "count": torch.tensor(float(y.shape[0]), device=y.device),
         }
         return sums, {"robust": x_adv, "clean_ok": clean_ok, "robust_ok": robust_ok}
@@ -321,8 +322,8 @@ class AdversarialTask(ClassifierTaskBase):
             "autoattack": autoattack,
             "eps_sweep": sweep,
             "metrics": {
-                "clean_top1": "Standard Acc",
-                "robust_top1": "Attacked Acc (eval_attack)",
+                CLEAN_TOP1: "Standard Acc",
+                ROBUST_TOP1: "Attacked Acc (eval_attack)",
                 "autoattack_top1": "top-1 under AutoAttack alone (not in the paper)",
             },
             "denominators": dict(self.denominators),

@@ -36,6 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from adamp_repro.tracking.schema import LOSS, TOP1
 from adamp_repro.train.metrics import correct_topk, finalize_sums
 
 Batch = Any  # what the data's train_batches / eval_batches yield: (x, y) for the suite's data
@@ -67,8 +68,8 @@ class TaskBase:
     """Defaults of the protocol: no random draws; every metric is its sum over ``"count"``."""
 
     name = "task"
-    primary_metric = "loss"
-    train_metric_names: tuple[str, ...] = ("loss",)
+    primary_metric = LOSS
+    train_metric_names: tuple[str, ...] = (LOSS,)
     denominators: Mapping[str, str] = {}
 
     def set_epoch(self, seed: int, epoch: int, rank: int = 0) -> None:
@@ -85,15 +86,15 @@ class TaskBase:
         return {"task": self.name}
 
 
-CLASSIFIER_TRAIN_METRICS = ("loss", "top1")
+CLASSIFIER_TRAIN_METRICS = (LOSS, TOP1)
 
 
 @torch.no_grad()
 def classifier_sums(loss: Tensor, logits: Tensor, y: Tensor) -> dict[str, Tensor]:
     """One training batch's sums: loss x samples, top-1 hits on ``logits`` and the sample count."""
     return {
-        "loss": loss.detach().float() * y.numel(),
-        "top1": correct_topk(logits.detach(), y, (1,))[0],
+        LOSS: loss.detach().float() * y.numel(),
+        TOP1: correct_topk(logits.detach(), y, (1,))[0],
         "count": torch.tensor(y.numel(), device=y.device),
     }
 
@@ -101,7 +102,7 @@ def classifier_sums(loss: Tensor, logits: Tensor, y: Tensor) -> dict[str, Tensor
 def classifier_train_metrics(totals: Mapping[str, Tensor | float]) -> dict[str, float]:
     """``loss`` (mean per sample) and ``top1`` (percent) from an epoch's ``classifier_sums``."""
     count = max(float(totals["count"]), 1.0)
-    return {"loss": float(totals["loss"]) / count, "top1": 100.0 * float(totals["top1"]) / count}
+    return {LOSS: float(totals[LOSS]) / count, TOP1: 100.0 * float(totals[TOP1]) / count}
 
 
 class ClassifierTaskBase(TaskBase):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adamp_repro.tracking.schema import LOSS, TOP1, TOP5
 from adamp_repro.train.metrics import correct_topk
 from adamp_repro.train.tasks.base import (
     CLASSIFIER_TRAIN_METRICS,
@@ -29,7 +30,7 @@ class ClassificationTask(ClassifierTaskBase):
     """
 
     name = "classification"
-    primary_metric = "top1"
+    primary_metric = TOP1
     train_metric_names = CLASSIFIER_TRAIN_METRICS
 
     def __init__(self, label_smoothing: float = 0.0, cutmix_alpha: float = 0.0, cutmix_prob: float = 0.0):
@@ -83,9 +84,9 @@ class ClassificationTask(ClassifierTaskBase):
             logits = model(x)
             top1, top5 = correct_topk(logits, y)
             batch = {
-                "loss": F.cross_entropy(logits.float(), y, reduction="sum"),
-                "top1": 100.0 * top1,
-                "top5": 100.0 * top5,
+                LOSS: F.cross_entropy(logits.float(), y, reduction="sum"),
+                TOP1: 100.0 * top1,
+                TOP5: 100.0 * top5,
                 "count": torch.tensor(float(y.numel()), device=y.device),
             }
             for key, value in batch.items():
