@@ -13,7 +13,7 @@ them from here. A low module: it imports only the errors and the YAML reader, ne
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +28,10 @@ TABLES_FILE = paths.config_dir() / "tables.yaml"
 KINDS = ("paper", "proxy", "own")
 # The pairs a table compares when its entry names none (baseline, proposed).
 DEFAULT_PAIRS = (("SGD", "SGDP"), ("AdamW", "AdamP"), ("Adam", "AdamP"))
+# The suite's optimizers in the order a table shows them, each under its column label; an optimizer outside it (a
+# user's own, a timm one) comes after them, in name order, under its config name (``display_order``,
+# ``display_label``).
+SUITE_LABELS = {"sgd": "SGD", "sgdp": "SGDP", "adam": "Adam", "adamw": "AdamW", "adamp": "AdamP"}
 # The printed gain an own table outside the catalogue is powered against: P1's ResNet18 row of the same pair.
 DEFAULT_REFERENCE = ("P1", "resnet18")
 # What an own table shows when it is not in the catalogue (runs tagged with an unknown table id).
@@ -327,6 +331,23 @@ def _row_ref(where: str, ref: Any) -> tuple[str, str]:
     if not isinstance(ref, dict) or set(ref) != {"table", "row"} or None in ref.values():
         raise ConfigError(f"{where}: {ref!r}; expected {{table, row}} (a table id and one of its row ids)")
     return str(ref["table"]), str(ref["row"])
+
+
+def display_order(optimizers: Iterable[str]) -> list[str]:
+    """``optimizers`` in the order the tables show them: the suite's (``SUITE_LABELS``) first, then the rest by
+    name."""
+    present = set(optimizers)
+    return [o for o in SUITE_LABELS if o in present] + sorted(present - set(SUITE_LABELS))
+
+
+def display_label(optimizer: str) -> str:
+    """The column label of one of the suite's optimizers (``SGDP`` for sgdp); any other keeps its config name."""
+    return SUITE_LABELS.get(optimizer, optimizer)
+
+
+def optimizer_of_label(label: str) -> str:
+    """The optimizer a column label names (``display_label`` read backwards)."""
+    return next((name for name, shown in SUITE_LABELS.items() if shown == label), label)
 
 
 def table(table_id: str) -> Table | None:

@@ -21,7 +21,6 @@ of a project, read through ``wandb.Api()``; ``history()`` is never called becaus
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -88,7 +87,6 @@ RUN_COLUMNS = (
     *IDENTITY_COLUMNS,
     "row_id",  # the catalogue's row of the run's table that its table_block / table_model name (``row_of``)
     *NUMERIC_COLUMNS,
-    "attacks",
     "code_changed_on_resume",
     "schema_version",
 )
@@ -322,8 +320,6 @@ def _summary_to_row(
             row[key] = float(value)
         else:
             return None, RunProblem(run_dir, "broken", f"{key} must be a number or null, got {value!r}")
-    attacks = summary.get("attacks")
-    row["attacks"] = None if attacks is None else json.dumps(attacks, sort_keys=True)
     changed = summary.get("code_changed_on_resume")
     if changed is not None and not isinstance(changed, bool):
         return None, RunProblem(

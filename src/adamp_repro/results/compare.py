@@ -41,8 +41,6 @@ from adamp_repro.results.gains import GAIN_COLUMNS, paired_gains, paper_gain_ran
 # Gains live in ``gains``; their names stay importable from here, where a table's numbers are assembled.
 __all__ = ["GAIN_COLUMNS", "Comparison", "compare_table", "paper_gain_range"]
 
-OPTIMIZER_ORDER = ("sgd", "sgdp", "adam", "adamw", "adamp")
-OPTIMIZER_LABELS = {"sgd": "SGD", "sgdp": "SGDP", "adam": "Adam", "adamw": "AdamW", "adamp": "AdamP"}
 # The summary key of the paper's PGD-10 accuracy (``attacked_acc``), which our AutoAttack is set beside.
 ROBUST_KEY = "final_eval_robust_top1"
 # ``epoch1_*``: the norm after the first epoch (``at_init_*``: before the first step).
@@ -200,7 +198,7 @@ def _row_template(table_id: str, table_runs: pd.DataFrame, paper: pd.DataFrame) 
     fixed = list(entry.metrics) if entry is not None and entry.metrics else None
     metrics = fixed or [m for m, key in DEFAULT_METRICS.items() if table_runs[key].notna().any()]
     present = set(table_runs["optimizer"])
-    optimizers = [o for o in OPTIMIZER_ORDER if o in present] + sorted(present - set(OPTIMIZER_ORDER))
+    optimizers = catalogue.display_order(present)
     placed = table_runs[table_runs["row_id"].notna()]
     groups = placed[["row_id", "table_block", "table_model", "dataset"]].drop_duplicates("row_id")
     # A row shows the optimizers that have runs in it (the analysis table runs SGDP only with momentum).
@@ -218,7 +216,7 @@ def _row_template(table_id: str, table_runs: pd.DataFrame, paper: pd.DataFrame) 
                 "block": g.table_block,
                 "model": g.table_model,
                 "dataset": g.dataset,
-                "optimizer": OPTIMIZER_LABELS.get(o, o),
+                "optimizer": catalogue.display_label(o),
                 "metric": m,
                 "paper": math.nan,
                 "paper_printed": "",
@@ -234,7 +232,7 @@ def _row_template(table_id: str, table_runs: pd.DataFrame, paper: pd.DataFrame) 
 def _our_optimizer(table_id: str, label: str, group_runs: pd.DataFrame, group_left_out: pd.DataFrame) -> str:
     entry = catalogue.table(table_id)
     if entry is None or not entry.is_paper:
-        return next((k for k, v in OPTIMIZER_LABELS.items() if v == label), label)
+        return catalogue.optimizer_of_label(label)
     candidates = entry.optimizers_for_column(label)
     # Counted runs choose the column's optimizer; left-out records only name it for a column with none.
     for present in (set(group_runs["optimizer"]), set(group_left_out["optimizer"])):

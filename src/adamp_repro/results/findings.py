@@ -14,7 +14,7 @@ import pandas as pd
 from adamp_repro import catalogue
 from adamp_repro.catalogue import DEFAULT_REFERENCE
 from adamp_repro.results.compare import AUTOATTACK_GAP_POINTS, AUTOATTACK_KEY, AUTOATTACK_PGD_KEY
-from adamp_repro.results.gains import paper_gain_range
+from adamp_repro.results.gains import pairs_for, paper_gain_range
 from adamp_repro.results.stats import (
     ALPHA,
     MAX_SEEDS,
@@ -181,7 +181,8 @@ def autoattack_sentences(part: pd.DataFrame) -> list[str]:
 def mechanism_sentences(part: pd.DataFrame, pairs: list[tuple[str, str]] | None = None) -> list[str]:
     """The weight-norm effect in words, per row: what a small run shows reliably (paper Sec. 2, norm growth).
 
-    ``pairs``: the (baseline, proposed) pairs to set side by side; default SGD/SGDP and AdamW (else Adam)/AdamP."""
+    ``pairs``: the (baseline, proposed) pairs to set side by side; default those of a table the catalogue does not
+    list (``gains.pairs_for``)."""
     sentences = []
     for (_, block, model), group in part.groupby(["row_id", "block", "model"], sort=False):
         rows = group.drop_duplicates("optimizer")
@@ -201,8 +202,7 @@ def mechanism_sentences(part: pd.DataFrame, pairs: list[tuple[str, str]] | None 
             + "; ".join(f"{opt} {g:+.1%}" for opt, g in growth.items())
             + "."
         )
-        adam_base = "AdamW" if "AdamW" in growth else "Adam"
-        for base, prop in pairs or (("SGD", "SGDP"), (adam_base, "AdamP")):
+        for base, prop in pairs or pairs_for(None, growth):
             if base in growth and prop in growth:
                 word = "less" if growth[prop] < growth[base] else "not less"
                 text += (

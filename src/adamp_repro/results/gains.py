@@ -10,7 +10,7 @@ row it stands in for; any other own table's ``reference_gain`` (P1's ResNet18 ro
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -66,7 +66,7 @@ def paired_gains(table_id: str, cells: pd.DataFrame, paper: pd.DataFrame) -> pd.
         ["scale", "row_id", "block", "model", "dataset", "metric"], sort=False, dropna=False
     ):
         by_label = {r["optimizer"]: r for r in group.to_dict("records")}
-        for baseline, proposed in _pairs_for(entry, by_label):
+        for baseline, proposed in pairs_for(entry, by_label):
             a, b = by_label[baseline], by_label[proposed]
             result = welch_test(a["_values"], b["_values"])
             # Printed values carry at most 2 decimals: drop the float noise of their difference (0.57, not 0.5700..074).
@@ -163,9 +163,11 @@ def _first_text(*values) -> str | None:
     return next((v for v in values if isinstance(v, str) and v), None)
 
 
-def _pairs_for(entry: Table | None, by_label: dict) -> list[tuple[str, str]]:
-    """The catalogue's pairs of the table that have both columns; a table it does not list compares the default
-    pairs, AdamP with AdamW where it has AdamW runs (as the paper's ImageNet "Adam" column does)."""
+def pairs_for(entry: Table | None, by_label: Iterable[str]) -> list[tuple[str, str]]:
+    """The catalogue's pairs of the table that have both columns (``by_label``: the column labels with runs); a
+    table it does not list compares the default pairs, AdamP with AdamW where it has AdamW runs (as the paper's
+    ImageNet "Adam" column does)."""
+    by_label = set(by_label)
     if entry is not None:
         return [(a, b) for a, b in entry.pairs if a in by_label and b in by_label]
     pairs = [(a, b) for a, b in DEFAULT_PAIRS if a in by_label and b in by_label]
