@@ -38,7 +38,8 @@ def smoke_cfg(tmp_path):
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Tiny tensors: one thread is faster, and immune to OpenMP spin-waits on a shared CPU."""
+    """One thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): bitwise-reproducible
+    numbers, faster on tiny tensors, and immune to OpenMP spin-waits and oversubscription on a shared CPU."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -59,14 +59,9 @@ class TinyNet(nn.Module):
         return self.features((x - self.mean) / self.std)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # One thread: bitwise-reproducible training, and no OpenMP oversubscription on a shared 2-core machine
-    # (measured: 2 threads under load ran this file's training 20x slower than 1 thread).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One thread (conftest.py): bitwise-reproducible training, and no OpenMP oversubscription on a shared 2-core
+# machine (measured: 2 threads under load ran this file's training 20x slower than 1 thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def task_cfg(**overrides):

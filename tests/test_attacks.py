@@ -19,6 +19,8 @@ from adamp_repro.train.attacks import PGD, module_modes
 
 EPS = {"linf": 8 / 255, "l2": 0.5}
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # bitwise-reproducible numbers (conftest.py)
+
 
 class TinyNet(nn.Module):
     """[0, 1] inputs, Normalize inside, BN after each conv (the contract of the project's models)."""
@@ -42,15 +44,6 @@ class TinyNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features((x - self.mean) / self.std)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # One thread: bitwise-reproducible numbers, and no OpenMP oversubscription on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -22,13 +22,7 @@ from adamp_repro.train.autoattack import VERSION_ATTACKS, WARNING_FLAGS, AutoAtt
 
 CLASSES, SHAPE = 10, (3, 8, 8)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Linear(nn.Module):

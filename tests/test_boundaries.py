@@ -44,6 +44,15 @@ def plant(tree: Path, module: str, source: str) -> None:
     path.write_text(path.read_text() + "\n\n" + source)
 
 
+def plant_late_import(tree: Path, module: str, package: str, name: str) -> subprocess.CompletedProcess:
+    """Give ``module`` a function that imports ``package.name`` inside its body, then lint the tree: an import
+    made only when the function runs is an import all the same."""
+    plant(tree, module, f"def _planted():\n    from {package} import {name}\n\n    return {name}\n")
+    result = lint_imports(tree)
+    assert result.returncode == 1, result.stdout
+    return result
+
+
 def test_the_package_keeps_its_import_contract():
     result = lint_imports(PROJECT_ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -55,26 +64,14 @@ def test_the_planted_copy_keeps_the_contract_before_planting(tree):
 
 
 def test_an_upward_import_inside_a_function_breaks_the_floors(tree):
-    plant(
-        tree,
-        "adamp_repro.optim.sgdp",
-        "def _planted():\n    from adamp_repro.train import runner\n\n    return runner\n",
-    )
-    result = lint_imports(tree)
-    assert result.returncode == 1, result.stdout
+    result = plant_late_import(tree, "adamp_repro.optim.sgdp", "adamp_repro.train", "runner")
     assert "adamp_repro.optim is not allowed to import adamp_repro.train" in result.stdout
     assert "adamp_repro.optim.sgdp -> adamp_repro.train.runner" in result.stdout
 
 
 def test_a_circle_inside_a_package_is_refused(tree):
     # figures imports curves; curves importing figures back (inside a function) closes a circle in results.
-    plant(
-        tree,
-        "adamp_repro.results.curves",
-        "def _planted():\n    from adamp_repro.results import figures\n\n    return figures\n",
-    )
-    result = lint_imports(tree)
-    assert result.returncode == 1, result.stdout
+    result = plant_late_import(tree, "adamp_repro.results.curves", "adamp_repro.results", "figures")
     assert "No cycles are allowed in adamp_repro.results" in result.stdout
 
 

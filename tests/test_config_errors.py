@@ -124,7 +124,11 @@ def test_any_usage_error_is_printed_the_same_way(monkeypatch, capsys):
         (["train.grad_clip_norm=-1"], "train.grad_clip_norm=-1: expected a finite number > 0 or null"),
         (["train.channels_last=1"], "train.channels_last=1: expected auto, true or false"),
         (["train.amp=fp8"], "train.amp='fp8': expected one of ['none', 'bf16', 'fp16']"),
-        (["dataset.family=tpu"], "dataset.family='tpu': expected one of ['cifar', 'imagenet']"),
+        (
+            ["dataset.family=tpu"],
+            "dataset.family='tpu': expected one of ['in_memory', 'image_folder'] "
+            "(old spellings, still read: 'cifar', 'imagenet')",
+        ),
         (["+model.kwargs.drop_rate=inf"], "model.kwargs.drop_rate=inf: expected a finite number"),
         (["+recipe.adam.lr=nan"], "recipe.adam.lr=nan: expected a finite number"),  # not the run's optimizer
         (["+model.kwargs.num_classes=3"], "model.kwargs.num_classes=3: set by the data set"),
@@ -168,6 +172,18 @@ def test_schema_refuses_in_one_line_naming_the_value(overrides, message):
 )
 def test_schema_accepts_meaningful_values(overrides):
     validate_config(compose_config(overrides))
+
+
+@pytest.mark.parametrize(
+    ("dataset", "old", "new"),
+    [("cifar10_mini", "cifar", "in_memory"), ("imagenette", "imagenet", "image_folder")],
+)
+def test_old_family_spelling_still_composes_and_validates(dataset, old, new):
+    """A user's config, or an old record's config.yaml, written before the family values were renamed."""
+    assert compose_config([f"dataset={dataset}"]).dataset.family == new
+    cfg = compose_config([f"dataset={dataset}", f"dataset.family={old}"])
+    validate_config(cfg)
+    assert config_hash(cfg) == config_hash(compose_config([f"dataset={dataset}"]))
 
 
 def test_sync_batchnorm_on_cpu_is_refused_only_where_it_would_be_used(monkeypatch):

@@ -95,6 +95,18 @@ def test_train_batches_shapes_values_and_determinism():
     assert not torch.equal(next_epoch[1], y) and not torch.equal(other_seed[1], y)
 
 
+def test_old_family_spellings_build_the_same_data(tmp_path):
+    """``family: cifar`` / ``imagenet`` (the spellings before the rename) read as ``in_memory`` / ``image_folder``."""
+    new = build_data(dataset_cfg("cifar10_mini", batch_size=100), seed=3, train_subset=200)
+    old = build_data(dataset_cfg("cifar10_mini", batch_size=100, family="cifar"), seed=3, train_subset=200)
+    for (xa, ya), (xb, yb) in zip(new.train_batches(epoch=0), old.train_batches(epoch=0), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    write_tree(tmp_path, "train", {"n01": [(20, 20, "RGB")], "n02": [(20, 20, "RGB")]}, suffix=".JPEG")
+    write_tree(tmp_path, "val", {"n01": [(20, 20, "RGB")], "n02": [(20, 20, "RGB")]}, suffix=".JPEG")
+    small = dict(root=str(tmp_path), num_classes=2, batch_size=2, crop_size=8, resize_size=8, num_workers=0)
+    assert build_data(dataset_cfg("imagenette", **small, family="imagenet"), seed=0).num_train == 2
+
+
 def test_eval_batches_unaugmented_in_order():
     data = build_data(dataset_cfg("cifar10_mini", eval_batch_size=300), seed=0)
     batches = list(data.eval_batches())
@@ -215,8 +227,9 @@ def test_batch_larger_than_data_names_both_numbers():
 
 
 def test_bad_config_values_are_named(tmp_path):
-    with pytest.raises(ValueError, match="family='mnist'"):
+    with pytest.raises(ValueError, match=r"family='mnist'.*one of \['in_memory', 'image_folder'\]") as bad:
         build_data(dataset_cfg("cifar10_mini", family="mnist"), seed=0)
+    assert "\n" not in str(bad.value) and "old spellings, still read: 'cifar', 'imagenet'" in str(bad.value)
     with pytest.raises(ValueError, match="num_classes=100.*10 classes"):
         build_data(dataset_cfg("cifar10_mini", num_classes=100), seed=0)
     with pytest.raises(KeyError, match="'hflip'"):
@@ -299,7 +312,7 @@ def test_cifar_imagefolder_tree(tmp_path):
         build_data(dataset_cfg("cifar10", root=str(tmp_path), num_classes=2, format="imagefolder"), seed=1)
 
 
-# ---------------------------------------------------------------- ImageNet family
+# ---------------------------------------------------------------- image_folder family
 
 
 @pytest.fixture

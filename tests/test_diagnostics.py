@@ -12,13 +12,9 @@ import timm
 import torch
 from torch import nn
 
+from adamp_repro.optim.projection import project_reference, scale_invariance_test
 from adamp_repro.tracking.schema import ROW_KEYS, SUMMARY_KEYS
-from adamp_repro.train.diagnostics import (
-    WeightDiagnostics,
-    display_name,
-    normalised_weights,
-    scale_invariance_test,
-)
+from adamp_repro.train.diagnostics import WeightDiagnostics, display_name, normalised_weights
 
 
 def _batch(seed: int = 0, n: int = 4, size: int = 32):
@@ -84,13 +80,13 @@ def scale_invariance_report(
         for name, p in work.named_parameters():
             if p.ndim < 2 or p.grad is None:
                 continue
-            channel_cos, passed = scale_invariance_test(p.grad, p, delta, eps)
+            test = scale_invariance_test(p, p.grad, delta, eps)
             rows.append(
                 {
                     "param": display_name(name),
                     "numel": p.numel(),
-                    "abs_cos_max": float(channel_cos),
-                    "detected": bool(passed),
+                    "abs_cos_max": float(test.channel_cos),
+                    "detected": bool(test.passed),
                     "followed_by_norm": name in normalised,
                 }
             )
@@ -143,6 +139,21 @@ def test_structural_rule_on_pre_activation_block():
     # conv1 feeds bn2 (scale-invariant); conv2 feeds the residual sum (not).
     assert normalised_weights(PreActBlock()) == {"conv1.weight"}
     assert normalised_weights(Wrapper(SmallBNNet())) == {"net.conv1.weight", "net.conv2.weight"}
+
+
+@pytest.mark.parametrize("shape", [(16, 3, 3, 3), (10, 64), (1, 12)])
+def test_diagnostics_report_the_verdict_the_optimizer_acts_on(shape):
+    """The diagnostics read the optimizers' own test: detected is what project_reference projects on."""
+    gen = torch.Generator().manual_seed(1)
+    for delta in (0.01, 0.1, 1.0, 10.0):
+        w, g = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+        test = scale_invariance_test(w, g, delta, 1e-8)
+        assert torch.equal(
+            test.passed, project_reference(w, g, torch.randn(shape, generator=gen), delta, 1e-8)
+        )
+        rows = torch.nn.functional.cosine_similarity(g.reshape(shape[0], -1), w.reshape(shape[0], -1), dim=1)
+        assert torch.equal(test.channel_cos, rows.abs().max())
+        assert bool(test.channel) == bool(test.channel_cos < delta / math.sqrt(w[0].numel()))
 
 
 def test_display_name_drops_wrapper_prefixes():

@@ -237,11 +237,26 @@ def _user_folder(tmp_path):
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 
 
+def run_script(script: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
+    """``scripts/<script> args`` in a real process from the project root, one OpenMP thread, no W&B."""
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "scripts" / script), *args],
+        cwd=PROJECT_ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_succeeded(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
 def test_a_users_config_folder_joins_through_the_search_path(tmp_path):
     folder = _user_folder(tmp_path)
-    cmd = [
-        sys.executable,
-        str(PROJECT_ROOT / "scripts" / "train.py"),
+    result = run_script(
+        "train.py",
         f"hydra.searchpath=[file://{folder}]",
         "optimizer=my_rms",
         "scale=smoke",
@@ -250,9 +265,9 @@ def test_a_users_config_folder_joins_through_the_search_path(tmp_path):
         "threads=1",
         "progress=false",
         f"output_root={tmp_path / 'runs'}",
-    ]
-    result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        timeout=300,
+    )
+    assert_succeeded(result)
     (summary_path,) = (tmp_path / "runs").rglob("summary.json")
     summary = json.loads(summary_path.read_text())
     assert summary["status"] == "completed" and summary["optimizer"] == "my_rms"
@@ -262,28 +277,19 @@ def test_a_users_config_folder_joins_through_the_search_path(tmp_path):
 
 
 def test_optimizers_option_of_reproduce_table(tmp_path):
-    script = str(PROJECT_ROOT / "scripts" / "reproduce_table.py")
     folder = _user_folder(tmp_path)
-    dry = [sys.executable, script, "--scale", "smoke", "--seeds", "1", "--dry-run", "--optimizers"]
-    result = subprocess.run(
-        [*dry, "adamp,lion"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
-    )
+    dry = ("--scale", "smoke", "--seeds", "1", "--dry-run", "--optimizers")
+    result = run_script("reproduce_table.py", *dry, "adamp,lion", timeout=120)
     assert result.returncode == 0, result.stderr
     assert "experiment=mini_mechanism seed=0 optimizer=adamp,lion " in result.stdout
     assert (
         "experiment=mini_mechanism_vanilla seed=0 optimizer=sgd " in result.stdout
     )  # its own optimizers_for
     assert "no recipe.lion: lion runs with its optimizer file's own values" in result.stdout
-    refused = subprocess.run(
-        [*dry, "adamp,lino"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
-    )
+    refused = run_script("reproduce_table.py", *dry, "adamp,lino", timeout=120)
     assert refused.returncode == 2 and "unknown optimizer(s) ['lino'] in --optimizers" in refused.stderr
-    user = subprocess.run(
-        [*dry, "adamp,my_lion", "--", f"hydra.searchpath=[file://{folder}]"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    user = run_script(
+        "reproduce_table.py", *dry, "adamp,my_lion", "--", f"hydra.searchpath=[file://{folder}]", timeout=120
     )
     assert user.returncode == 0 and "optimizer=adamp,my_lion " in user.stdout
 
@@ -291,17 +297,16 @@ def test_optimizers_option_of_reproduce_table(tmp_path):
 def test_a_users_optimizer_against_adamp_on_the_default_table(tmp_path):
     """The documented comparison end to end (three smoke runs and the tables, about 45 s)."""
     folder = _user_folder(tmp_path)
-    cmd = [
-        sys.executable,
-        str(PROJECT_ROOT / "scripts" / "reproduce_table.py"),
+    result = run_script(
+        "reproduce_table.py",
         *("--scale", "smoke", "--seeds", "1", "--optimizers", "adamp,my_lion", "--no-figures"),
         *("--out", str(tmp_path / "out"), "--"),
         f"hydra.searchpath=[file://{folder}]",
         "threads=1",
         "scale.max_steps_per_epoch=2",
-    ]
-    result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        timeout=600,
+    )
+    assert_succeeded(result)
     summaries = {
         (s["table_block"], s["optimizer"]): s
         for s in (json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").rglob("summary.json"))

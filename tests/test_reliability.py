@@ -286,6 +286,18 @@ def test_resume_on_changed_code_is_refused_unless_allowed(small_cfg, monkeypatch
     assert [s["src_hash"] == "0" * 16 for s in segments] == [True, False]
 
 
+def test_a_run_started_with_an_old_family_spelling_resumes_under_the_new(small_cfg, monkeypatch):
+    """``dataset.family: cifar`` (before the rename to ``in_memory``): the same run folder, resumed."""
+    old = small_cfg("optimizer=sgd", "dataset.family=cifar")
+    run_dir = _interrupted_run(old, monkeypatch)
+    assert "family: cifar" in (run_dir / "config.yaml").read_text()
+    new = small_cfg("optimizer=sgd")
+    assert new.dataset.family == "in_memory" and run_dir_for(new) == run_dir
+    summary = run(new)
+    assert summary["status"] == "completed" and summary["segments"] == 2
+    assert summary["code_changed_on_resume"] is False
+
+
 def test_old_single_dict_provenance_is_read_and_extended(small_cfg, monkeypatch):
     cfg = small_cfg("optimizer=sgd", "diagnostics.enabled=false", "allow_code_change=true")
     run_dir = _interrupted_run(cfg, monkeypatch)

@@ -43,3 +43,19 @@ def test_committed_record_keeps_its_folder(record):
         "altered the run hash of configs whose numbers did not change"
     )
     assert run_dir_for(cfg) == Path("results/runs") / record.relative_to(RUNS)
+
+
+DATASETS = sorted(p.stem for p in (PROJECT_ROOT / "configs" / "dataset").glob("*.yaml"))
+OLD_FAMILY = {"in_memory": "cifar", "image_folder": "imagenet"}  # dataset.family before the rename
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_a_renamed_value_keeps_the_hash_of_its_old_spelling(dataset):
+    """``dataset.family`` was renamed (cifar -> in_memory, imagenet -> image_folder); a config in either
+    spelling maps to the folder the old spelling always had."""
+    cfg = compose_config([f"dataset={dataset}"])
+    new = cfg.dataset.family
+    assert new in OLD_FAMILY, f"configs/dataset/{dataset}.yaml: family {new!r} is not a current spelling"
+    old = compose_config([f"dataset={dataset}", f"dataset.family={OLD_FAMILY[new]}"])
+    assert config_hash(cfg) == config_hash(old)
+    assert run_dir_for(cfg) == run_dir_for(old)

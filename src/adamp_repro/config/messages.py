@@ -50,7 +50,12 @@ def describe(error: Mapping[str, Any], data: Mapping[str, Any], root: type[BaseM
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         tag = error["ctx"]["discriminator"].strip("'")
         got = value.get(tag) if isinstance(value, Mapping) else None
-        return f"{path}.{tag}={show(got)}: expected one of [{error['ctx'].get('expected_tags', '')}]"
+        spellings = _tag_spellings(field, tag) if field is not None else None
+        if spellings is None:
+            return f"{path}.{tag}={show(got)}: expected one of [{error['ctx'].get('expected_tags', '')}]"
+        current, old = spellings
+        still = f" (old spellings, still read: {', '.join(map(repr, old))})" if old else ""
+        return f"{path}.{tag}={show(got)}: expected one of {current}{still}"
     expected = _expected(field) if field is not None else error["msg"]
     if kind == "missing":
         return f"{path}: missing; expected {expected}"
@@ -115,6 +120,22 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     annotation = _bare(annotation)
     members = [_bare(m) for m in get_args(annotation)] if _is_union(annotation) else [annotation]
     return [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+
+
+def _tag_spellings(field: FieldInfo, tag: str) -> tuple[list[Any], list[Any]] | None:
+    """The current and the old spellings of the tag ``tag`` across the members of the union ``field``: each
+    member's Literal names its current spelling first, then the old ones still read (a renamed value). None
+    where a member's tag is not a Literal field (a callable discriminator)."""
+    current: list[Any] = []
+    old: list[Any] = []
+    for model in _models_in(field.annotation):
+        info = model.model_fields.get(tag)
+        if info is None or get_origin(info.annotation) is not Literal:
+            return None
+        first, *rest = get_args(info.annotation)
+        current.append(first)
+        old.extend(rest)
+    return (current, old) if current else None
 
 
 def _bare(annotation: Any) -> Any:

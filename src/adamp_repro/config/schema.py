@@ -6,7 +6,9 @@ string ``'false'`` is refused, where ``bool('false')`` would be true), an int is
 with the nearest valid name. Open subtrees (``model.kwargs``, ``recipe``, ``hydra``, an optimizer's own
 keywords beyond the common ones, every keyword of an optimizer given by ``_target_`` or ``timm``) take any
 key; their numbers must still be finite. Each group with variants
-(``dataset`` by ``family``; ``scheduler``, ``task``, ``logger`` by ``name``) has one model per variant.
+(``dataset`` by ``family``; ``scheduler``, ``task``, ``logger`` by ``name``) has one model per variant. A tag
+renamed later keeps its old spelling readable: the tag's Literal names the current spelling first, then the old
+ones (``family: Literal["in_memory", "cifar"]``), and a refused tag names the current spellings.
 
 A new config key is one field here (with its range); the builders that read the key keep their own checks.
 """
@@ -133,10 +135,11 @@ def _optimizer_form(data: Any) -> str:
 
 
 class InMemoryData(Closed):
-    """``family: cifar``: small images held in memory (adamp_repro.data.in_memory)."""
+    """``family: in_memory``: small images held in memory as tensors (adamp_repro.data.in_memory). Old
+    spelling, still read: ``cifar``."""
 
     name: str = text()
-    family: Literal["cifar"]
+    family: Literal["in_memory", "cifar"]
     root: str | None = text()
     format: Literal["auto", "embedded", "jpeg_npz", "torchvision", "imagefolder"] = "auto"
     embedded_test: Literal["mini", "full"] = "mini"
@@ -155,10 +158,11 @@ class InMemoryData(Closed):
 
 
 class ImageFolderData(Closed):
-    """``family: imagenet``: ImageFolder trees read by DataLoader workers (adamp_repro.data.image_folder)."""
+    """``family: image_folder``: ImageFolder trees read by DataLoader workers (adamp_repro.data.image_folder).
+    Old spelling, still read: ``imagenet``."""
 
     name: str = text()
-    family: Literal["imagenet"]
+    family: Literal["image_folder", "imagenet"]
     root: str | None = text()
     num_classes: int = integer(gt=0)
     batch_size: int = integer(gt=0)

@@ -1,9 +1,11 @@
 """Data sets, augmentation and per-rank batching: ``build_data(dataset_cfg, seed=...)``.
 
-Two families (``dataset.family``):
-- ``cifar``: CIFAR-10/100 and the embedded CIFAR-10 mini set, held in memory as uint8 tensors and
-  augmented on the device (:mod:`.in_memory`, sources in :mod:`.cifar_sources`).
-- ``imagenet``: ImageNet and Imagenette ImageFolder trees through a DataLoader (:mod:`.image_folder`).
+Two families (``dataset.family``), each a storage layout rather than a kind of data:
+- ``in_memory``: the whole data set held in memory as uint8 tensors and augmented on the device, as for
+  CIFAR-10/100 and the embedded CIFAR-10 mini set (:mod:`.in_memory`, sources in :mod:`.cifar_sources`).
+- ``image_folder``: ImageFolder trees read through a DataLoader, as for ImageNet and Imagenette
+  (:mod:`.image_folder`).
+The old spellings ``cifar`` and ``imagenet`` are still read (``build.FAMILY_ALIASES``).
 """
 
 from adamp_repro.data.base import ClassificationData, DataInfo

@@ -11,9 +11,12 @@ from adamp_repro.data.image_folder import build_loader_data
 from adamp_repro.data.in_memory import build_in_memory_data
 from adamp_repro.data.sharding import check_rank
 
-# dataset.family -> builder. "cifar": small images held in memory and augmented on the device;
-# "imagenet": ImageFolder trees read from disk by DataLoader workers.
-BUILDERS = {"cifar": build_in_memory_data, "imagenet": build_loader_data}
+# dataset.family -> builder. The family names a storage layout, not a data set. "in_memory": the whole data
+# set held in memory as tensors and augmented on the device; "image_folder": ImageFolder trees read from disk
+# by DataLoader workers.
+BUILDERS = {"in_memory": build_in_memory_data, "image_folder": build_loader_data}
+# Old spellings of dataset.family, still read (a config or run record written before the rename).
+FAMILY_ALIASES = {"cifar": "in_memory", "imagenet": "image_folder"}
 
 
 def build_data(
@@ -34,16 +37,18 @@ def build_data(
         seed: non-negative run seed; with the epoch, rank and world size it fixes every batch.
         train_subset, eval_subset: use only the class-balanced first N samples of a split (None: all).
         rank, world_size: this process's place in a distributed run.
-        device: where the batches (and, for the CIFAR family, the whole data set) live.
+        device: where the batches (and, for the ``in_memory`` family, the whole data set) live.
 
     Returns:
         A :class:`~adamp_repro.data.base.ClassificationData`.
     """
     cfg = plain_config(dataset_cfg)
     family = require(cfg, "family")
+    family = FAMILY_ALIASES.get(family, family)
     if family not in BUILDERS:
         raise ValueError(
-            f"dataset.family={family!r} (dataset {cfg.get('name')!r}) is not one of {sorted(BUILDERS)}"
+            f"dataset.family={family!r} (dataset {cfg.get('name')!r}) is not one of {list(BUILDERS)} "
+            f"(old spellings, still read: {', '.join(map(repr, FAMILY_ALIASES))})"
         )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")

@@ -1,4 +1,4 @@
-"""Read a CIFAR-family data set into uint8 tensors, from whichever of four on-disk layouts holds it.
+"""Read an ``in_memory``-family data set into uint8 tensors, from whichever of four on-disk layouts holds it.
 
 Layouts (``dataset.format``; ``auto`` detects it from the files in ``dataset.root``):
 
@@ -157,7 +157,7 @@ def _fingerprint(paths: list[Path]) -> tuple:
 
 
 def _missing_message(root: Path, how_to_obtain: str, wanted: str | None = None) -> str:
-    what = f"the {wanted!r} layout" if wanted else "a CIFAR-family data set"
+    what = f"the {wanted!r} layout" if wanted else "an in_memory-family data set"
     state = "exists" if root.is_dir() else "does not exist"
     return (
         f"dataset.root={str(root)!r} ({state}) holds no {what}. Allowed layouts: {LAYOUTS_HELP}. "

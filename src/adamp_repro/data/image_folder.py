@@ -1,4 +1,4 @@
-"""ImageNet family: ImageFolder trees at ``root/train`` and ``root/val`` read by a DataLoader.
+"""The ``image_folder`` family: ImageFolder trees at ``root/train`` and ``root/val`` read by a DataLoader.
 
 Train: RandomResizedCrop(crop_size) + horizontal flip; eval: Resize(resize_size) + CenterCrop(crop_size);
 both end in ToTensor, so x is in [0, 1]: the mean/std Normalize lives inside the model.
@@ -266,7 +266,7 @@ def build_loader_data(
     world_size: int,
     device: torch.device,
 ) -> LoaderData:
-    """Build the ImageNet-family data of ``cfg`` (keys: see configs/dataset/imagenet.yaml)."""
+    """Build the ``image_folder``-family data of ``cfg`` (keys: see configs/dataset/imagenet.yaml)."""
     root = _checked_root(cfg)
     classes, train_samples, eval_samples = _read_trees(root, positive_int(cfg, "num_classes"))
     train_index = _subset_index(train_samples, train_subset, "train_subset")

@@ -1,4 +1,4 @@
-"""CIFAR family: the whole data set as uint8 tensors on the device, augmented a batch at a time.
+"""The ``in_memory`` family: the whole data set as uint8 tensors on the device, augmented a batch at a time.
 
 No DataLoader and no worker processes: a CIFAR batch is a gather from a tensor that already sits on
 the device, so the input pipeline costs a few milliseconds per batch even on a laptop CPU.
@@ -121,7 +121,7 @@ def build_in_memory_data(
     world_size: int,
     device: torch.device,
 ) -> InMemoryData:
-    """Build the CIFAR-family data of ``cfg`` (keys: see configs/dataset/cifar10.yaml)."""
+    """Build the ``in_memory``-family data of ``cfg`` (keys: see configs/dataset/cifar10.yaml)."""
     root = require(cfg, "root")
     torchvision_name = cfg.get("torchvision_name")
     arrays = load_cifar_arrays(

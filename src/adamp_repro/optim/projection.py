@@ -16,6 +16,8 @@ NOTE: [projection scope]
     (set that group's ``weight_decay`` to 0 to exempt them, see ``param_groups``).
 
 Forms:
+- ``scale_invariance_test``: the test alone on one tensor (both views' max |cos| and verdicts), in the official
+  operation order; ``project_reference`` runs it, and the weight diagnostics (``train.diagnostics``) report it.
 - ``project_reference``: one tensor, the official operation order (``F.cosine_similarity`` on the two views,
   p_hat rounded, then p_hat * u, row sums, then subtraction), bit-exact with adamp 0.3.0 in fp32. The branch
   on the test is a device-side ``torch.where``: no host-device sync.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +41,7 @@ from torch import Tensor
 
 __all__ = [
     "RowLayout",
+    "ScaleInvarianceTest",
     "fold_projection",
     "has_row_blocks",
     "is_dense",
@@ -46,6 +50,7 @@ __all__ = [
     "projection_row_factors",
     "row_statistics",
     "row_view",
+    "scale_invariance_test",
     "view_thresholds",
 ]
 
@@ -61,6 +66,45 @@ def view_thresholds(shape: Sequence[int], delta: float) -> tuple[float, float]:
     return delta / math.sqrt(numel // shape[0]), delta / math.sqrt(numel)
 
 
+class ScaleInvarianceTest(NamedTuple):
+    """The test of one weight (NOTE: [projection scope]): 0-dim tensors on the weight's device."""
+
+    channel_cos: Tensor  # max over output channels of |cos(g_row, w_row)|, in the weight's dtype
+    layer_cos: Tensor  # |cos(g, w)| over the whole tensor
+    channel: Tensor  # bool: the channel view passes
+    layer: Tensor  # bool: the layer view passes (checked whatever the channel view gave)
+
+    @property
+    def passed(self) -> Tensor:
+        """True when the channel view or, failing that, the layer view passes: the weight is projected."""
+        return self.channel | self.layer
+
+
+def _view_shapes(param: Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The (rows, -1) shapes of the channel view and the layer view."""
+    return (param.shape[0], -1), (1, -1)
+
+
+def _view_test(param_rows: Tensor, grad_rows: Tensor, threshold: float, eps: float) -> tuple[Tensor, Tensor]:
+    """(max over rows of |cos(g_row, w_row)|, passed) of one view, as the official code computes them."""
+    cosine = F.cosine_similarity(grad_rows, param_rows, dim=1, eps=eps).abs_().max()
+    # tensor < Python float compares in the tensor's dtype, as the official `if` does.
+    return cosine, cosine < threshold
+
+
+def scale_invariance_test(param: Tensor, grad: Tensor, delta: float, eps: float) -> ScaleInvarianceTest:
+    """The SGDP/AdamP test of ``grad`` against the weight ``param`` (ndim > 1, non-empty), without the
+    projection: both views, in adamp 0.3.0's operation order (``F.cosine_similarity`` on the views, thresholds
+    delta / sqrt(K) from ``view_thresholds``), so the verdicts are those ``project_reference`` acts on. No host
+    sync."""
+    views = [
+        _view_test(param.reshape(shape), grad.reshape(shape), threshold, eps)
+        for shape, threshold in zip(_view_shapes(param), view_thresholds(param.shape, delta))
+    ]
+    (channel_cos, channel), (layer_cos, layer) = views
+    return ScaleInvarianceTest(channel_cos, layer_cos, channel, layer)
+
+
 def project_reference(param: Tensor, grad: Tensor, update: Tensor, delta: float, eps: float) -> Tensor:
     """Project ``update`` in place as adamp 0.3.0 does; return the 0-dim bool tensor "projected".
 
@@ -68,15 +112,14 @@ def project_reference(param: Tensor, grad: Tensor, update: Tensor, delta: float,
     nesterov that is the momentum buffer itself, as in the official code). Both views are always computed and
     the result is selected on the device, so the selected values equal the official branch bit for bit
     while no Python ``if`` reads a tensor. ``reshape`` rather than ``view`` keeps channels_last weights
-    working (the copy is in logical order, so the sums match the contiguous layout exactly).
+    working (the copy is in logical order, so the sums match the contiguous layout exactly). The test is
+    ``scale_invariance_test``'s, view by view.
     """
     expand = (-1,) + (1,) * (param.dim() - 1)
     passed, corrections = [], []
-    for shape in ((param.shape[0], -1), (1, -1)):
+    for shape, threshold in zip(_view_shapes(param), view_thresholds(param.shape, delta)):
         param_rows = param.reshape(shape)
-        cosine = F.cosine_similarity(grad.reshape(shape), param_rows, dim=1, eps=eps).abs_()
-        # tensor < Python float compares in the tensor's dtype, as the official `if` does.
-        passed.append(cosine.max() < delta / math.sqrt(param_rows.shape[1]))
+        passed.append(_view_test(param_rows, grad.reshape(shape), threshold, eps)[1])
         param_hat = param / param_rows.norm(dim=1).view(expand).add_(eps)
         row_sums = (param_hat * update).reshape(shape).sum(dim=1).view(expand)
         corrections.append(param_hat * row_sums)

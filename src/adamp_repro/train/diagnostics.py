@@ -21,7 +21,8 @@ part of the update and keep ||w|| flat (arXiv 2006.08217v3, Sec. 2-3). Measured 
 - ``abs_cos_max``: max over output channels of |cos(grad, w)| (the channel view of the optimizer's test),
   averaged over the epoch's measured steps.
 - ``detected``: the share of the epoch's measured steps in which the official SGDP/AdamP test passed
-  (channel view, then layer view: max |cos| < delta / sqrt(row length); adamp 0.3.0 ``_projection``).
+  (channel view, then layer view: max |cos| < delta / sqrt(row length); adamp 0.3.0 ``_projection``). Both
+  figures come from the optimizers' own test, ``optim.projection.scale_invariance_test``.
 - ``followed_by_norm``: 1 when the weight's module feeds a normalisation layer (see ``normalised_weights``).
 
 NOTE: [which weights count as scale-invariant] The epoch summaries average the norm and the effective step
@@ -43,9 +44,9 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from adamp_repro.optim.projection import scale_invariance_test
 from adamp_repro.tracking.schema import SUMMARY_KEYS, summarise_rows
 
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
@@ -112,21 +113,6 @@ def normalised_weights(model: nn.Module) -> set[str]:
                     names.add(f"{prefix}{child_name}.weight")
                 break
     return names
-
-
-def scale_invariance_test(grad: torch.Tensor, weight: torch.Tensor, delta: float, eps: float = 1e-8):
-    """The official SGDP/AdamP test (adamp 0.3.0 ``_projection``), without the projection.
-
-    ``grad`` and ``weight`` have one shape, ndim > 1, dim 0 = output channels. Returns two 0-dim tensors on
-    the weight's device, with no host sync: the channel-view max |cos| (rows of length numel / shape[0]) and
-    a bool, True when the channel view or, failing that, the layer view passes max |cos| < delta / sqrt(len).
-    """
-    rows = weight.shape[0]
-    g, w = grad.reshape(rows, -1), weight.reshape(rows, -1)
-    channel_cos = F.cosine_similarity(g, w, dim=1, eps=eps).abs().max()
-    layer_cos = F.cosine_similarity(g.reshape(1, -1), w.reshape(1, -1), dim=1, eps=eps).abs()[0]
-    detected = (channel_cos < delta / math.sqrt(w.shape[1])) | (layer_cos < delta / math.sqrt(w.numel()))
-    return channel_cos, detected
 
 
 class WeightDiagnostics:
@@ -210,9 +196,9 @@ class WeightDiagnostics:
                 cos.append(self._nan)
                 detected.append(self._nan)
                 continue
-            channel_cos, passed = scale_invariance_test(p.grad.detach(), p.detach(), self.delta, self.eps)
-            cos.append(channel_cos.to(self._device, torch.float64))
-            detected.append(passed.to(self._device, torch.float64))
+            test = scale_invariance_test(p.detach(), p.grad.detach(), self.delta, self.eps)
+            cos.append(test.channel_cos.to(self._device, torch.float64))
+            detected.append(test.passed.to(self._device, torch.float64))
         # Whole-vector updates, no index tensor: building one from a host list would be a blocking copy.
         cos_t = torch.stack(cos)
         finite = torch.isfinite(cos_t)

@@ -61,22 +61,43 @@ VOLATILE_KEYS = (
 # Options that change a run only when set: at this value they stay out of the hash, so adding one to a config
 # file leaves every earlier record in its folder. Dotted paths.
 HASHED_ONLY_WHEN_SET = {"dataset.skip_unreadable_images": False}
+# Renamed values: the hash reads each under the spelling it has always used, so a rename moves no run folder
+# and a config in the old spelling and one in the new map to the same folder. Dotted path -> {new: hashed}.
+# A later rename of the same value adds its new spelling here, mapped to the same hashed spelling.
+HASH_SPELLINGS = {"dataset.family": {"in_memory": "cifar", "image_folder": "imagenet"}}
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """Eight hex digits identifying everything that changes a run's numbers (seed included)."""
+    """Eight hex digits identifying everything that changes a run's numbers (seed included).
+
+    The hash is taken on a canonical form of the resolved config: ``VOLATILE_KEYS`` (and
+    ``distributed.backend``) left out, each ``HASHED_ONLY_WHEN_SET`` option left out at its unset value, and
+    each renamed value of ``HASH_SPELLINGS`` read in its hashed spelling (``dataset.family: in_memory`` is
+    hashed as ``cifar``, its spelling before the rename). So none of these changes moves a run folder.
+    """
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in VOLATILE_KEYS:
         data.pop(key, None)
     data.get("distributed", {}).pop("backend", None)
     for dotted, default in HASHED_ONLY_WHEN_SET.items():
-        *parents, key = dotted.split(".")
-        node = data
-        for parent in parents:
-            node = node.get(parent) if isinstance(node, dict) else None
-        if isinstance(node, dict) and key in node and node[key] == default:
+        node, key = _holder(data, dotted)
+        if node is not None and key in node and node[key] == default:
             del node[key]
+    for dotted, spellings in HASH_SPELLINGS.items():
+        node, key = _holder(data, dotted)
+        if node is not None and isinstance(node.get(key), str) and node[key] in spellings:
+            node[key] = spellings[node[key]]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _holder(data: dict[str, Any], dotted: str) -> tuple[dict[str, Any] | None, str]:
+    """The mapping holding the dotted key ``dotted`` in ``data`` (None where a parent is missing) and the
+    key's last part."""
+    *parents, key = dotted.split(".")
+    node: Any = data
+    for parent in parents:
+        node = node.get(parent) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), key
 
 
 def run_dir_for(cfg: DictConfig) -> Path:
