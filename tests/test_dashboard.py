@@ -201,6 +201,16 @@ def test_specs_are_byte_stable_atomic_and_match_the_script(tmp_path):
     assert {p.name: p.read_bytes() for p in script_out.iterdir()} == first
 
 
+def test_the_committed_specs_are_what_the_code_writes(tmp_path):
+    """results/dashboards is rebuilt by `make dashboards`; a view or panel added to the code shows up there."""
+    logger = yaml.safe_load((CONFIG_DIR / "logger" / "wandb.yaml").read_text())
+    written = write_specs(tmp_path, project=logger["project"])
+    committed = PROJECT_ROOT / "results" / "dashboards"
+    assert sorted(p.name for p in committed.glob("*.json")) == sorted(p.name for p in written)
+    stale = [p.name for p in written if p.read_bytes() != (committed / p.name).read_bytes()]
+    assert not stale, f"stale specs in results/dashboards (run `make dashboards`): {stale}"
+
+
 def load_script():
     spec = importlib.util.spec_from_file_location(
         "wandb_dashboard_script", PROJECT_ROOT / "scripts" / "wandb_dashboard.py"
