@@ -139,3 +139,22 @@ def test_an_optimizer_no_pair_names_gets_a_row_beside_the_proposed_one(runs_root
     only = figures.plot_mechanism(curves[curves["optimizer"] == "lion"], "records")
     assert [ax.get_title() for ax in only.axes] == ["lion"] * len(figures.CURVE_COLUMNS)
     assert only.axes[0].get_ylabel() == TITLES["mean_weight_norm"].axis_label
+
+
+def test_an_adversarial_runs_clean_top1_is_its_top1_curve_and_a_single_point_is_drawn(tmp_path):
+    root = tmp_path / "runs"
+    record = RunRecord(root / EXPERIMENT / SCALE / "adam_s0")
+    identity = {"experiment": EXPERIMENT, "scale": SCALE, "optimizer": "adam", "seed": 0, "table_id": "C1"}
+    record.start("optimizer: {name: adam}\n", {"seed": 0}, identity)
+    record.log_epoch({"epoch": 0, "train_loss": 1.0, "lr": 0.1, "mean_weight_norm": 2.0}, [])
+    record.log_epoch(
+        {"epoch": 1, "train_loss": 0.5, "lr": 0.1, "mean_weight_norm": 2.5, "eval_clean_top1": 41.0,
+         "eval_robust_top1": 30.0},
+        [],
+    )  # fmt: skip
+    record.write_summary({**identity, "status": "completed", "final_eval_clean_top1": 41.0})
+    curves = read_epoch_curves(root)
+    assert curves.sort_values("epoch")["eval_top1"].tolist()[1] == 41.0
+    fig = figures.plot_mechanism(curves, "adversarial")
+    top1_axes = [ax for ax in fig.axes if ax.get_ylabel().startswith("eval top-1")]
+    assert [line.get_marker() for ax in top1_axes for line in ax.get_lines()] == ["o"]

@@ -16,6 +16,7 @@ import pandas as pd
 from adamp_repro.results.collect import collect_runs
 from adamp_repro.tracking.records import DIAGNOSTICS_FILE, METRICS_FILE, read_csv_rows
 from adamp_repro.tracking.schema import (
+    CLEAN_TOP1,
     EFFECTIVE_STEP_SIZE,
     EPOCH,
     FILTER_EFFECTIVE_STEP_SIZE,
@@ -49,7 +50,8 @@ def read_epoch_curves(runs_root: str | os.PathLike) -> pd.DataFrame:
     """Per-epoch curves of every completed run under ``runs_root``, one row per (run, epoch).
 
     Columns: ``RUN_KEYS``, ``epoch``, ``CURVE_COLUMNS`` and ``EXTRA_COLUMNS``. The curves come from
-    ``metrics.csv``; where a run's metrics lack the diagnostics columns they are recomputed from its
+    ``metrics.csv`` (``eval_top1`` of an adversarial run, which records clean and attacked top-1, is its
+    ``eval_clean_top1``); where a run's metrics lack the diagnostics columns they are recomputed from its
     ``diagnostics.csv`` rows (``summarise_rows``). Missing values: NaN.
     """
     root = Path(runs_root)
@@ -63,6 +65,9 @@ def read_epoch_curves(runs_root: str | os.PathLike) -> pd.DataFrame:
         if metrics.empty or EPOCH not in metrics:
             continue
         metrics = metrics.apply(pd.to_numeric, errors="coerce")
+        if eval_key(TOP1) not in metrics and eval_key(CLEAN_TOP1) in metrics:
+            # An adversarial run's top-1 on the clean test images is its eval_clean_top1.
+            metrics[eval_key(TOP1)] = metrics[eval_key(CLEAN_TOP1)]
         diagnostics_path = root / run.run_dir / DIAGNOSTICS_FILE
         if diagnostics_path.exists() and metrics.reindex(columns=CURVE_COLUMNS[:2]).isna().all().any():
             metrics = _merge_diagnostics(metrics, read_csv_rows(diagnostics_path))

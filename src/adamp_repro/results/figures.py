@@ -151,8 +151,15 @@ def plot_mechanism(curves: pd.DataFrame, title: str) -> Figure | None:
                     continue
                 color, style = styles[optimizer]
                 label = f"{label} (n={int(band['n'].max())})"
-                ax.plot(band[EPOCH], band["mean"], style, color=color, label=label)
-                ax.fill_between(band[EPOCH], band["low"], band["high"], color=color, alpha=0.2, linewidth=0)
+                # A curve evaluated once (an adversarial run tests at its end only) is a point, drawn as one.
+                marker = "o" if len(band) == 1 else None
+                ax.plot(band[EPOCH], band["mean"], style, color=color, label=label, marker=marker)
+                if marker:  # its band is the min-max bar of the point
+                    ax.vlines(band[EPOCH], band["low"], band["high"], color=color, alpha=0.4)
+                else:
+                    ax.fill_between(
+                        band[EPOCH], band["low"], band["high"], color=color, alpha=0.2, linewidth=0
+                    )
             if column == EFFECTIVE_STEP_SIZE and ax.has_data():
                 ax.set_yscale("log")
             ax.set_xlabel(EPOCH)
