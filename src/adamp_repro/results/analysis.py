@@ -36,6 +36,7 @@ from adamp_repro.results.curves import read_epoch_curves
 from adamp_repro.results.render import save_figure
 from adamp_repro.results.text import signed_pct
 from adamp_repro.tracking.records import atomic_write_text, rows_to_csv
+from adamp_repro.tracking.schema import MEAN_FILTER_NORM, MEAN_WEIGHT_NORM, at_init_key
 
 PAPER_FILE = paths.paper_dir() / "analysis_resnet18.csv"
 # (table block, optimizer) -> curve key of the paper's figures, label, colour. Other cells (e.g. SGDP without
@@ -91,7 +92,7 @@ def analysis_curves(
             if per_filter
             else ("mean_weight_norm", "effective_step_size")
         )
-        init_col = "at_init_mean_filter_norm" if per_filter else "at_init_mean_weight_norm"
+        init_col = at_init_key(MEAN_FILTER_NORM if per_filter else MEAN_WEIGHT_NORM)
         init = float(run[init_col].iloc[0])
         frame = pd.DataFrame(
             {

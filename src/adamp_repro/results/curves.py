@@ -24,6 +24,7 @@ from adamp_repro.tracking.schema import (
     MEAN_FILTER_NORM,
     MEAN_WEIGHT_NORM,
     TOP1,
+    at_init_key,
     eval_key,
     summarise_rows,
 )
@@ -41,8 +42,8 @@ RUN_KEYS = (
     "table_id",
     "table_block",
     "run_dir",
-    f"at_init_{MEAN_WEIGHT_NORM}",
-    f"at_init_{MEAN_FILTER_NORM}",
+    at_init_key(MEAN_WEIGHT_NORM),
+    at_init_key(MEAN_FILTER_NORM),
 )
 
 

@@ -26,10 +26,11 @@ import pandas as pd
 
 from adamp_repro.results.text import markdown_table, signed_pct, yes_or_bold_no
 from adamp_repro.tracking.records import atomic_write_text, rows_to_csv
+from adamp_repro.tracking.schema import FILTER_EFFECTIVE_STEP_SIZE, MEAN_FILTER_NORM, at_init_key, final_key
 
-INIT_KEY = "at_init_mean_filter_norm"
-FINAL_KEY = "final_mean_filter_norm"
-STEP_KEY = "final_filter_effective_step_size"
+INIT_KEY = at_init_key(MEAN_FILTER_NORM)
+FINAL_KEY = final_key(MEAN_FILTER_NORM)
+STEP_KEY = final_key(FILTER_EFFECTIVE_STEP_SIZE)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ RENAMED_KEYS = {
 # The task metric names (``train/tasks/``): ``train_<name>`` and ``eval_<name>`` in an epoch row.
 LOSS, TOP1, TOP5 = "loss", "top1", "top5"
 CLEAN_TOP1, ROBUST_TOP1, ROBUST_LOSS = "clean_top1", "robust_top1", "robust_loss"
+# The adversarial task's AutoAttack metrics: top-1 under AutoAttack, and the PGD top-1 on the same samples.
+AUTOATTACK_TOP1, AUTOATTACK_SUBSET_ROBUST_TOP1 = "autoattack_top1", "autoattack_subset_robust_top1"
 # The other keys of an epoch row, and the x axis of the per-step rows W&B gets (``step/<key>``).
 EPOCH, LR, IMAGES_PER_S = "epoch", "lr", "images_per_s"
 STEP = "train/step"
@@ -200,6 +202,26 @@ def upgrade_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
+def final_key(key: str) -> str:
+    """The summary key of an epoch-row key's last value (``final_eval_top1``, ``final_mean_weight_norm``)."""
+    return f"final_{key}"
+
+
+def best_key(key: str) -> str:
+    """The summary key of an epoch-row key's best value over the evaluations (``best_eval_top1``)."""
+    return f"best_{key}"
+
+
+def epoch1_key(key: str) -> str:
+    """The summary key of a diagnostic at the end of the first epoch (``epoch1_mean_weight_norm``)."""
+    return f"epoch1_{key}"
+
+
+def at_init_key(key: str) -> str:
+    """The summary key of a diagnostic before the first step (``at_init_mean_weight_norm``)."""
+    return f"at_init_{key}"
+
+
 # The diagnostics whose value at the end of the first epoch is also summarised, as epoch1_<key> (the value
 # before the first step is at_init_<key>, written by the trainer).
 EPOCH1_KEYS = (MEAN_WEIGHT_NORM, MEAN_FILTER_NORM)
@@ -212,19 +234,19 @@ def summary_metrics(history: Sequence[Mapping[str, Any]], primary_metric: str) -
     last = history[-1]
     primary = eval_key(primary_metric)
     evaluated = [row for row in history if primary in row]
-    out: dict[str, Any] = {"epochs": int(last[EPOCH]) + 1, f"final_{TRAIN_LOSS}": last.get(TRAIN_LOSS)}
+    out: dict[str, Any] = {"epochs": int(last[EPOCH]) + 1, final_key(TRAIN_LOSS): last.get(TRAIN_LOSS)}
     if evaluated:
         final = evaluated[-1]
         out.update(
-            {f"final_{k}": v for k, v in final.items() if k.startswith(eval_key("")) and "count" not in k}
+            {final_key(k): v for k, v in final.items() if k.startswith(eval_key("")) and "count" not in k}
         )
-        out[f"best_{primary}"] = max(row[primary] for row in evaluated)
+        out[best_key(primary)] = max(row[primary] for row in evaluated)
     speeds = [row[IMAGES_PER_S] for row in history if IMAGES_PER_S in row]
     out[IMAGES_PER_S] = float(statistics.median(speeds)) if speeds else None
     for key in SUMMARY_KEYS:
         if key in last:
-            out[f"final_{key}"] = last[key]
+            out[final_key(key)] = last[key]
     for key in EPOCH1_KEYS:
         if key in history[0]:
-            out[f"epoch1_{key}"] = history[0][key]
+            out[epoch1_key(key)] = history[0][key]
     return out

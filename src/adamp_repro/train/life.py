@@ -30,7 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from adamp_repro.tracking.records import RunRecord
-from adamp_repro.tracking.schema import summary_metrics
+from adamp_repro.tracking.schema import (
+    EPOCH,
+    IMAGES_PER_S,
+    MEAN_WEIGHT_NORM,
+    ROBUST_TOP1,
+    TOP1,
+    TRAIN_LOSS,
+    at_init_key,
+    eval_key,
+    summary_metrics,
+)
 from adamp_repro.tracking.wandb_mirror import WandbMirror
 from adamp_repro.train.resume import code_changed
 from adamp_repro.train.stopping import RunInterrupted
@@ -38,7 +48,7 @@ from adamp_repro.train.trainer import DivergedError, TrainState
 
 log = logging.getLogger("adamp_repro")
 
-BRIEF_KEYS = ("train_loss", "eval_top1", "eval_robust_top1", "mean_weight_norm", "images_per_s")
+BRIEF_KEYS = (TRAIN_LOSS, eval_key(TOP1), eval_key(ROBUST_TOP1), MEAN_WEIGHT_NORM, IMAGES_PER_S)
 
 
 class RunLife:
@@ -100,7 +110,7 @@ class RunLife:
             self.record.log_epoch(row, diag_rows)
         if self.wandb is not None:
             self.wandb.log_epoch(row)
-        log.info("epoch %d: %s", row["epoch"] + 1, brief(row))
+        log.info("epoch %d: %s", row[EPOCH] + 1, brief(row))
 
     def on_step(self, step: int, values: dict[str, float]) -> None:
         if self.wandb is not None:
@@ -141,7 +151,7 @@ class RunLife:
             | {"status": status, "error": error, "wall_time_s": wall_time_s, "run_dir": str(self.run_dir)}
         )
         if self.at_init is not None:  # the weights before the first step (the paper's curves start there)
-            summary |= {f"at_init_{k}": v for k, v in self.at_init.items()}
+            summary |= {at_init_key(k): v for k, v in self.at_init.items()}
         skipped = sum(int(row.get("skipped_images", 0)) for row in history)
         if skipped:
             summary["skipped_images"] = skipped

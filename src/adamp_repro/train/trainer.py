@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from adamp_repro.tracking.schema import EPOCH, IMAGES_PER_S, LOSS, LR, eval_key, train_key
 from adamp_repro.train.checkpoint import (
     CHECKPOINT_NAME,
     load_resume_checkpoint,
@@ -166,12 +167,13 @@ class Trainer:
     def fit(self) -> TrainState:
         for epoch in range(self.state.epoch, self.settings.epochs):
             train_metrics = self._train_epoch(epoch)
-            row: dict[str, Any] = {"epoch": epoch, **train_metrics}
+            row: dict[str, Any] = {EPOCH: epoch, **train_metrics}
             last = epoch + 1 == self.settings.epochs
             if last or (epoch + 1) % self.settings.eval_every == 0:
-                row.update({f"eval_{k}": v for k, v in self.evaluate(self.model, final=last).items()})
+                row.update({eval_key(k): v for k, v in self.evaluate(self.model, final=last).items()})
                 if self.ema is not None:
-                    row.update({f"eval_ema_{k}": v for k, v in self.evaluate(self.ema, final=last).items()})
+                    ema = self.evaluate(self.ema, final=last)
+                    row.update({eval_key(f"ema_{k}"): v for k, v in ema.items()})
             diag_rows: list[dict[str, Any]] = []
             if self.diag is not None:
                 diag_summary, diag_rows = self.diag.epoch_end(epoch)
@@ -247,13 +249,13 @@ class Trainer:
         totals = all_reduce_sums(sums, self.ctx)
         count = max(float(totals["count"]), 1.0)
         metrics = self.task.train_metrics(totals)
-        train_loss = metrics["loss"]
+        train_loss = metrics[LOSS]
         if broadcast_flag(not math.isfinite(train_loss), self.ctx, self.device):
             raise DivergedError(f"training loss is {train_loss} at epoch {epoch}")
         return {
-            **{f"train_{key}": value for key, value in metrics.items()},
-            "lr": lr,
-            "images_per_s": count / max(elapsed, 1e-9),
+            **{train_key(key): value for key, value in metrics.items()},
+            LR: lr,
+            IMAGES_PER_S: count / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
             "step": self.state.global_step,
         }
@@ -282,9 +284,9 @@ class Trainer:
             raise DivergedError(f"training loss is {float(loss.detach())} at step {self.state.global_step}")
 
     def _report_step(self, loss: torch.Tensor, lr: float, bar: Any) -> None:
-        values = {"loss": float(loss.detach()), "lr": lr}
+        values = {LOSS: float(loss.detach()), LR: lr}
         if bar is not None:
-            bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.3g}")
+            bar.set_postfix(loss=f"{values[LOSS]:.3f}", lr=f"{lr:.3g}")
             bar.update(1)
         if self.on_step is not None and self.ctx.is_main:
             self.on_step(self.state.global_step, values)

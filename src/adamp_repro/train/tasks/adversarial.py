@@ -46,7 +46,14 @@ from torch import Tensor, nn
 
 from adamp_repro.data.sharding import make_generator
 from adamp_repro.errors import ConfigError, plain_config
-from adamp_repro.tracking.schema import CLEAN_TOP1, LOSS, ROBUST_LOSS, ROBUST_TOP1
+from adamp_repro.tracking.schema import (
+    AUTOATTACK_SUBSET_ROBUST_TOP1,
+    AUTOATTACK_TOP1,
+    CLEAN_TOP1,
+    LOSS,
+    ROBUST_LOSS,
+    ROBUST_TOP1,
+)
 from adamp_repro.train.attacks import PGD, module_modes
 from adamp_repro.train.autoattack import WARNING_FLAGS, AutoAttack
 from adamp_repro.train.tasks.base import (
@@ -68,9 +75,9 @@ _SWEEP_KEYS = ("enabled", "eps_factors", "version", "attacks", "subset", "batch_
 _TOP_KEYS = ("name", "norm", "eps", "eval_seed", "train_attack", "eval_attack", "autoattack", "eps_sweep")
 _BASE_METRICS = (CLEAN_TOP1, ROBUST_TOP1, LOSS, ROBUST_LOSS, "count")
 _AA_RATES = (
-    "autoattack_top1",
+    AUTOATTACK_TOP1,
     "autoattack_subset_clean_top1",
-    "autoattack_subset_robust_top1",
+    AUTOATTACK_SUBSET_ROBUST_TOP1,
     "autoattack_s_per_1000_images",
 )
 
@@ -249,9 +256,9 @@ class AdversarialTask(ClassifierTaskBase):
             return torch.tensor(float(value), device=device)
 
         sums = {
-            "autoattack_top1": 100.0 * result.correct.sum().float().to(device),
+            AUTOATTACK_TOP1: 100.0 * result.correct.sum().float().to(device),
             "autoattack_subset_clean_top1": 100.0 * subset["clean_ok"][:n].sum().float().to(device),
-            "autoattack_subset_robust_top1": 100.0 * subset["robust_ok"][:n].sum().float().to(device),
+            AUTOATTACK_SUBSET_ROBUST_TOP1: 100.0 * subset["robust_ok"][:n].sum().float().to(device),
             "autoattack_s_per_1000_images": scalar(1000.0 * result.seconds),
             "autoattack_images": scalar(n),
             "autoattack_runs": scalar(n > 0),
