@@ -131,7 +131,8 @@ def test_any_usage_error_is_printed_the_same_way(monkeypatch, capsys):
         ),
         (["+model.kwargs.drop_rate=inf"], "model.kwargs.drop_rate=inf: expected a finite number"),
         (["+recipe.adam.lr=nan"], "recipe.adam.lr=nan: expected a finite number"),  # not the run's optimizer
-        (["+model.kwargs.num_classes=3"], "model.kwargs.num_classes=3: set by the data set"),
+        (["+model.kwargs.num_classes=3"], "model.kwargs.num_classes=3 is set by the data set"),
+        (["model.name=resnet20"], "model.name='resnet20' is not a timm model; close matches: ["),
         (
             ["task=adversarial", "task.train_attack.steps=-1"],
             "task.train_attack.steps=-1: expected an integer >= 0",

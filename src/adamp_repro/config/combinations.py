@@ -24,18 +24,12 @@ def check_combinations(data: Mapping[str, Any]) -> None:
 
 
 def _check_model(model: Mapping[str, Any], dataset: Mapping[str, Any]) -> None:
-    import timm
-
-    from adamp_repro.models import close_model_names  # importing registers the CIFAR networks with timm
+    # importing the models registers the CIFAR networks with timm
+    from adamp_repro.models import check_model_kwargs, check_model_name
 
     name = model["name"]
-    if not timm.is_model(name):
-        raise ConfigError(f"model.name={name!r}: not a timm model; close matches: {close_model_names(name)}")
-    if "num_classes" in model["kwargs"]:
-        raise ConfigError(
-            f"model.kwargs.num_classes={show(model['kwargs']['num_classes'])}: set by the data set "
-            "(dataset.num_classes); remove it"
-        )
+    check_model_name(name)
+    check_model_kwargs(model["kwargs"])
     _check_input_size(name, model["kwargs"], dataset)
 
 

@@ -5,7 +5,13 @@ Importing this package registers ``cifar_resnet20/32/56``, ``cifar_resnet18``,
 """
 
 from adamp_repro.models.cifar_resnet import CifarResNet
-from adamp_repro.models.factory import NormalizedModel, build_model, close_model_names
+from adamp_repro.models.factory import (
+    NormalizedModel,
+    build_model,
+    check_model_kwargs,
+    check_model_name,
+    close_model_names,
+)
 from adamp_repro.models.wide_resnet_madry import MadryWideResNet
 
 __all__ = [
@@ -13,5 +19,7 @@ __all__ = [
     "MadryWideResNet",
     "NormalizedModel",
     "build_model",
+    "check_model_kwargs",
+    "check_model_name",
     "close_model_names",
 ]

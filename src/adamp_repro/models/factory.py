@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 # Importing these modules registers the CIFAR networks with timm's registry.
-from adamp_repro.errors import plain_config
+from adamp_repro.errors import ConfigError, plain_config
 from adamp_repro.models import cifar_resnet, wide_resnet_madry  # noqa: F401
 
 # Keys build_model reads; any other key in a model config is an error, so typos do not pass silently.
@@ -60,6 +60,24 @@ def close_model_names(name: str, limit: int = 10) -> list[str]:
     return ranked[:limit]
 
 
+def check_model_name(name: Any) -> None:
+    """Refuse a ``model.name`` that is no registered timm model (the suite's CIFAR networks included), naming the
+    close matches. Raises ConfigError (a ValueError)."""
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise ConfigError(
+            f"model.name={name!r} is not a timm model; close matches: {close_model_names(str(name))}"
+        )
+
+
+def check_model_kwargs(kwargs: Any) -> None:
+    """Refuse ``model.kwargs.num_classes``: the data set sets it. Raises ConfigError (a ValueError)."""
+    if "num_classes" in kwargs:
+        raise ConfigError(
+            f"model.kwargs.num_classes={kwargs['num_classes']!r} is set by the data set "
+            "(dataset.num_classes); remove it"
+        )
+
+
 def build_model(
     model_cfg: Any, num_classes: int, mean: Sequence[float], std: Sequence[float]
 ) -> NormalizedModel:
@@ -84,15 +102,9 @@ def build_model(
             f"model config {cfg.get('name')!r} has unknown keys {unknown}; allowed: {MODEL_KEYS}"
         )
     name = cfg.get("name")
-    if not isinstance(name, str) or not timm.is_model(name):
-        raise ValueError(
-            f"model.name={name!r} is not a timm model; close matches: {close_model_names(str(name))}"
-        )
+    check_model_name(name)
     kwargs = dict(cfg.get("kwargs") or {})
-    if "num_classes" in kwargs:
-        raise ValueError(
-            f"model.kwargs.num_classes={kwargs['num_classes']} is set by the data set, remove it"
-        )
+    check_model_kwargs(kwargs)
     net = timm.create_model(
         name, pretrained=bool(cfg.get("pretrained", False)), num_classes=num_classes, **kwargs
     )
