@@ -139,6 +139,7 @@ def test_any_usage_error_is_printed_the_same_way(monkeypatch, capsys):
         ),
         (["logger=wandb", "logger.mode=later"], "logger.mode='later': expected one of ['auto', 'online', "),
         (["run_name=a/b"], "run_name='a/b': expected a name without '/'"),
+        (["resume=maybe"], "resume='maybe': expected one of ['auto', 'never']"),
         (["run_name=${nope}"], "run_name: Interpolation key 'nope' not found"),
         (
             ["scale=smoke", "scheduler.warmup_epochs=2"],

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from adamp_repro.errors import ConfigError, UsageError
+from adamp_repro.errors import UsageError
 from adamp_repro.tracking.provenance import source_hash
 from adamp_repro.tracking.records import RunRecord, read_provenance_segments, read_summary
 from adamp_repro.train.checkpoint import (
@@ -36,10 +36,9 @@ def prepare_resume(
 
     Refuses a resume on changed code unless ``allow_code_change``; an unreadable checkpoint is recorded as
     ``failed`` (``identity``: the summary keys to write where the run has no summary yet) and raised
-    (``CheckpointError``, a ``UsageError``). ``resume=never`` removes old checkpoints.
+    (``CheckpointError``, a ``UsageError``). ``resume=never`` removes old checkpoints. ``cfg.resume`` is
+    ``auto`` or ``never``, as the config schema (``config.validate_config``) has checked before the run began.
     """
-    if cfg.resume not in ("auto", "never"):
-        raise ConfigError(f"resume={cfg.resume!r}: expected 'auto' or 'never'")
     if cfg.resume == "never":
         if ctx.is_main:
             remove_checkpoints(run_dir)
