@@ -26,11 +26,11 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 PINS = PROJECT_ROOT / "requirements" / "pins.txt"
 PAPER = PROJECT_ROOT / "results" / "paper"
 COMMANDS = {
-    "adamp-train": "adamp_repro.cli.train:main",
-    "adamp-reproduce": "adamp_repro.cli.reproduce:main",
-    "adamp-tables": "adamp_repro.cli.tables:main",
-    "adamp-figures": "adamp_repro.cli.figures:main",
-    "adamp-dashboard": "adamp_repro.cli.dashboard:main",
+    "adamp-train": "adamp_repro.cli:train",
+    "adamp-reproduce": "adamp_repro.cli:reproduce",
+    "adamp-tables": "adamp_repro.cli:tables",
+    "adamp-figures": "adamp_repro.cli:figures",
+    "adamp-dashboard": "adamp_repro.cli:dashboard",
 }
 
 
@@ -101,6 +101,28 @@ def test_the_optimizers_step_with_torch_alone():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "stepped"
+
+
+def test_a_command_without_the_suite_says_what_to_install():
+    # The optimizers install with torch alone; a command then names the missing package in one line, exit 2.
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["hydra"] = None
+        sys.argv = ["adamp-train", "scale=smoke"]
+        from adamp_repro import cli
+        cli.train()
+        """
+    )
+    env = os.environ | {"PYTHONPATH": str(PROJECT_ROOT / "src")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip() == (
+        "error: adamp-train needs the suite's packages, and 'hydra' is not installed; "
+        "install them with pip install 'adamp-repro[suite]'"
+    )
 
 
 @pytest.fixture(scope="module")
