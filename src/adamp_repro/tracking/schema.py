@@ -61,20 +61,18 @@ EPOCH, LR, IMAGES_PER_S = "epoch", "lr", "images_per_s"
 STEP = "train/step"
 
 
-def train_key(metric: str) -> str:
-    """The epoch-row key of a training metric of the task (``train_loss``)."""
-    return f"train_{metric}"
+class KeyPrefix(str):
+    """A prefix of record keys; called with a key it names the prefixed key (``eval_key(TOP1)`` is ``eval_top1``)."""
+
+    __slots__ = ()
+
+    def __call__(self, key: str) -> str:
+        return f"{self}{key}"
 
 
-def eval_key(metric: str) -> str:
-    """The epoch-row key of an evaluation metric of the task (``eval_top1``)."""
-    return f"eval_{metric}"
-
-
-def step_key(name: str) -> str:
-    """The W&B key of a per-step value (``step/loss``), logged against ``STEP``."""
-    return f"step/{name}"
-
+# Epoch-row keys: a training or evaluation metric of the task (``train_loss``, ``eval_top1``); the W&B key of a
+# per-step value (``step/loss``), logged against ``STEP``.
+train_key, eval_key, step_key = KeyPrefix("train_"), KeyPrefix("eval_"), KeyPrefix("step/")
 
 TRAIN_LOSS = train_key(LOSS)
 
@@ -202,24 +200,11 @@ def upgrade_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
-def final_key(key: str) -> str:
-    """The summary key of an epoch-row key's last value (``final_eval_top1``, ``final_mean_weight_norm``)."""
-    return f"final_{key}"
-
-
-def best_key(key: str) -> str:
-    """The summary key of an epoch-row key's best value over the evaluations (``best_eval_top1``)."""
-    return f"best_{key}"
-
-
-def epoch1_key(key: str) -> str:
-    """The summary key of a diagnostic at the end of the first epoch (``epoch1_mean_weight_norm``)."""
-    return f"epoch1_{key}"
-
-
-def at_init_key(key: str) -> str:
-    """The summary key of a diagnostic before the first step (``at_init_mean_weight_norm``)."""
-    return f"at_init_{key}"
+# Summary keys of an epoch-row key: its last value (``final_eval_top1``, ``final_mean_weight_norm``), its best over
+# the evaluations (``best_eval_top1``); of a diagnostic: at the end of the first epoch (``epoch1_mean_weight_norm``),
+# before the first step (``at_init_mean_weight_norm``).
+final_key, best_key = KeyPrefix("final_"), KeyPrefix("best_")
+epoch1_key, at_init_key = KeyPrefix("epoch1_"), KeyPrefix("at_init_")
 
 
 # The diagnostics whose value at the end of the first epoch is also summarised, as epoch1_<key> (the value
