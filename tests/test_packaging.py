@@ -26,11 +26,11 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 PINS = PROJECT_ROOT / "requirements" / "pins.txt"
 PAPER = PROJECT_ROOT / "results" / "paper"
 COMMANDS = {
-    "adamp-train": "adamp_repro.cli:train",
-    "adamp-reproduce": "adamp_repro.cli:reproduce",
-    "adamp-tables": "adamp_repro.cli:tables",
-    "adamp-figures": "adamp_repro.cli:figures",
-    "adamp-dashboard": "adamp_repro.cli:dashboard",
+    "adamp-train": "adamp_repro.cli.entry:train",
+    "adamp-reproduce": "adamp_repro.cli.entry:reproduce",
+    "adamp-tables": "adamp_repro.cli.entry:tables",
+    "adamp-figures": "adamp_repro.cli.entry:figures",
+    "adamp-dashboard": "adamp_repro.cli.entry:dashboard",
 }
 
 
@@ -110,8 +110,8 @@ def test_a_command_without_the_suite_says_what_to_install():
         import sys
         sys.modules["hydra"] = None
         sys.argv = ["adamp-train", "scale=smoke"]
-        from adamp_repro import cli
-        cli.train()
+        from adamp_repro.cli import entry
+        entry.train()
         """
     )
     env = os.environ | {"PYTHONPATH": str(PROJECT_ROOT / "src")}
