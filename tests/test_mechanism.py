@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from adamp_repro.reproduce import compare_with_reference, findings_lines, reference_lines
 from adamp_repro.results.build import build_tables
@@ -125,3 +126,51 @@ def test_a_reference_of_an_older_schema_compares_under_the_current_names(tmp_pat
     moved = rows[f"{experiment}/mini/momentum-sgd-s1"]
     assert not moved["identical"] and "epoch1_mean_weight_norm 0.1" in moved["detail"]
     assert sum(not r["identical"] for r in rows.values()) == 1
+
+
+def _set_cpu(run_dir, cpu):
+    segment = {"seed": 0} if cpu is None else {"seed": 0, "cpu": cpu}
+    (run_dir / "provenance.json").write_text(json.dumps({"segments": [segment]}))
+
+
+def test_a_comparison_that_differs_says_which_cpus_made_the_records(tmp_path):
+    fresh, reference = tmp_path / "fresh", tmp_path / "reference"
+    for root in (fresh, reference):
+        mechanism_runs(root)
+    experiment = "mechanism_cifar_resnet-20"
+    changed = fresh / experiment / "mini" / "momentum-sgd-s1" / "summary.json"
+    changed.write_text(json.dumps({**json.loads(changed.read_text()), "final_eval_top1": 1.0}))
+    here = {"model": "Xeon", "capability": "AVX512", "isa": ["avx2", "avx512f"]}
+    runs = sorted((fresh / experiment / "mini").iterdir())
+    for run in runs:
+        _set_cpu(run, here)
+        _set_cpu(reference / run.relative_to(fresh), None)
+
+    def last_line() -> str:
+        return reference_lines(str(fresh), str(reference), [experiment], "mini")[-1]
+
+    assert "the committed records do not say which CPU made them" in last_line()
+    assert "Xeon (AVX512)" in last_line()
+    for run in runs:
+        _set_cpu(reference / run.relative_to(fresh), {**here, "model": "EPYC", "capability": "AVX2"})
+    assert last_line() == (
+        "  CPU: these runs ran on Xeon (AVX512), the committed records on EPYC (AVX2): bit-identity is expected "
+        "on the same CPU type only"
+    )
+    for run in runs:
+        _set_cpu(reference / run.relative_to(fresh), here)
+    assert "the same type made both" in last_line()
+
+
+def test_provenance_names_the_cpu_type(tmp_path):
+    from adamp_repro.tracking.provenance import ISA_FLAGS, collect_provenance, cpu_description
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 fma avx512f\n\n"
+        "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n"
+    )
+    cpu = cpu_description(cpuinfo)
+    assert cpu["model"] == "Test CPU 9000" and cpu["isa"] == ["avx2", "fma", "avx512f"]
+    assert set(cpu["isa"]) <= set(ISA_FLAGS) and isinstance(cpu["capability"], str)
+    assert collect_provenance(torch.device("cpu"), 0, 1)["cpu"] == cpu_description()

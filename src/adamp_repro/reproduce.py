@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from adamp_repro import catalogue, paths
 from adamp_repro.config import SCALES
 from adamp_repro.errors import ConfigError, UsageError
+from adamp_repro.tracking.records import read_provenance_segments
 from adamp_repro.tracking.schema import SCHEMA_VERSION_KEY, upgrade_summary
 
 PROJECT_ROOT = paths.project_root()
@@ -326,7 +327,39 @@ def reference_lines(runs_root: str, reference_root: str, experiments: list[str],
     for r in rows:
         if not r["identical"]:
             lines.append(f"  {r['run']}: {r['detail']}")
+    if len(same) < len(rows):
+        lines.append(cpu_line(fresh_root, reference, [r["run"] for r in rows]))
     return lines
+
+
+def cpu_line(fresh_root: Path, reference: Path, runs: list[str]) -> str:
+    """Which CPU types made the fresh and the committed records (provenance ``cpu``): bit-identity is expected
+    on the same type only, since another may pick CPU kernels that round differently."""
+
+    def types(root: Path) -> set[str]:
+        found = set()
+        for run in runs:
+            try:
+                segments = read_provenance_segments(root / run)
+            except ValueError:
+                segments = []
+            cpu = next((s["cpu"] for s in segments if isinstance(s.get("cpu"), dict)), None)
+            found.add("unrecorded" if cpu is None else f"{cpu.get('model')} ({cpu.get('capability')})")
+        return found
+
+    fresh, committed = types(fresh_root), types(reference)
+    if committed == {"unrecorded"}:
+        return (
+            f"  CPU: these runs ran on {', '.join(sorted(fresh))}; the committed records do not say which CPU made "
+            "them (written before provenance recorded it). Bit-identity is expected on the same CPU type only: "
+            "another may pick kernels that round differently, and training amplifies that"
+        )
+    if fresh != committed:
+        return (
+            f"  CPU: these runs ran on {', '.join(sorted(fresh))}, the committed records on "
+            f"{', '.join(sorted(committed))}: bit-identity is expected on the same CPU type only"
+        )
+    return f"  CPU: the same type made both ({', '.join(sorted(fresh))}): a difference is not the CPU's"
 
 
 def compare_with_reference(

@@ -3,6 +3,11 @@
 The code version is the git commit and dirty flag where the package sits in a checkout, and always a content
 hash of the installed package's files (``source_hash``), so a pip install without git is covered too and a
 resume on changed code can be told apart from one on the same code.
+
+``cpu`` names the host CPU type (``cpu_description``): its model, the kernel level torch dispatches to
+(``torch.backends.cpu.get_cpu_capability``) and the vector instruction sets it has. The same config and seed give
+bit-identical numbers on the same CPU type; another type may pick other kernels that round differently, so a
+comparison of records (``make reproduce-table``) says when the CPUs differ.
 """
 
 from __future__ import annotations
@@ -71,6 +76,33 @@ def device_description(device: torch.device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+# The vector instruction sets that decide which CPU kernels torch and oneDNN pick (``/proc/cpuinfo`` flags).
+ISA_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
+)  # fmt: skip
+
+
+def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
+    """The host CPU type: ``model`` (the first ``model name`` of ``cpuinfo``, else ``platform.processor()``),
+    ``capability`` (torch's CPU kernel level, e.g. ``AVX512``) and ``isa`` (the ``ISA_FLAGS`` it has)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.split("\n\n", 1)[0].splitlines():  # the first processor's block
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+    return {
+        "model": model,
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "isa": [flag for flag in ISA_FLAGS if flag in flags],
+    }
+
+
 def collect_provenance(device: torch.device, seed: int, world_size: int) -> dict[str, Any]:
     return {
         **git_state(),
@@ -79,6 +111,7 @@ def collect_provenance(device: torch.device, seed: int, world_size: int) -> dict
         "packages": package_versions(),
         "python": platform.python_version(),
         "device": device_description(device),
+        "cpu": cpu_description(),
         "world_size": world_size,
         "seed": seed,
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
