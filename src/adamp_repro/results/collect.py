@@ -317,9 +317,8 @@ def _without_path(err: Exception, run_dir: Path) -> str:
 def _summary_to_row(
     summary: Mapping[str, Any], run_dir: str, source: str
 ) -> tuple[dict[str, Any] | None, RunProblem | None]:
-    """One frame row from a completed run's summary (read with this version's key names,
-    ``upgrade_summary``); a bad key makes it a ``broken`` problem naming it."""
-    summary = upgrade_summary(summary)
+    """One frame row from a completed run's summary, already read with this version's key names (``read_summary``
+    on disk, ``upgrade_summary`` from W&B); a bad key makes it a ``broken`` problem naming it."""
     missing = [k for k in REQUIRED_KEYS if summary.get(k) in (None, "")]
     if missing:
         return None, RunProblem(run_dir, "broken", f"completed summary lacks {missing}")
@@ -395,7 +394,7 @@ def _wandb_run_to_row(run: Any) -> tuple[dict[str, Any] | None, RunProblem | Non
         return None, RunProblem(path, "not_completed", f"status {status!r}")
     # Identity keys the mirror did not copy into the summary may still be in the run's config.
     merged = {**{k: config.get(k) for k in IDENTITY_COLUMNS if k in config}, **summary}
-    return _summary_to_row(merged, path, "wandb")
+    return _summary_to_row(upgrade_summary(merged), path, "wandb")
 
 
 def count_statuses(problems: Iterable[RunProblem]) -> dict[str, int]:
