@@ -74,6 +74,12 @@ class KeyPrefix(str):
 # per-step value (``step/loss``), logged against ``STEP``.
 train_key, eval_key, step_key = KeyPrefix("train_"), KeyPrefix("eval_"), KeyPrefix("step/")
 
+# Summary keys of an epoch-row key: its last value (``final_eval_top1``, ``final_mean_weight_norm``), its best over
+# the evaluations (``best_eval_top1``); of a diagnostic: at the end of the first epoch (``epoch1_mean_weight_norm``),
+# before the first step (``at_init_mean_weight_norm``).
+final_key, best_key = KeyPrefix("final_"), KeyPrefix("best_")
+epoch1_key, at_init_key = KeyPrefix("epoch1_"), KeyPrefix("at_init_")
+
 TRAIN_LOSS = train_key(LOSS)
 
 # The weight diagnostics of an epoch (``summarise_rows``).
@@ -198,13 +204,6 @@ def upgrade_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
         new = renames.get(key)
         upgraded[key if new is None or new in summary else new] = value  # never over a key written as new
     return upgraded
-
-
-# Summary keys of an epoch-row key: its last value (``final_eval_top1``, ``final_mean_weight_norm``), its best over
-# the evaluations (``best_eval_top1``); of a diagnostic: at the end of the first epoch (``epoch1_mean_weight_norm``),
-# before the first step (``at_init_mean_weight_norm``).
-final_key, best_key = KeyPrefix("final_"), KeyPrefix("best_")
-epoch1_key, at_init_key = KeyPrefix("epoch1_"), KeyPrefix("at_init_")
 
 
 # The diagnostics whose value at the end of the first epoch is also summarised, as epoch1_<key> (the value
