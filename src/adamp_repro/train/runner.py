@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from adamp_repro.config import validate_config
 from adamp_repro.data import build_data
+from adamp_repro.data.build import FAMILY_ALIASES
 from adamp_repro.models import build_model
 from adamp_repro.optim import build_optimizer
 from adamp_repro.tracking.provenance import collect_provenance
@@ -64,7 +65,7 @@ HASHED_ONLY_WHEN_SET = {"dataset.skip_unreadable_images": False}
 # Renamed values: the hash reads each under the spelling it has always used, so a rename moves no run folder
 # and a config in the old spelling and one in the new map to the same folder. Dotted path -> {new: hashed}.
 # A later rename of the same value adds its new spelling here, mapped to the same hashed spelling.
-HASH_SPELLINGS = {"dataset.family": {"in_memory": "cifar", "image_folder": "imagenet"}}
+HASH_SPELLINGS = {"dataset.family": {new: old for old, new in FAMILY_ALIASES.items()}}
 
 
 def config_hash(cfg: DictConfig) -> str:
