@@ -83,16 +83,27 @@ def test_build_writes_the_per_seed_page(tmp_path):
     assert any("met in 2 of 3 seeds" in line for line in lines)
 
 
-def test_fresh_runs_are_compared_with_the_committed_ones_seed_by_seed(tmp_path):
+COMPARED_EXPERIMENT = "mechanism_cifar_resnet-20"
+
+
+def fresh_and_reference(tmp_path, changed_run: str, change) -> tuple:
+    """Two equal sets of mechanism records (fresh, reference); ``change`` maps the fresh ``changed_run``'s
+    summary to what it is written as."""
     fresh, reference = tmp_path / "fresh", tmp_path / "reference"
     for root in (fresh, reference):
         mechanism_runs(root)
-    experiment = "mechanism_cifar_resnet-20"
-    changed = fresh / experiment / "mini" / "momentum-sgd-s1" / "summary.json"
-    data = json.loads(changed.read_text())
-    changed.write_text(
-        json.dumps({**data, "final_eval_top1": data["final_eval_top1"] + 0.25, "wall_time_s": 9.0})
+    changed = fresh / COMPARED_EXPERIMENT / "mini" / changed_run / "summary.json"
+    changed.write_text(json.dumps(change(json.loads(changed.read_text()))))
+    return fresh, reference
+
+
+def test_fresh_runs_are_compared_with_the_committed_ones_seed_by_seed(tmp_path):
+    fresh, reference = fresh_and_reference(
+        tmp_path,
+        "momentum-sgd-s1",
+        lambda data: {**data, "final_eval_top1": data["final_eval_top1"] + 0.25, "wall_time_s": 9.0},
     )
+    experiment = COMPARED_EXPERIMENT
     timed = fresh / experiment / "mini" / "momentum-sgd-s0" / "summary.json"
     timed.write_text(json.dumps({**json.loads(timed.read_text()), "wall_time_s": 123.0, "images_per_s": 5.0}))
     rows = compare_with_reference(fresh, reference, [experiment], "mini")
@@ -134,12 +145,10 @@ def _set_cpu(run_dir, cpu):
 
 
 def test_a_comparison_that_differs_says_which_cpus_made_the_records(tmp_path):
-    fresh, reference = tmp_path / "fresh", tmp_path / "reference"
-    for root in (fresh, reference):
-        mechanism_runs(root)
-    experiment = "mechanism_cifar_resnet-20"
-    changed = fresh / experiment / "mini" / "momentum-sgd-s1" / "summary.json"
-    changed.write_text(json.dumps({**json.loads(changed.read_text()), "final_eval_top1": 1.0}))
+    fresh, reference = fresh_and_reference(
+        tmp_path, "momentum-sgd-s1", lambda data: {**data, "final_eval_top1": 1.0}
+    )
+    experiment = COMPARED_EXPERIMENT
     here = {"model": "Xeon", "capability": "AVX512", "isa": ["avx2", "avx512f"]}
     runs = sorted((fresh / experiment / "mini").iterdir())
     for run in runs:
