@@ -54,9 +54,10 @@ def _check_input_size(name: str, kwargs: Mapping[str, Any], dataset: Mapping[str
 
 
 def _check_optimizer_keys(optimizer: Mapping[str, Any]) -> None:
-    """The package's own registry names each optimizer's keywords; an optimizer given by ``_target_`` or
-    ``timm`` is checked against its class's signature."""
+    """The keywords of a registered optimizer and their allowed values are ``optim.hyperparams``'s; an optimizer
+    given by ``_target_`` or ``timm`` is checked against its class's signature and by the class itself."""
     from adamp_repro.optim.factory import OPTIMIZERS, check_optimizer_config, is_external
+    from adamp_repro.optim.hyperparams import HYPERPARAMETERS
 
     if is_external(optimizer):
         check_optimizer_config(optimizer)
@@ -73,6 +74,15 @@ def _check_optimizer_keys(optimizer: Mapping[str, Any]) -> None:
         if key not in allowed:
             hint = suggest(key, allowed, ["optimizer"])
             raise ConfigError(f"optimizer.{key}={show(optimizer[key])}: not a keyword of {name!r}{hint}")
+    for hyper in HYPERPARAMETERS[name].hypers:
+        if hyper.key in optimizer:
+            try:
+                hyper.allowed.check(hyper.label, optimizer[hyper.key])
+            except ValueError:
+                raise ConfigError(
+                    f"optimizer.{hyper.key}={show(optimizer[hyper.key])}: expected {hyper.allowed.describe()} "
+                    f"({name})"
+                ) from None
 
 
 def _check_schedule(scheduler: Mapping[str, Any], scale: Mapping[str, Any]) -> None:

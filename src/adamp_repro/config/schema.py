@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from adamp_repro.config.messages import check_finite, describe
 from adamp_repro.errors import ConfigError
+from adamp_repro.optim.hyperparams import COMMON, Hyper, Interval
 
 SCALES = ("smoke", "mini", "paper")
 
@@ -61,7 +62,6 @@ def text(default: Any = ..., *, pattern: str | None = None, description: str = "
 # Element types of lists.
 Fraction = Annotated[float, Field(gt=0, le=1)]
 Positive = Annotated[float, Field(gt=0)]
-Beta = Annotated[float, Field(ge=0, lt=1)]
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
@@ -90,26 +90,38 @@ class Model(Closed):
     )
 
 
+def within(hyper: Hyper, default: Any = ...) -> Any:
+    """A field whose range is ``optim.hyperparams``'s for this keyword (the one owner of that range)."""
+    allowed = hyper.allowed
+    assert isinstance(allowed, Interval), hyper.key
+    low = {"gt": allowed.low} if allowed.low_open else {"ge": allowed.low}
+    high = {} if allowed.high is None else {"lt": allowed.high} if allowed.high_open else {"le": allowed.high}
+    return Field(default, **low, **high, description=allowed.describe())
+
+
 class Optimizer(Open):
-    """The keys every optimizer config has, and the types of the well-known keywords where present; the
-    factory's registry names the rest per optimizer (checked in ``config.combinations``)."""
+    """The keys every optimizer config has, and the types of the well-known keywords where present. Which
+    keywords a registered optimizer takes, and the range of each, are ``optim.hyperparams``'s (one owner: the
+    classes read it too); ``config.combinations`` checks them per optimizer, as ranges differ between classes
+    (AdamP refuses eps = 0, SGDP takes it)."""
 
     schema_tag: ClassVar[str] = "registered"
 
     name: str = text(description="an optimizer name")
-    lr: float = number(ge=0)
-    weight_decay: float = number(0.0, ge=0)
+    lr: float = within(COMMON["lr"])
+    weight_decay: float = within(COMMON["weight_decay"], 0.0)
     no_decay_bias_norm: bool = flag(False)
     foreach: bool | None = flag(None)
-    momentum: float = number(0.0, ge=0, lt=1)
-    dampening: float = number(0.0, ge=0, le=1)
+    momentum: float = number(0.0)
+    dampening: float = number(0.0)
     nesterov: bool = flag(False)
-    betas: list[Beta] = Field([0.9, 0.999], min_length=2, max_length=2, description="two numbers in [0, 1)")
-    eps: float = number(1e-8, gt=0)
-    delta: float = number(0.1, gt=0)
-    wd_ratio: float = number(0.1, ge=0, le=1)
+    betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2, description="two finite numbers")
+    eps: float = number(1e-8)
+    delta: float = number(0.1)
+    wd_ratio: float = number(0.1)
     compile: bool = flag(False)
     project_buffer: bool = flag(True)
+    projection: bool = flag(True)
 
 
 class ExternalOptimizer(Open):
@@ -121,8 +133,8 @@ class ExternalOptimizer(Open):
 
     name: str = text(pattern=NAME, description="an optimizer name without '/'")
     timm: str | None = text(None, description="a timm optimizer name (timm.optim.list_optimizers())")
-    lr: float = number(ge=0)
-    weight_decay: float = number(0.0, ge=0)
+    lr: float = within(COMMON["lr"])
+    weight_decay: float = within(COMMON["weight_decay"], 0.0)
     no_decay_bias_norm: bool = flag(False)
     foreach: bool | None = flag(None)
 

@@ -14,7 +14,6 @@ get the full ``weight_decay`` of their group.
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,14 +24,13 @@ from adamp_repro.optim import fused_cpu
 from adamp_repro.optim.base import (
     LOW_PRECISION,
     ProjectedOptimizer,
-    check_flag,
-    check_range,
     compiled_kernel,
     fused_kernels_support,
     projects,
     state_dtype,
     step_tensors,
 )
+from adamp_repro.optim.hyperparams import HYPERPARAMETERS
 from adamp_repro.optim.projection import (
     RowLayout,
     fold_projection,
@@ -129,25 +127,7 @@ class AdamP(ProjectedOptimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        check_range("learning rate", group["lr"], 0.0, None)
-        check_range("epsilon value", group["eps"], 0.0, None)
-        if array("f", [group["eps"]])[0] == 0.0:
-            raise ValueError(
-                f"Invalid epsilon value: {group['eps']!r}; AdamP needs eps > 0 (nonzero in float32): it "
-                "divides by sqrt(v) + eps, 0/0 = nan wherever a gradient entry has been 0 at every step"
-            )
-        betas = group["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"Invalid betas: {betas!r}; expected a pair (beta1, beta2), each in [0, 1)")
-        check_range("beta parameter at index 0", betas[0], 0.0, 1.0)
-        check_range("beta parameter at index 1", betas[1], 0.0, 1.0)
-        check_range("weight_decay value", group["weight_decay"], 0.0, None)
-        check_range("delta", group["delta"], 0.0, None, low_open=True)
-        check_range("wd_ratio", group["wd_ratio"], 0.0, None)
-        check_flag("nesterov", group["nesterov"])
-        check_flag("foreach", group["foreach"], (None, True, False))
-        check_flag("compile", group["compile"])
-        check_flag("projection", group["projection"])
+        HYPERPARAMETERS["adamp"].check(group)
 
     def _init_state(self, group: dict[str, Any], p: Tensor) -> None:
         state = self.state[p]

@@ -40,8 +40,6 @@ NOTE: [low-precision state]
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -52,6 +50,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
 from adamp_repro.optim import fused_cpu
+from adamp_repro.optim.hyperparams import check_flag, check_range
 from adamp_repro.optim.projection import (
     RowLayout,
     has_row_blocks,
@@ -69,49 +68,6 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 def state_dtype(param: Tensor) -> torch.dtype:
     """fp32 for fp16/bf16 parameters (NOTE: [low-precision state]), the parameter's dtype otherwise."""
     return torch.float32 if param.dtype in LOW_PRECISION else param.dtype
-
-
-def check_range(
-    name: str,
-    value: Any,
-    low: float,
-    high: float | None = None,
-    *,
-    low_open: bool = False,
-    high_open: bool = True,
-) -> None:
-    """Raise ValueError naming ``value`` and what is allowed unless it is a finite real number in range.
-
-    NaN and +-inf are refused even where the interval is unbounded: the official classes take them and then
-    produce NaN weights. A bool is refused (``lr=True`` is a typo, not 1.0); a one-element real tensor is
-    taken, as torch and the official classes take a tensor lr.
-    """
-    if isinstance(value, Tensor):
-        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
-            raise ValueError(
-                f"Invalid {name}: {value!r}; expected a real number or a one-element real tensor"
-            )
-        number = float(value)
-    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"Invalid {name}: {value!r}; expected a real number")
-    else:
-        number = float(value)
-    too_low = number <= low if low_open else number < low
-    too_high = high is not None and (number >= high if high_open else number > high)
-    if too_low or too_high or not math.isfinite(number):
-        if high is None:
-            allowed = f"a finite number {'>' if low_open else '>='} {low:g}"
-        else:
-            left, right = "(" if low_open else "[", ")" if high_open else "]"
-            allowed = f"a value in {left}{low:g}, {high:g}{right}"
-        raise ValueError(f"Invalid {name}: {value!r}; expected {allowed}")
-
-
-def check_flag(name: str, value: Any, allowed: tuple[Any, ...] = (True, False)) -> None:
-    """Raise ValueError unless ``value`` is one of ``allowed`` (a string such as "no" would be truthy)."""
-    if not any(value is option or (isinstance(value, (bool, int)) and value == option) for option in allowed):
-        names = ", ".join(repr(option) for option in allowed)
-        raise ValueError(f"Invalid {name}: {value!r}; expected one of {names}")
 
 
 def _float_hyperparameters(group: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from torch import nn
 
 from adamp_repro.errors import ConfigError, plain_config, resolve_target
 from adamp_repro.optim.adamp import AdamP
+from adamp_repro.optim.hyperparams import HYPERPARAMETERS
 from adamp_repro.optim.param_groups import param_groups
 from adamp_repro.optim.sgdp import SGDP
 
@@ -58,30 +59,16 @@ class OptimizerEntry:
         return sorted(self.keys | FACTORY_KEYS)
 
 
+# The classes of the registered names; the keywords each takes are owned by ``optim.hyperparams``.
+_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "sgdp": SGDP,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adamp": AdamP,
+}
 OPTIMIZERS: dict[str, OptimizerEntry] = {
-    "sgd": OptimizerEntry(torch.optim.SGD, frozenset({"lr", "momentum", "dampening", "nesterov", "foreach"})),
-    "sgdp": OptimizerEntry(
-        SGDP,
-        frozenset(
-            {
-                "lr",
-                "momentum",
-                "dampening",
-                "nesterov",
-                "eps",
-                "delta",
-                "wd_ratio",
-                "foreach",
-                "compile",
-                "project_buffer",
-            }
-        ),
-    ),
-    "adam": OptimizerEntry(torch.optim.Adam, frozenset({"lr", "betas", "eps", "foreach"})),
-    "adamw": OptimizerEntry(torch.optim.AdamW, frozenset({"lr", "betas", "eps", "foreach"})),
-    "adamp": OptimizerEntry(
-        AdamP, frozenset({"lr", "betas", "eps", "delta", "wd_ratio", "nesterov", "foreach", "compile"})
-    ),
+    name: OptimizerEntry(cls, HYPERPARAMETERS[name].keys - FACTORY_KEYS) for name, cls in _CLASSES.items()
 }
 
 

@@ -26,13 +26,12 @@ from adamp_repro.optim import fused_cpu
 from adamp_repro.optim.base import (
     LOW_PRECISION,
     ProjectedOptimizer,
-    check_flag,
-    check_range,
     compiled_kernel,
     fused_kernels_support,
     projects,
     state_dtype,
 )
+from adamp_repro.optim.hyperparams import HYPERPARAMETERS
 from adamp_repro.optim.projection import (
     RowLayout,
     fold_projection,
@@ -134,23 +133,12 @@ class SGDP(ProjectedOptimizer):
         return {**super()._late_defaults(), "project_buffer": True}
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        check_range("learning rate", group["lr"], 0.0, None)
-        check_range("momentum value", group["momentum"], 0.0, 1.0)
-        check_range("dampening", group["dampening"], 0.0, 1.0, high_open=False)
-        check_range("weight_decay value", group["weight_decay"], 0.0, None)
-        check_range("epsilon value", group["eps"], 0.0, None)
-        check_range("delta", group["delta"], 0.0, None, low_open=True)
-        check_range("wd_ratio", group["wd_ratio"], 0.0, None)
-        check_flag("nesterov", group["nesterov"])
+        HYPERPARAMETERS["sgdp"].check(group)
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(
                 f"Invalid nesterov with momentum={group['momentum']!r} and dampening="
                 f"{group['dampening']!r}; nesterov requires momentum > 0 and dampening = 0"
             )
-        check_flag("foreach", group["foreach"], (None, True, False))
-        check_flag("compile", group["compile"])
-        check_flag("project_buffer", group["project_buffer"])
-        check_flag("projection", group["projection"])
 
     def _init_state(self, group: dict[str, Any], p: Tensor) -> None:
         buffer = torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.preserve_format)
