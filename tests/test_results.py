@@ -449,6 +449,60 @@ def test_a_bad_resume_flag_is_a_broken_record(tmp_path: Path) -> None:
     assert "code_changed_on_resume must be true/false, got 'yes'" in problems[0].detail
 
 
+def _forms(**counts: int) -> dict:
+    return {"class": "adamp_repro.optim.sgdp.SGDP", "source": "counted", "unit": "parameter_steps",
+            "forms": counts, "fallbacks": []}  # fmt: skip
+
+
+def test_a_mean_over_runs_that_stepped_with_different_forms_is_marked(tmp_path: Path) -> None:
+    root, out = tmp_path / "runs", tmp_path / "tables"
+    for seed, top1 in enumerate(P1_SGD):  # records written before the forms were recorded: never marked
+        p1_run(root, "sgd", seed, top1)
+    fused, fast = _forms(fused_cpu=620), _forms(fast=620)
+    p1_run(root, "sgdp", 0, 70.6, extra={"optimizer_forms": [fused], "optimizer_forms_mixed": False})
+    p1_run(root, "sgdp", 1, 70.9, extra={"optimizer_forms": [fast], "optimizer_forms_mixed": False})
+    p1_run(root, "sgdp", 2, 70.7)  # not recorded: left out of the judgement, still counted
+    result = build_tables(root, out, PAPER_DIR)
+    assert not [p for p in result.problems if p.kind == "broken"]
+    cells = pd.read_csv(out / "P1.csv", keep_default_na=False)
+    paper_cells = cells[(cells["model"] == "ResNet18") & (cells["scale"] == "paper")]
+    sgdp = paper_cells[paper_cells["optimizer"] == "SGDP"].iloc[0]
+    sgd = paper_cells[paper_cells["optimizer"] == "SGD"].iloc[0]
+    assert (sgdp["n_seeds"], sgdp["forms_mixed"], sgdp["optimizer_forms"]) == (3, True, "fast | fused_cpu")
+    assert (sgd["n_seeds"], sgd["forms_mixed"], sgd["optimizer_forms"]) == (3, False, "")
+    md = (out / "P1.md").read_text()
+    assert "| 70.73 ± 0.15 ‡ | 3 |" in md  # the SGDP mean, marked
+    assert "‡ The seeds of the marked cells stepped with different optimizer forms" in md
+    assert "imagenet/ResNet18/SGDP at scale paper: fast | fused_cpu" in md  # the note names the forms
+    assert f"| {statistics.mean(P1_SGD):.2f} ± {statistics.stdev(P1_SGD):.2f} | 3 |" in md  # SGD: no mark
+    assert "$^\\ddagger$" in (out / "P1.tex").read_text()
+
+
+def test_a_run_whose_segments_ran_different_forms_marks_its_cell(tmp_path: Path) -> None:
+    segments = [_forms(fused_cpu=300), _forms(fast=320)]  # resumed without the fused kernels
+    p1_run(tmp_path, "sgdp", 0, 70.6, extra={"optimizer_forms": segments, "optimizer_forms_mixed": True})
+    p1_run(tmp_path, "sgdp", 1, 70.9, extra={"optimizer_forms": [None, _forms(fast=9)]})  # partly unknown
+    runs, problems = collect_runs(tmp_path)
+    assert not problems
+    by_seed = runs.set_index("seed")
+    assert by_seed.loc[0, "optimizer_forms"] == "fused_cpu; fast" and bool(
+        by_seed.loc[0, "optimizer_forms_mixed"]
+    )
+    assert by_seed.loc[1, "optimizer_forms"] == "fast" and not by_seed.loc[1, "optimizer_forms_mixed"]
+    cell = compare_table("P1", runs, load_paper_numbers(PAPER_DIR)).cells
+    cell = cell[(cell["optimizer"] == "SGDP") & (cell["model"] == "ResNet18")].iloc[0]
+    assert cell["forms_mixed"] and cell["optimizer_forms"] == "fast | fused_cpu; fast"
+
+
+def test_a_bad_forms_record_is_a_broken_record(tmp_path: Path) -> None:
+    p1_run(tmp_path, "sgd", 0, 70.0, extra={"optimizer_forms": {"fast": 3}})
+    p1_run(tmp_path, "sgd", 1, 70.0, extra={"optimizer_forms_mixed": "no"})
+    runs, problems = collect_runs(tmp_path)
+    assert runs.empty and [p.kind for p in problems] == ["broken", "broken"]
+    assert "optimizer_forms must be a list of one entry per segment" in problems[0].detail
+    assert "optimizer_forms_mixed must be true/false/null, got 'no'" in problems[1].detail
+
+
 def adv_run(root: Path, block: str, optimizer: str, seed: int, clean: float, pgd: float, aa=None) -> Path:
     metrics = {"final_eval_top1": clean, "final_eval_clean_top1": clean, "final_eval_robust_top1": pgd}
     if aa is not None:

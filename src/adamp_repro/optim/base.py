@@ -15,6 +15,11 @@ Each optimizer supplies three update forms; ``ProjectedOptimizer.step`` picks on
   the row reductions and the update into two passes; if compiling fails the optimizer warns once and
   uses "fast" from then on.
 
+Which form stepped which parameters is counted as it happens (``forms_used``: form -> parameter-steps, one
+dict increment per bucket and step, no sync), with every fallback and its reason (``form_fallbacks``), so a
+run record can name the code that ran. A step traced by ``torch.compile`` (the whole ``step`` compiled from
+outside) is not counted: a counter mutated inside a traced graph would make it recompile every step.
+
 None of them reads a tensor on the host: every data-dependent choice is a ``torch.where`` on the device
 (in the fused form, a branch inside the C++ kernel).
 
@@ -60,9 +65,12 @@ from adamp_repro.optim.projection import (
     row_statistics,
 )
 
-__all__ = ["LOW_PRECISION", "ProjectedOptimizer", "check_flag", "check_range", "state_dtype"]
+__all__ = ["FORMS", "LOW_PRECISION", "ProjectedOptimizer", "check_flag", "check_range", "state_dtype"]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+# The update forms (module docstring), as ``forms_used`` names them.
+FUSED_CPU, FAST, REFERENCE, COMPILED = "fused_cpu", "fast", "reference", "compiled"
+FORMS = (FUSED_CPU, FAST, REFERENCE, COMPILED)
 
 
 def state_dtype(param: Tensor) -> torch.dtype:
@@ -94,7 +102,39 @@ class ProjectedOptimizer(Optimizer):
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         self._reset_caches()
+        self._reset_form_counts()
         super().__init__(params, defaults)
+
+    # --- which form ran -------------------------------------------------------------------------------
+
+    def _reset_form_counts(self) -> None:
+        # This process's steps only: never part of state_dict, so a resumed run counts its own segment.
+        self._form_counts: dict[str, int] = {}
+        self._fallbacks: list[dict[str, Any]] = []
+        self._fallback_seen: set[tuple[str, str]] = set()
+        self._steps_taken = 0
+
+    def forms_used(self) -> dict[str, int]:
+        """Parameter-steps taken by each update form since construction (``FORMS`` names: ``fused_cpu``,
+        ``fast``, ``reference``, ``compiled``), forms never used left out; a copy. One step of a model with N
+        parameters that have gradients adds N in all."""
+        return dict(self._form_counts)
+
+    def form_fallbacks(self) -> list[dict[str, Any]]:
+        """Each time a form the settings asked for was unavailable, once per kind: ``{"from": form, "to": form,
+        "reason": str, "step": int}`` (``step``: the 1-based ``step()`` call where it first happened); a copy."""
+        return [dict(event) for event in self._fallbacks]
+
+    def _count(self, form: str, n: int) -> None:
+        if n and not torch.compiler.is_compiling():
+            self._form_counts[form] = self._form_counts.get(form, 0) + n
+
+    def _fallback(self, wanted: str, used: str, reason: str) -> None:
+        """Record a fallback once per (wanted, used) pair; later steps cost one set lookup."""
+        if (wanted, used) in self._fallback_seen or torch.compiler.is_compiling():
+            return
+        self._fallback_seen.add((wanted, used))
+        self._fallbacks.append({"from": wanted, "to": used, "reason": reason, "step": self._steps_taken})
 
     # --- construction and serialisation ---------------------------------------------------------------
 
@@ -116,6 +156,8 @@ class ProjectedOptimizer(Optimizer):
             if isinstance(value, type(required)):
                 self.defaults[key] = required
         self._reset_caches()
+        if not hasattr(self, "_form_counts"):  # pickled before the counters existed
+            self._reset_form_counts()
 
     def _late_defaults(self) -> dict[str, Any]:
         return {"foreach": None, "compile": False, "projection": True}
@@ -166,6 +208,8 @@ class ProjectedOptimizer(Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
         loss = None
+        if not torch.compiler.is_compiling():
+            self._steps_taken += 1
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
@@ -194,6 +238,7 @@ class ProjectedOptimizer(Optimizer):
         if group["foreach"] is False:
             for p, g in zip(params, grads):
                 self._reference_update(group, p, g)
+            self._count(REFERENCE, len(params))
             return
         buckets: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
         for p, g in zip(params, grads):
@@ -203,6 +248,7 @@ class ProjectedOptimizer(Optimizer):
                 bucket[1].append(g)
             else:
                 self._reference_update(group, p, g)
+                self._count(REFERENCE, 1)
         for (device, dtype), (bucket_params, bucket_grads) in buckets.items():
             if dtype not in LOW_PRECISION:
                 self._step_bucket(index, group, device, dtype, bucket_params, bucket_grads)
@@ -237,15 +283,13 @@ class ProjectedOptimizer(Optimizer):
             and fused_cpu.enabled()
         )
         compute_dtype = params[0].dtype
-        if (
-            use_fused
-            and device.type == "cpu"
-            and compute_dtype == torch.float32
-            and fused_cpu.load() is not None
-        ):
+        fused_here = group["foreach"] is None and device.type == "cpu" and compute_dtype == torch.float32
+        if use_fused and fused_here and fused_cpu.load() is not None:
             params, grads = self._fused_cpu_bucket(group, params, grads)
             if not params:
                 return
+        elif fused_here and not group["compile"] and (FUSED_CPU, FAST) not in self._fallback_seen:
+            self._fallback(FUSED_CPU, FAST, fused_cpu.unavailable_reason() or "traced by torch.compile")
         if use_compiled and device.type == "cpu":
             self._compiled_bucket(group, params, grads)
         else:
@@ -253,6 +297,7 @@ class ProjectedOptimizer(Optimizer):
                 self._layout(index, device, dtype, params, group["delta"]) if group["projection"] else None
             )
             self._fast_bucket(group, layout, params, grads)
+            self._count(FAST, len(params))
 
     def _working_copies(self, params: Sequence[Tensor]) -> list[Tensor]:
         """fp32 copies of fp16/bf16 parameters (same strides), refreshed from the parameters; persistent
@@ -298,6 +343,7 @@ class ProjectedOptimizer(Optimizer):
                 rest_params.append(p), rest_grads.append(g)
         if taken_params:
             self._fused_cpu_update(group, taken_params, taken_grads)
+            self._count(FUSED_CPU, len(taken_params))
         return rest_params, rest_grads
 
     def _compiled_bucket(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
@@ -306,21 +352,27 @@ class ProjectedOptimizer(Optimizer):
         plain = [(p, g) for p, g in zip(params, grads) if not projects(group, p)]
         if plain:
             self._fast_bucket(group, None, [p for p, _ in plain], [g for _, g in plain])
+            self._count(FAST, len(plain))
         candidates = [(p, g) for p, g in zip(params, grads) if projects(group, p)]
         for position, (p, g) in enumerate(candidates):
             try:
                 self._compiled_update(group, p, g)
             except Exception as error:  # noqa: BLE001 - any compiler/toolchain error means "not available"
+                reason = f"torch.compile failed ({type(error).__name__}: {str(error)[:200]})"
                 warnings.warn(
-                    f"{type(self).__name__}(compile=True): torch.compile failed ({type(error).__name__}: "
-                    f"{str(error)[:200]}); using the eager fast form from now on",
+                    f"{type(self).__name__}(compile=True): {reason}; using the eager fast form from now on",
                     stacklevel=3,
                 )
                 self._compile_failed = True
+                self._fallback(COMPILED, REFERENCE, reason + "; the rest of this step")
+                self._fallback(COMPILED, FAST, reason + "; every later step")
                 # Compilation happens before a kernel mutates anything, so this parameter is still untouched.
                 for q, h in candidates[position:]:
                     self._reference_update(group, q, h)
+                self._count(COMPILED, position)
+                self._count(REFERENCE, len(candidates) - position)
                 return
+        self._count(COMPILED, len(candidates))
 
     # --- multi-tensor helpers -------------------------------------------------------------------------
 

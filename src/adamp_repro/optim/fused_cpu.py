@@ -29,6 +29,10 @@ first use with the system C++ compiler (``$CXX``, default ``g++``) and ``-march=
 the CPU's feature flags; it links the ``libgomp.so.1`` torch has already loaded, so it shares torch's OpenMP
 thread pool and ``torch.set_num_threads``. If the build fails, ``load`` warns once and returns None and the
 optimizers use the torch multi-tensor form. ``ADAMP_REPRO_FUSED_CPU=0`` disables the kernels.
+
+``build_info`` says what this process built or loaded (compiler, its version, flags, library, cache folder),
+or why the kernels were not used; run records keep it (``fused_cpu_build``), since another compiler or another
+``-march=native`` CPU may round a few operations differently.
 """
 
 from __future__ import annotations
@@ -54,12 +58,14 @@ __all__ = [
     "BATCH",
     "CHUNK",
     "build",
+    "build_info",
     "build_seconds",
     "enabled",
     "is_built",
     "library_path",
     "load",
     "step",
+    "unavailable_reason",
 ]
 
 ENV_DISABLE = "ADAMP_REPRO_FUSED_CPU"
@@ -512,7 +518,7 @@ _FLAGS = (
 )
 
 _lock = threading.Lock()
-_state: dict = {"lib": None, "tried": False, "error": None, "build_seconds": None}
+_state: dict = {"lib": None, "tried": False, "error": None, "build_seconds": None, "compiler_version": None}
 
 
 def enabled() -> bool:
@@ -623,6 +629,66 @@ def load(warn: bool = True) -> ctypes.CDLL | None:
         finally:
             _state["tried"] = True
     return _state["lib"]
+
+
+def unavailable_reason() -> str | None:
+    """Why the fused kernels are not used in this process: disabled by ``ADAMP_REPRO_FUSED_CPU``, or the first
+    line of the build or load error; None when they are loaded or not yet tried."""
+    if not enabled():
+        return f"disabled by {ENV_DISABLE}={os.environ.get(ENV_DISABLE)}"
+    error = (_state.get("error") or "").strip()
+    return error.splitlines()[0][:300] if error else None
+
+
+def _compiler_version(compiler: str) -> str | None:
+    """The first line of ``<compiler> --version`` (asked once per process), or None if it does not run."""
+    if _state.get("compiler_version") is None:
+        try:
+            result = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
+            lines = result.stdout.strip().splitlines()
+            _state["compiler_version"] = lines[0] if result.returncode == 0 and lines else ""
+        except (OSError, subprocess.SubprocessError):
+            _state["compiler_version"] = ""
+    return _state.get("compiler_version") or None
+
+
+def build_info() -> dict:
+    """What the fused kernels of this process are, for a run record (JSON-ready; nothing is built here).
+
+    ``status``: ``disabled`` (``reason``: the variable that turned them off), ``loaded`` (built in this
+    process, ``compiled_s`` > 0, or taken from the cache, 0.0), ``failed`` (``reason``: the first line of the
+    error) or ``not_loaded`` (enabled, never asked for: no fp32 CPU step of the default form ran). Always:
+    ``compiler`` (``$CXX`` as given), ``compiler_path``, ``compiler_version`` (first line of ``--version``),
+    ``flags`` (``-march=native`` among them: the library is tuned to the CPU that built it), ``torch`` (the
+    torch whose OpenMP runtime it shares; no torch headers are compiled in), ``library`` (the file name: a hash
+    of source, flags, compiler and CPU) and ``cache_dir`` (home folder written ``~``).
+    """
+    compiler = _compiler()
+    path = shutil.which(compiler)
+    home = os.path.expanduser("~")
+    folder = str(cache_dir())
+    if home not in ("", "/", "~") and (folder == home or folder.startswith(home + os.sep)):
+        folder = "~" + folder[len(home) :]
+    if not enabled():  # what the optimizers do now, even if an earlier step loaded the library
+        status, reason = "disabled", unavailable_reason()
+    elif _state["lib"] is not None:
+        status, reason = "loaded", None
+    elif _state.get("error"):
+        status, reason = "failed", unavailable_reason()
+    else:
+        status, reason = "not_loaded", None
+    return {
+        "status": status,
+        "reason": reason,
+        "compiled_s": _state.get("build_seconds"),
+        "compiler": compiler,
+        "compiler_path": path,
+        "compiler_version": _compiler_version(path) if path else None,
+        "flags": list(_FLAGS),
+        "torch": torch.__version__,
+        "library": library_path().name,
+        "cache_dir": folder,
+    }
 
 
 def step(

@@ -13,7 +13,9 @@ The collector refuses to guess. A completed record is *left out* (reported by pa
 when its summary's scale is not the scale folder it sits in (``<root>/<experiment>/<scale>/<run>``,
 ``scale_mismatch``), or when another record claims the same table cell and seed (``duplicate``: all of them,
 since nothing says which one is right). A record resumed across a change of ``src/``
-(``code_changed_on_resume``) is counted and carries the flag, so tables mark it.
+(``code_changed_on_resume``) is counted and carries the flag, so tables mark it; so is the code that ran: the
+forms of the optimizer each segment stepped with (``optimizer_forms``: column ``optimizer_forms``, the run's
+signature, None for a record that does not say; ``optimizer_forms_mixed``: segments that ran different forms).
 
 W&B is an optional second source (a mirror, never the source of truth): the summary and config of each run
 of a project, read through ``wandb.Api()``; ``history()`` is never called because it samples (wandb#1783).
@@ -51,6 +53,8 @@ from adamp_repro.tracking.schema import (
     LOSS,
     MEAN_FILTER_NORM,
     MEAN_WEIGHT_NORM,
+    OPTIMIZER_FORMS,
+    OPTIMIZER_FORMS_MIXED,
     ROBUST_TOP1,
     SCHEMA_VERSION,
     TOP1,
@@ -61,6 +65,8 @@ from adamp_repro.tracking.schema import (
     epoch1_key,
     eval_key,
     final_key,
+    forms_mixed,
+    run_forms_signature,
     schema_version_of,
     upgrade_summary,
 )
@@ -110,6 +116,8 @@ RUN_COLUMNS = (
     "row_id",  # the catalogue's row of the run's table that its table_block / table_model name (``row_of``)
     *NUMERIC_COLUMNS,
     "code_changed_on_resume",
+    OPTIMIZER_FORMS,  # the run's forms (``schema.run_forms_signature``), None where the record does not say
+    OPTIMIZER_FORMS_MIXED,  # its segments ran different forms (False where unknown)
     "schema_version",
 )
 # Completed records that are not counted: RUN_COLUMNS plus why (``RunProblem.kind`` and ``detail``).
@@ -202,6 +210,8 @@ def _frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
         frame[column] = frame[column].astype(float)
     frame["seed"] = frame["seed"].astype("Int64")
     frame["code_changed_on_resume"] = frame["code_changed_on_resume"].astype(bool)
+    frame[OPTIMIZER_FORMS_MIXED] = frame[OPTIMIZER_FORMS_MIXED].astype(bool)
+    frame[OPTIMIZER_FORMS] = frame[OPTIMIZER_FORMS].astype(object)
     return frame
 
 
@@ -347,6 +357,22 @@ def _summary_to_row(
             run_dir, "broken", f"code_changed_on_resume must be true/false, got {changed!r}"
         )
     row["code_changed_on_resume"] = bool(changed)
+    forms = summary.get(OPTIMIZER_FORMS)
+    if forms is not None and not (
+        isinstance(forms, list) and all(entry is None or isinstance(entry, Mapping) for entry in forms)
+    ):
+        return None, RunProblem(
+            run_dir, "broken", f"{OPTIMIZER_FORMS} must be a list of one entry per segment, got {forms!r}"
+        )
+    mixed = summary.get(OPTIMIZER_FORMS_MIXED)
+    if mixed is not None and not isinstance(mixed, bool):
+        return None, RunProblem(
+            run_dir, "broken", f"{OPTIMIZER_FORMS_MIXED} must be true/false/null, got {mixed!r}"
+        )
+    # Old records say nothing: "forms not recorded", never mixed. The segments' own entries decide, so a
+    # summary whose flag disagrees with them cannot hide a mix.
+    row[OPTIMIZER_FORMS] = run_forms_signature(forms or [])
+    row[OPTIMIZER_FORMS_MIXED] = bool(mixed) or bool(forms_mixed(forms or []))
     try:
         version = schema_version_of(summary)
     except (TypeError, ValueError):

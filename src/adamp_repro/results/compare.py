@@ -17,6 +17,10 @@ standard deviation over seeds of one summary key of the completed runs placed in
   ``adamw`` where a row has adamw runs, else ``adam`` (the ICLR version labels its ImageNet baseline AdamW,
   clovaai/AdamP#10); P4a's Adam is torch Adam, our ``adam``.
 
+A cell whose runs stepped with different optimizer forms (``optimizer_forms``: the fused C++ kernels, the
+multi-tensor or the reference form differ by a few ulp per step), across its seeds or across the segments of one
+run, is ``forms_mixed``; runs whose record does not name its forms are left out of that judgement.
+
 Records the collector left out (duplicate seed, short run, scale mismatch) are counted per cell
 (``n_left_out``), never averaged. Each gain carries its Welch 95% interval, the smallest gain its seeds could
 detect and the seeds per arm needed to detect the paper's printed gain (``stats``); own tables take their
@@ -86,6 +90,8 @@ CELL_COLUMNS = (
     "run_dirs",
     "n_code_changed",
     "code_changed_runs",
+    "optimizer_forms",
+    "forms_mixed",
     "n_left_out",
     "left_out_runs",
     "autoattack_mean",
@@ -163,6 +169,16 @@ def compare_table(
             f"† {len(changed)} counted record(s) resumed after a change to `src/` (summary "
             f"`code_changed_on_resume`: their epochs come from more than one version of the code): "
             + ", ".join(f"`{d}`" for d in changed)
+        )
+    mixed = [c for c in cells if c["forms_mixed"]]
+    if mixed:
+        notes.append(
+            f"‡ {len(mixed)} cell(s) average runs that stepped with different optimizer forms (summary "
+            "`optimizer_forms`: the forms differ by a few ulp per step, which a run can turn into points): "
+            + "; ".join(
+                f"{c['block']}/{c['model']}/{c['optimizer']} at scale {c['scale']}: {c['optimizer_forms']}"
+                for c in mixed
+            )
         )
     gains = paired_gains(table_id, cells_frame, paper)
     return Comparison(table_id, cells_frame, gains, notes, table_left_out.reset_index(drop=True))
@@ -253,6 +269,7 @@ def _cell(table_id, scale, row, group_runs, group_left_out, used, notes) -> dict
     left_out = group_left_out[group_left_out["optimizer"] == our_optimizer].sort_values("run_dir")
     used.update(runs["run_dir"])
     changed = runs.loc[runs["code_changed_on_resume"], "run_dir"]
+    forms = sorted(set(runs["optimizer_forms"].dropna()))
     values = [float(v) for v in runs[key]] if key is not None else []
     labels = sorted(set(runs["dataset_label"].dropna()))
     if len(labels) > 1:
@@ -287,6 +304,9 @@ def _cell(table_id, scale, row, group_runs, group_left_out, used, notes) -> dict
         "run_dirs": ";".join(runs["run_dir"]),
         "n_code_changed": len(changed),
         "code_changed_runs": ";".join(changed),
+        # Each run's forms (segments joined by "; "), distinct ones joined by " | "; runs that do not say are out.
+        "optimizer_forms": " | ".join(forms),
+        "forms_mixed": len(forms) > 1 or bool(runs["optimizer_forms_mixed"].any()),
         "n_left_out": len(left_out),
         "left_out_runs": ";".join(left_out["run_dir"]),
         **_autoattack(row["metric"], runs),

@@ -33,6 +33,7 @@ METRIC_LABELS = {
 AUTOATTACK_LABEL = "AutoAttack (ours; not in the paper)"
 BAR_LABELS = {"standard_acc": "clean", "attacked_acc": "PGD-10", "top1_acc": "top-1"}
 CODE_CHANGED_MARK = "†"
+FORMS_MIXED_MARK = "‡"
 
 
 def gap_sentences(gains: pd.DataFrame, is_paper: bool, paper: pd.DataFrame, table_id: str = "") -> list[str]:

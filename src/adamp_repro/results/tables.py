@@ -20,6 +20,7 @@ from adamp_repro.results.compare import MECHANISM_KEYS, Comparison
 from adamp_repro.results.findings import (
     AUTOATTACK_LABEL,
     CODE_CHANGED_MARK,
+    FORMS_MIXED_MARK,
     METRIC_LABELS,
     MISSING,
     autoattack_sentences,
@@ -128,6 +129,12 @@ def _section(entry, table_id, is_paper, scale, cells, gains, paper, left_out) ->
             f"{CODE_CHANGED_MARK} Some seeds of the marked cells were resumed after a change to `src/` "
             "(summary `code_changed_on_resume`); they are counted, and the notes list them."
         )
+    if part["forms_mixed"].any():
+        grids[0].footer.append(
+            f"{FORMS_MIXED_MARK} The seeds of the marked cells stepped with different optimizer forms (summary "
+            "`optimizer_forms`: fused C++ kernels, multi-tensor or reference form, a few ulp apart per step); the "
+            "notes list them."
+        )
     if len(gain_part):
         proxy = entry.proxy if entry is not None else None
         reference = entry.reference_gain if entry is not None else DEFAULT_REFERENCE
@@ -181,7 +188,10 @@ def _cell_grid(part, varying, is_paper, scale, mechanism) -> Grid:
         if is_paper:
             row += [_text(r["our_optimizer"]), _text(r["paper_printed"]), _band(r["tolerance"])]
         ours = _ours(r["ours_mean"], r["ours_std"], r["n_seeds"])
-        row += [ours + (f" {CODE_CHANGED_MARK}" if r["n_code_changed"] else ""), str(r["n_seeds"])]
+        marks = (CODE_CHANGED_MARK if r["n_code_changed"] else "") + (
+            FORMS_MIXED_MARK if r["forms_mixed"] else ""
+        )
+        row += [ours + (f" {marks}" if marks else ""), str(r["n_seeds"])]
         if is_paper:
             row += [_signed(r["diff"]), _in_band(r["within_tolerance"], scale, r["tolerance"])]
         if mechanism:
@@ -387,6 +397,7 @@ _TEX_UNICODE = {
     "<": "$<$",
     ">": "$>$",
     "†": r"$^\dagger$",
+    "‡": r"$^\ddagger$",
 }
 
 

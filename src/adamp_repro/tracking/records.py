@@ -6,8 +6,10 @@ the run's config, ``train.runner.config_hash``) with a fixed contract:
 - ``config.yaml``      the resolved Hydra config of the run
 - ``provenance.json``  ``{"segments": [...]}``, one entry per segment of the run (the first start and every
                        resume): git commit and dirty flag, a hash of the package's source files, package
-                       versions, device, seed, torch determinism settings, start time. Older records hold a
-                       single dict, read as one segment (``read_provenance_segments``).
+                       versions, device, seed, torch determinism settings, start time; when the segment's
+                       training ends, the code that ran (``optimizer_forms``, ``fused_cpu_build``: names in
+                       ``tracking.schema``). Older records hold a single dict, read as one segment
+                       (``read_provenance_segments``).
 - ``metrics.csv``      one row per epoch, prefixed columns (``train_loss``, ``eval_top1``, ``lr``, ...)
 - ``diagnostics.csv``  optional: per-epoch weight-norm diagnostics of the scale-invariant weights
 - ``summary.json``     the final state: ``schema_version`` (``tracking.schema``; absent = 1), ``status``
@@ -106,6 +108,7 @@ class RunRecord:
 
     def __init__(self, run_dir: str | os.PathLike):
         self.run_dir = Path(run_dir)
+        self.segments: list[dict[str, Any]] = []
         self.metrics: list[dict[str, Any]] = []
         self.diagnostics: list[dict[str, Any]] = []
 
@@ -126,7 +129,17 @@ class RunRecord:
         atomic_write_text(self.run_dir / CONFIG_FILE, config_yaml)
         atomic_write_json(self.run_dir / PROVENANCE_FILE, {"segments": segments})
         self.write_summary({**summary, "status": "running"})
-        return segments
+        self.segments = segments
+        return [dict(segment) for segment in segments]
+
+    def end_segment(self, keys: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Add ``keys`` (what is known only when the training ends) to this segment's provenance entry, the
+        last one, and rewrite ``provenance.json``; returns all segments, oldest first ([] before ``start``)."""
+        if not self.segments:
+            return []
+        self.segments[-1].update(keys)
+        atomic_write_json(self.run_dir / PROVENANCE_FILE, {"segments": self.segments})
+        return [dict(segment) for segment in self.segments]
 
     def restore_rows(
         self,

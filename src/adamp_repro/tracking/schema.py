@@ -11,6 +11,13 @@ taken from the first epoch row, i.e. after the first epoch (the norms before the
 ``at_init_<key>``). Committed summaries are not rewritten: every reader goes through ``upgrade_summary``,
 which gives a summary of an older version this version's key names (``RENAMED_KEYS``).
 
+The code that ran (written by ``train.life.RunLife`` when the training ends, since the optimizer's forms are
+known only after its steps): each provenance segment gets ``optimizer_forms`` (what the optimizer stepped
+with: ``optim.forms.describe_optimizer``) and ``fused_cpu_build`` (``optim.fused_cpu.build_info``), and the
+summary gets both as lists, one entry per segment, oldest first (``null`` for a segment written before the
+keys existed), with ``optimizer_forms_mixed`` (``forms_mixed``). These keys were added without a version
+change: no key changed meaning. A summary without them reads as "forms not recorded", never as mixed.
+
 ``summary_metrics`` turns a run's epoch rows (the rows of ``metrics.csv``) into the metric keys of its
 summary: ``epochs``, ``final_train_loss``, ``final_eval_<metric>`` (the last evaluation, counts left out),
 ``best_eval_<primary metric>``, the median ``images_per_s``, ``final_<key>`` and ``epoch1_<key>`` of the
@@ -146,6 +153,43 @@ TITLES = {
     step_key(LOSS): Title("Train loss per logged step"),
     step_key(LR): Title("Learning rate per logged step"),
 }
+
+
+# The code that ran (module docstring): summary keys, and per-segment keys of provenance.json.
+OPTIMIZER_FORMS, OPTIMIZER_FORMS_MIXED, FUSED_CPU_BUILD = (
+    "optimizer_forms",
+    "optimizer_forms_mixed",
+    "fused_cpu_build",
+)
+
+
+def forms_signature(described: Mapping[str, Any] | None) -> str | None:
+    """The forms one segment ran, as one comparable string: the form names joined by ``+`` in sorted order
+    (``fast+fused_cpu``), the class path where no form is known (an external optimizer), None for a segment that
+    did not record them."""
+    if not isinstance(described, Mapping):
+        return None
+    forms = described.get("forms")
+    if isinstance(forms, Mapping) and forms:
+        return "+".join(sorted(str(form) for form in forms))
+    name = described.get("class")
+    return str(name) if name else None
+
+
+def forms_mixed(segments: Sequence[Mapping[str, Any] | None]) -> bool | None:
+    """Whether the segments of a run (``optimizer_forms`` entries, oldest first) ran different forms: None when
+    one of them did not record its forms (unknown, not mixed), else whether their signatures differ."""
+    signatures = [forms_signature(segment) for segment in segments]
+    if not signatures or any(signature is None for signature in signatures):
+        return None
+    return len(set(signatures)) > 1
+
+
+def run_forms_signature(segments: Sequence[Mapping[str, Any] | None]) -> str | None:
+    """The forms of a whole run: the recorded segments' signatures, distinct, joined by ``; `` in first-seen
+    order; None when no segment recorded them."""
+    signatures = [s for s in (forms_signature(segment) for segment in segments) if s is not None]
+    return "; ".join(dict.fromkeys(signatures)) or None
 
 
 def summarise_rows(rows: Iterable[dict[str, Any]]) -> dict[str, float]:

@@ -15,6 +15,11 @@ launcher's exit                                        signal would have)
 raises anything else                   ``failed``      the exception goes on, its line in ``error``
 =====================================  ==============  ============================================
 
+The final summary also names the code that ran: ``code_that_ran()`` (given by the runner: the optimizer's forms
+and the fused kernels' build) goes into this segment's provenance entry and, with the earlier segments' entries,
+into the summary (``optimizer_forms``, ``fused_cpu_build``: one entry per segment; ``optimizer_forms_mixed``);
+key names and meaning in ``tracking.schema``.
+
 Only rank 0 of a distributed job has a record (``record=None`` elsewhere): the other ranks compute the same
 summary and write nothing.
 """
@@ -24,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,13 +37,17 @@ from typing import Any
 from adamp_repro.tracking.records import RunRecord
 from adamp_repro.tracking.schema import (
     EPOCH,
+    FUSED_CPU_BUILD,
     IMAGES_PER_S,
     MEAN_WEIGHT_NORM,
+    OPTIMIZER_FORMS,
+    OPTIMIZER_FORMS_MIXED,
     ROBUST_TOP1,
     TOP1,
     TRAIN_LOSS,
     at_init_key,
     eval_key,
+    forms_mixed,
     summary_metrics,
 )
 from adamp_repro.tracking.wandb_mirror import WandbMirror
@@ -60,6 +69,8 @@ class RunLife:
         primary_metric: the task's evaluation key whose best value the summary reports.
         run_dir: the run folder (its path goes into the summary).
         at_init: the weight diagnostics before the first step (``at_init_<key>`` in the summary), or None.
+        code_that_ran: called once when the training ends; returns this segment's ``optimizer_forms`` and
+            ``fused_cpu_build`` entries (``tracking.schema``), or None to record neither.
     """
 
     def __init__(
@@ -69,8 +80,10 @@ class RunLife:
         primary_metric: str,
         run_dir: Path,
         at_init: Mapping[str, float] | None = None,
+        code_that_ran: Callable[[], Mapping[str, Any]] | None = None,
     ):
         self.record, self.identity = record, dict(identity)
+        self.code_that_ran = code_that_ran
         self.primary_metric, self.run_dir, self.at_init = primary_metric, run_dir, at_init
         self.wandb: WandbMirror | None = None
         self.state: TrainState | None = None
@@ -158,12 +171,31 @@ class RunLife:
             log.warning(
                 "WARNING: %d unreadable images were skipped (dataset.skip_unreadable_images)", skipped
             )
+        summary |= self._code_keys()
         if self.record is not None:
             summary = self.record.write_summary(summary)
         if self.wandb is not None:
             self.wandb.finish(summary)
         self.summary = summary
         return summary
+
+    def _code_keys(self) -> dict[str, Any]:
+        """This segment's code that ran, written into its provenance entry; the summary keys of all segments."""
+        if self.code_that_ran is None:
+            return {}
+        try:
+            code = dict(self.code_that_ran())
+        except Exception as exc:  # noqa: BLE001 - the final summary is written however this goes
+            log.warning("could not describe the code that ran (%s: %s)", type(exc).__name__, exc)
+            return {}
+        segments = self.record.end_segment(code) if self.record is not None else []
+        segments = segments or [code]  # no record (other ranks), or a record never started
+        forms = [segment.get(OPTIMIZER_FORMS) for segment in segments]
+        return {
+            OPTIMIZER_FORMS: forms,
+            OPTIMIZER_FORMS_MIXED: forms_mixed(forms),
+            FUSED_CPU_BUILD: [segment.get(FUSED_CPU_BUILD) for segment in segments],
+        }
 
 
 def brief(row: Mapping[str, Any]) -> str:

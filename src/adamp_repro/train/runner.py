@@ -32,10 +32,12 @@ from adamp_repro.config import validate_config
 from adamp_repro.data import build_data
 from adamp_repro.data.build import FAMILY_ALIASES
 from adamp_repro.models import build_model
-from adamp_repro.optim import build_optimizer
+from adamp_repro.optim import build_optimizer, fused_cpu
+from adamp_repro.optim.forms import describe_optimizer
 from adamp_repro.tracking.provenance import collect_provenance
 from adamp_repro.tracking.records import RunRecord, is_completed, read_summary
 from adamp_repro.tracking.run_lock import RunLock
+from adamp_repro.tracking.schema import FUSED_CPU_BUILD, OPTIMIZER_FORMS
 from adamp_repro.train.diagnostics import WeightDiagnostics
 from adamp_repro.train.distributed import DistContext, init_distributed, resolve_device, shutdown
 from adamp_repro.train.life import RunLife
@@ -239,6 +241,7 @@ def _run(
         task.primary_metric,
         run_dir,
         at_init=None if diagnostics is None else diagnostics.at_init,
+        code_that_ran=lambda: code_that_ran(optimizer),
     )
     trainer = Trainer(
         model=train_model,
@@ -277,6 +280,11 @@ def _run(
     with life.running():
         trainer.fit()
     return life.summary
+
+
+def code_that_ran(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """What stepped the weights in this process (a segment's ``optimizer_forms`` and ``fused_cpu_build``)."""
+    return {OPTIMIZER_FORMS: describe_optimizer(optimizer), FUSED_CPU_BUILD: fused_cpu.build_info()}
 
 
 def _trainer_settings(cfg: DictConfig) -> TrainerSettings:
