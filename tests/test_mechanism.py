@@ -14,7 +14,7 @@ import torch
 from adamp_repro.reproduce import findings_lines
 from adamp_repro.results.build import build_tables
 from adamp_repro.results.collect import read_records
-from adamp_repro.results.conclusions import identity_rows, reproduction_report
+from adamp_repro.results.conclusions import cpu_line, cpu_types, identity_rows, reproduction_report
 from adamp_repro.results.mechanism import MECHANISM_CHECKS, mechanism_findings, seed_rows
 
 from .test_results import PAPER_DIR, write_run
@@ -158,9 +158,12 @@ def test_a_comparison_that_differs_says_which_cpus_made_the_records(tmp_path):
         _set_cpu(run, here)
         _set_cpu(reference / run.relative_to(fresh), None)
 
+    lines = reproduction_report(fresh, reference, [experiment], "mini", ["mechanism"]).lines
+    assert lines[1].startswith("  CPU:")  # said right under the count of bit-identical runs
+
     def last_line() -> str:
-        lines = reproduction_report(fresh, reference, [experiment], "mini", ["mechanism"]).lines
-        return next(line for line in lines if line.startswith("  CPU:"))
+        rel = [str(run.relative_to(fresh)) for run in runs]
+        return cpu_line(cpu_types(fresh, rel), cpu_types(reference, rel))
 
     assert "the committed records do not say which CPU made them" in last_line()
     assert "Xeon (AVX512)" in last_line()

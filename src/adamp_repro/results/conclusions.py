@@ -15,7 +15,7 @@
   measures the machine and its load: it is reported, never compared;
   (c) how far the numbers moved: per metric the largest |fresh - committed| in points, and the largest such move
   in multiples of the seed spread (the committed records' standard deviation over seeds, ddof 1, of that metric
-  for the same experiment, scale and optimizer).
+  for the same experiment, scale, optimizer and table block).
 
 The comparison is a report, never a failure by itself. What fails a reproduction (``Report.missed``, which sets
 the exit status) is a fresh run that did not complete or that missed the table's own stated targets: the
@@ -312,6 +312,8 @@ def _verdict_lines(fresh: Side, committed: Side) -> tuple[list[str], list[str], 
         if ref is None:
             continue
         if claim.wall_time:
+            if claim.verdict == ref.verdict == "not run":
+                continue
             timed.append(cid)
             lines.append(
                 f"{cid} is judged on wall time (machine-dependent: reported, not compared): here "
@@ -402,12 +404,13 @@ def movement(fresh_root: Path, reference: Path, runs: list[str], table_ids: list
             if math.isnan(move):
                 continue
             moves.append(move)
-            group = (str(Path(rel).parent), ref.get("optimizer"))
+            group = (str(Path(rel).parent), ref.get("optimizer"), ref.get("table_block"))
             if group not in spreads:
                 spreads[group] = [
                     s
                     for p in sorted((reference / group[0]).glob("*/summary.json"))
-                    if (s := _summary(p)).get("status") == "completed" and s.get("optimizer") == group[1]
+                    if (s := _summary(p)).get("status") == "completed"
+                    and (s.get("optimizer"), s.get("table_block")) == group[1:]
                 ]
             values = [v for s in spreads[group] if not math.isnan(v := value(s))]
             spread = statistics.stdev(values) if len(values) >= 2 else math.nan
