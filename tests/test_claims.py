@@ -115,3 +115,26 @@ def test_a_gain_below_the_tables_trained_bar_is_inconclusive(tmp_path):
         "G", "c", "p", tmp_path / "t_gains.csv", "here", tmp_path, trained_bar={"standard_acc": 40}
     )
     assert above.verdict == "inside noise"
+
+
+def test_each_claim_names_its_table_and_a_reproduced_tables_ledger_holds_its_own_claims(tmp_path):
+    from adamp_repro.cli.tables import main as tables_main
+
+    rows = {
+        c.id: c for c in build_claims(tmp_path / "runs", tmp_path / "tables", tmp_path / "figures", tmp_path)
+    }
+    assert {i: rows[i].table for i in ("M1", "M4", "T1", "G2", "G5", "C1")} == {
+        "M1": "mechanism", "M4": "imagenette_analysis", "T1": None, "G2": "imagenette", "G5": "P4a_mini",
+        "C1": "mechanism",
+    }  # fmt: skip
+    assert [c.id for c in rows.values() if c.wall_time] == ["C1"]  # the one claim judged on wall time
+    ledger = tmp_path / "CLAIMS.md"
+    argv = ["--claims-only", "--runs", str(RESULTS / "runs"), "--out", str(tmp_path / "tables"),
+            "--figures", str(RESULTS / "figures"), "--claims", str(ledger), "--claims-tables", "mechanism"]  # fmt: skip
+    shutil.copytree(RESULTS / "tables", tmp_path / "tables")
+    assert tables_main(argv) == 0
+    text = ledger.read_text()
+    assert "Scoped to table(s) `mechanism`" in text
+    ids = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
+    assert ids == ["#", "M1", "M2", "M3", "C1"]  # no other table's claim, so no `not run` row
+    assert list(pd.read_csv(tmp_path / "tables" / "claims.csv")["id"]) == ["M1", "M2", "M3", "C1"]

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from adamp_repro.reproduce import compare_with_reference, findings_lines, reference_lines
+from adamp_repro.reproduce import findings_lines
 from adamp_repro.results.build import build_tables
 from adamp_repro.results.collect import read_records
+from adamp_repro.results.conclusions import cpu_line, cpu_types, identity_rows, reproduction_report
 from adamp_repro.results.mechanism import MECHANISM_CHECKS, mechanism_findings, seed_rows
 
 from .test_results import PAPER_DIR, write_run
@@ -106,15 +107,17 @@ def test_fresh_runs_are_compared_with_the_committed_ones_seed_by_seed(tmp_path):
     experiment = COMPARED_EXPERIMENT
     timed = fresh / experiment / "mini" / "momentum-sgd-s0" / "summary.json"
     timed.write_text(json.dumps({**json.loads(timed.read_text()), "wall_time_s": 123.0, "images_per_s": 5.0}))
-    rows = compare_with_reference(fresh, reference, [experiment], "mini")
+    rows = identity_rows(fresh, reference, [experiment], "mini")
     assert len(rows) == 15
     differing = [r for r in rows if not r["identical"]]
     assert [r["run"] for r in differing] == [f"{experiment}/mini/momentum-sgd-s1"]
     assert "final_eval_top1 0.25" in differing[0]["detail"]
-    lines = reference_lines(str(fresh), str(reference), [experiment], "mini")
+    lines = reproduction_report(fresh, reference, [experiment], "mini", ["mechanism"]).lines
     assert "14 of 15 run(s) bit-identical" in lines[0]
-    assert reference_lines(str(fresh), str(fresh), [experiment], "mini")[0].startswith(
-        "records written to the"
+    assert (
+        reproduction_report(fresh, fresh, [experiment], "mini", ["mechanism"])
+        .lines[0]
+        .startswith("records written to the")
     )
 
 
@@ -132,7 +135,7 @@ def test_a_reference_of_an_older_schema_compares_under_the_current_names(tmp_pat
         ref = reference / experiment / "mini" / rel / "summary.json"
         old = {**json.loads(ref.read_text()), "schema_version": 2, "initial_mean_weight_norm": norm}
         ref.write_text(json.dumps(old))
-    rows = {r["run"]: r for r in compare_with_reference(fresh, reference, [experiment], "mini")}
+    rows = {r["run"]: r for r in identity_rows(fresh, reference, [experiment], "mini")}
     assert rows[f"{experiment}/mini/momentum-sgd-s0"]["identical"]
     moved = rows[f"{experiment}/mini/momentum-sgd-s1"]
     assert not moved["identical"] and "epoch1_mean_weight_norm 0.1" in moved["detail"]
@@ -155,8 +158,12 @@ def test_a_comparison_that_differs_says_which_cpus_made_the_records(tmp_path):
         _set_cpu(run, here)
         _set_cpu(reference / run.relative_to(fresh), None)
 
+    lines = reproduction_report(fresh, reference, [experiment], "mini", ["mechanism"]).lines
+    assert lines[1].startswith("  CPU:")  # said right under the count of bit-identical runs
+
     def last_line() -> str:
-        return reference_lines(str(fresh), str(reference), [experiment], "mini")[-1]
+        rel = [str(run.relative_to(fresh)) for run in runs]
+        return cpu_line(cpu_types(fresh, rel), cpu_types(reference, rel))
 
     assert "the committed records do not say which CPU made them" in last_line()
     assert "Xeon (AVX512)" in last_line()
@@ -183,3 +190,119 @@ def test_provenance_names_the_cpu_type(tmp_path):
     assert cpu["model"] == "Test CPU 9000" and cpu["isa"] == ["avx2", "fma", "avx512f"]
     assert set(cpu["isa"]) <= set(ISA_FLAGS) and isinstance(cpu["capability"], str)
     assert collect_provenance(torch.device("cpu"), 0, 1)["cpu"] == cpu_description()
+
+
+# ------------------------------------------------------------------------------------------ the conclusions
+XEON = {"model": "Xeon", "capability": "AVX512", "isa": ["avx2", "avx512f"]}
+EPYC = {"model": "EPYC", "capability": "AVX2", "isa": ["avx2"]}
+
+
+def _edit(root: Path, run: str, **values) -> None:
+    path = root / COMPARED_EXPERIMENT / "mini" / run / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
+def passing_records(tmp_path, fresh_cpu=XEON, committed_cpu=XEON) -> tuple[Path, Path]:
+    """Fresh and committed records equal to each other, every per-seed target met (SGDP's seed 2 grows +2.3%
+    instead of the fixture's +11.5%), each set made on the given CPU type."""
+    fresh, reference = fresh_and_reference(tmp_path, "momentum-sgdp-s2", lambda data: data)
+    for root, cpu in ((fresh, fresh_cpu), (reference, committed_cpu)):
+        _edit(root, "momentum-sgdp-s2", final_mean_filter_norm=1.33)
+        for run in (root / COMPARED_EXPERIMENT / "mini").iterdir():
+            _set_cpu(run, cpu)
+    return fresh, reference
+
+
+def _report(fresh, reference):
+    return reproduction_report(fresh, reference, [COMPARED_EXPERIMENT], "mini", ["mechanism"])
+
+
+def test_on_the_same_cpu_type_the_runs_are_bit_identical(tmp_path):
+    report = _report(*passing_records(tmp_path))
+    assert report.summary[0] == (
+        "conclusions: the same as the committed records: all 15 run(s) bit-identical (the same CPU type made both)"
+    )
+    assert report.summary[-1].startswith("targets: the runs completed and met the table's per-seed targets")
+    assert report.missed == [] and report.exit_status() == 0
+    assert report.exit_status(runs_failed=True) == 1
+
+
+def test_on_another_cpu_moved_numbers_with_the_same_targets_and_verdicts_are_the_same_conclusions(tmp_path):
+    fresh, reference = passing_records(tmp_path, fresh_cpu=EPYC)
+    _edit(fresh, "momentum-sgdp-s1", final_eval_top1=51.5)  # committed 51.0; std over seeds of SGDP: 1.0
+    _edit(
+        fresh, "momentum-adam-s0", final_mean_filter_norm=1.70
+    )  # growth +30.0% -> +30.8%: targets still met
+    report = _report(fresh, reference)
+    text = "\n".join(report.lines)
+    assert "13 of 15 run(s) bit-identical" in report.lines[0]
+    assert "momentum-sgdp-s1:" not in text  # on another CPU type the moved keys are not listed run by run
+    assert "these runs ran on EPYC (AVX2), the committed records on Xeon (AVX512)" in text
+    assert "12 of 12 judged run(s) meet the same per-seed targets" in text
+    assert "3 run(s) shown beside them, not judged per seed" in text  # vanilla SGD
+    assert report.summary[0] == (
+        "conclusions: the same as the committed records: 12 of 12 judged run(s) meet the same per-seed "
+        "targets; the verdicts of M1, M2, M3 and the 2 accuracy verdicts are the same"
+    )
+    assert report.summary[1].startswith(
+        "  numbers moved (another CPU type made the committed records): top-1 by up to 0.50 points "
+        "(0.5x the seed spread), norm growth by up to 0.77 points"
+    )
+    assert report.missed == [] and report.exit_status() == 0
+
+
+def test_a_verdict_that_changed_is_named_with_both_numbers(tmp_path):
+    fresh, reference = passing_records(tmp_path, fresh_cpu=EPYC)
+    for seed in range(3):  # SGDP 10 points above SGD in every seed: beyond noise here, 0 in the committed
+        _edit(fresh, f"momentum-sgdp-s{seed}", final_eval_top1=60.0 + seed)
+    report = _report(fresh, reference)
+    line = next(line for line in report.lines if "accuracy verdict SGDP − SGD" in line)
+    assert "beyond noise, SGDP ahead here (+10.00 [+" in line
+    assert "inside noise in the committed records (+0.00 [-" in line
+    assert report.summary[0] == (
+        "conclusions: differ from the committed records: SGDP − SGD top-1 (mechanism, row momentum, mini) "
+        "inside noise -> beyond noise, SGDP ahead"
+    )
+    assert "AdamP − Adam" not in report.summary[0] and "the accuracy verdict" in report.summary[1]
+    assert report.exit_status() == 0  # a changed verdict is reported, never a failure by itself
+
+
+def test_a_missed_target_fails_the_reproduction(tmp_path):
+    fresh, reference = passing_records(tmp_path, fresh_cpu=EPYC)
+    _edit(fresh, "momentum-sgdp-s2", final_mean_filter_norm=1.45)  # SGDP +11.5% against SGD's +21.5%
+    report = _report(fresh, reference)
+    assert report.summary[0].startswith(
+        "conclusions: differ from the committed records: per-seed target [mini] SGDP vs momentum SGD seed 2: "
+        "SGDP grows by at most 0.33 of momentum SGD's growth: not met here"
+    )
+    assert "M2 supported -> not supported" in report.summary[0]
+    assert report.missed == [
+        "[mini] SGDP vs momentum SGD seed 2: SGDP grows by at most 0.33 of momentum SGD's growth: not met "
+        "(momentum SGD +21.5%, SGDP +11.5%)"
+    ]
+    assert report.summary[-1].startswith("targets: missed (1): [mini] SGDP vs momentum SGD seed 2")
+    assert report.exit_status() == 1
+    _edit(fresh, "momentum-adamp-s0", status="failed")
+    assert any("momentum-adamp-s0 is 'failed', not completed" in m for m in _report(fresh, reference).missed)
+
+
+def test_a_wall_time_claim_is_reported_not_compared(tmp_path):
+    fresh, reference = passing_records(tmp_path)
+    speeds = {"adam": [100.0, 101.0, 99.0], "adamp": [99.0, 100.0, 98.0]}  # AdamP about 1% slower per image
+    for optimizer, per_seed in speeds.items():
+        for seed, speed in enumerate(per_seed):
+            _edit(reference, f"momentum-{optimizer}-s{seed}", images_per_s=speed)
+            # a busy machine: AdamP's runs here were 30% slower, which says nothing about the code
+            _edit(
+                fresh,
+                f"momentum-{optimizer}-s{seed}",
+                images_per_s=speed * (0.7 if optimizer == "adamp" else 1),
+            )
+    report = _report(fresh, reference)
+    line = next(line for line in report.lines if line.startswith("  C1 is judged on wall time"))
+    assert "here not supported (adamp vs adam: +4" in line and "the committed records: supported" in line
+    assert "C1" not in report.summary[0] and report.summary[0].startswith(
+        "conclusions: the same as the committed"
+    )
+    assert "  not compared: C1 (judged on wall time, which depends on the machine)" in report.summary
+    assert report.exit_status() == 0

@@ -129,3 +129,43 @@ def test_catalogue_runs_only_what_the_experiment_recipes_cover(tmp_path):
     )
     with pytest.raises(ConfigError, match="names experiment 'no_such_experiment'; known: cifar10_resnet56"):
         load_tables(bad, EXPERIMENTS_DIR)
+
+
+def test_exit_status_says_whether_the_runs_met_the_tables_targets_not_whether_they_match(
+    tmp_path, monkeypatch, capsys
+):
+    """``main`` on made records (the training, tables and ledger steps stubbed out): numbers moved on another
+    CPU type with the same conclusions exit 0; a missed per-seed target exits 1."""
+    from adamp_repro import reproduce
+
+    from .test_mechanism import COMPARED_EXPERIMENT, EPYC, _edit, passing_records
+
+    fresh, reference = passing_records(tmp_path, fresh_cpu=EPYC)
+    _edit(fresh, "momentum-sgd-s0", final_eval_top1=57.85)  # committed 50.0
+    for root in (fresh, reference):  # the default table's experiment folder
+        (root / COMPARED_EXPERIMENT).rename(root / "mini_mechanism")
+    commands = []
+    monkeypatch.setattr(
+        reproduce.subprocess,
+        "run",
+        lambda cmd, **kw: commands.append(cmd) or subprocess.CompletedProcess(cmd, 0),
+    )
+    argv = ["--output-root", str(fresh), "--reference", str(reference), "--tables-out", str(tmp_path / "t"),
+            "--figures-out", str(tmp_path / "f"), "--no-figures"]  # fmt: skip
+    assert reproduce.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3].startswith(
+        "[reproduce-table] conclusions: the same as the committed records: 12 of 12 judged"
+    )
+    assert "top-1 by up to 7.85 points (7.9x the seed spread), norm growth not at all" in out[-2]
+    assert out[-1].startswith(
+        "[reproduce-table] targets: the runs completed and met the table's per-seed targets"
+    )
+    ledger_step = next(cmd for cmd in commands if "--claims-only" in cmd)
+    assert ledger_step[-2:] == ["--claims-tables", "mechanism"]  # the fresh ledger: this table's claims only
+    path = fresh / "mini_mechanism" / "mini" / "momentum-sgdp-s2" / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "final_mean_filter_norm": 1.45}))
+    assert reproduce.main(argv) == 1
+    assert (
+        "targets: missed (1): [mini] SGDP vs momentum SGD seed 2" in capsys.readouterr().out.splitlines()[-1]
+    )

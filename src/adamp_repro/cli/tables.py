@@ -2,6 +2,7 @@
 
 adamp-tables                       # results/runs -> results/tables and results/CLAIMS.md
 adamp-tables --claims-only         # only the claims ledger (after the figures are drawn)
+adamp-tables --claims-only --claims-tables mechanism   # only the claims of table mechanism
 adamp-tables --wandb               # also log the tables to W&B (job_type "tables")
 ADAMP_REPRO_TABLES_WANDB=1 adamp-tables   # same, from the environment
 
@@ -44,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         "--claims-only", action="store_true", help="write only the claims ledger from the built tables"
     )
     parser.add_argument(
+        "--claims-tables",
+        default=None,
+        metavar="ID[,ID]",
+        help="keep only the claims judged on these tables' records (table ids, e.g. mechanism; "
+        "`make reproduce-table` scopes its ledger to the table it ran)",
+    )
+    parser.add_argument(
         "--wandb",
         action=argparse.BooleanOptionalAction,
         default=env_wandb,
@@ -61,15 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     claims = args.claims or args.out.parent / "CLAIMS.md"
+    scope = None if args.claims_tables is None else [t for t in args.claims_tables.split(",") if t]
     if args.claims_only:
-        rows = write_claims(args.runs, args.out, args.figures, claims)
+        rows = write_claims(args.runs, args.out, args.figures, claims, scope)
         print(f"{len(rows)} claims -> {claims}")
         return 0
     result = build_tables(args.runs, args.out, args.paper, wandb_project=args.read_wandb)
     print(f"{len(result.runs)} completed runs -> {len(result.written)} files in {args.out}")
     for problem in result.problems:
         print(f"  not counted: {problem}")
-    rows = write_claims(args.runs, args.out, args.figures, claims)
+    rows = write_claims(args.runs, args.out, args.figures, claims, scope)
     print(f"{len(rows)} claims -> {claims}")
     if args.wandb:
         where = log_tables_to_wandb(

@@ -6,4 +6,6 @@
 - ``stats``: Welch's t-test, its interval and power (scipy.stats)
 - ``findings`` / ``tables``: the words and grids of a table, and its Markdown / LaTeX / CSV renderings
 - ``build``: everything above, written to ``results/tables`` (and optionally logged to W&B)
+- ``conclusions``: a reproduction's records beside the committed ones: bit-identity, then the per-seed targets,
+  the table's verdicts and how far the numbers moved (``make reproduce-table``)
 """

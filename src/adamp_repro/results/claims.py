@@ -14,12 +14,17 @@ Verdicts (the same words in every row; the rule of each row is stated in its "ho
 - ``inconclusive``: the run exists but what it measured is too small to weigh either way (a norm that has
   barely moved), or the model did not reach the table's own bar for being trained (fixed before its runs);
 - ``not run``: the suite has the experiment but no completed record of it (e.g. ImageNet here).
+
+Each row names the table whose records are its evidence (``Claim.table``, a catalogue table id; none for the
+deterministic toy) and whether it is judged on wall time (``Claim.wall_time``: a machine-dependent verdict, which
+``make reproduce-table`` reports but does not compare with the committed records'). ``build_claims(...,
+table_ids=...)`` keeps the rows of those tables only: the ledger of one reproduced table.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +38,8 @@ CLAIM_COLUMNS = ("id", "claim", "paper", "tested_at", "seeds", "ours", "verdict"
 VERDICTS = ("supported", "not supported", "inside noise", "inconclusive", "not run")
 TOY_TOLERANCE = 0.01  # relative: the page's final norms are read from its videos to 2-3 digits
 PAPER_OVERHEAD = 8.0  # percent more training time, AdamP over Adam at batch 256 (docs/paper.md §5)
+# The table whose claim (M4) reads the figures step's analysis summary, analysis_<table>_<scale>.csv.
+ANALYSIS_CLAIM_TABLE = "imagenette_analysis"
 
 
 @dataclass
@@ -46,6 +53,10 @@ class Claim:
     verdict: str
     how_judged: str
     evidence: str
+    # The catalogue table id whose records are the evidence (None: no table's, e.g. the deterministic toy).
+    table: str | None = None
+    # Judged on wall time (throughput): the verdict depends on the machine and its load, not on the code alone.
+    wall_time: bool = False
 
     def row(self) -> dict[str, str]:
         return {c: getattr(self, c) for c in CLAIM_COLUMNS}
@@ -74,8 +85,10 @@ def _link(path: Path, base: Path) -> str:
     return f"[{rel.as_posix()}]({rel.as_posix()})"
 
 
-def _not_run(id_: str, claim: str, paper: str, tested_at: str, evidence: str, why: str) -> Claim:
-    return Claim(id_, claim, paper, tested_at, "0", why, "not run", "-", evidence)
+def _not_run(
+    id_: str, claim: str, paper: str, tested_at: str, evidence: str, why: str, table: str | None
+) -> Claim:
+    return Claim(id_, claim, paper, tested_at, "0", why, "not run", "-", evidence, table)
 
 
 # ------------------------------------------------------------------------------------------ the mechanism
@@ -99,7 +112,7 @@ def mechanism_claims(tables: Path, base: Path) -> list[Claim]:
     ev = _link(tables / "mechanism_mechanism.md", base)
     if seeds is None or seeds.empty:
         return [
-            _not_run(*MECHANISM_CLAIMS[i], tested, ev, "no record of table `mechanism`")
+            _not_run(*MECHANISM_CLAIMS[i], tested, ev, "no record of table `mechanism`", "mechanism")
             for i in MECHANISM_CLAIMS
         ]
     sgd = seeds[seeds["baseline"] == "momentum SGD"]
@@ -131,6 +144,7 @@ def mechanism_claims(tables: Path, base: Path) -> list[Claim]:
             verdict(grows),
             "every seed: growth >= +10% for momentum SGD and Adam, and momentum SGD's above vanilla SGD's",
             ev,
+            "mechanism",
         ),
         Claim(
             *MECHANISM_CLAIMS["M2"],
@@ -140,6 +154,7 @@ def mechanism_claims(tables: Path, base: Path) -> list[Claim]:
             verdict(holds),
             "every seed: the projected arm grows by at most a third of its baseline's growth",
             ev,
+            "mechanism",
         ),
         Claim(
             *MECHANISM_CLAIMS["M3"],
@@ -150,6 +165,7 @@ def mechanism_claims(tables: Path, base: Path) -> list[Claim]:
             verdict(step),
             "every seed: momentum SGD's final effective step is below SGDP's",
             ev,
+            "mechanism",
         ),
     ]
 
@@ -157,12 +173,13 @@ def mechanism_claims(tables: Path, base: Path) -> list[Claim]:
 def analysis_claim(figures: Path, base: Path) -> list[Claim]:
     """The ResNet-18 analysis (paper: momentum SGD x3.04, SGDP x1.54 over 90 ImageNet epochs)."""
     frame = None
-    for path in sorted(figures.glob("analysis_imagenette_analysis_*.csv")):
+    table = ANALYSIS_CLAIM_TABLE
+    for path in sorted(figures.glob(f"analysis_{table}_*.csv")):
         frame, source = _read(path), path
-    tested = "ResNet-18, Imagenette 96 px, 8 epochs, step decay (table imagenette_analysis)"
+    tested = f"ResNet-18, Imagenette 96 px, 8 epochs, step decay (table {table})"
     claim, paper = "ResNet-18 on ImageNet: momentum SGD's filter norms grow x3.04, SGDP's x1.54", "§2, Fig. 3"
     if frame is None or frame.empty:
-        return [_not_run("M4", claim, paper, tested, "-", "no record of table `imagenette_analysis`")]
+        return [_not_run("M4", claim, paper, tested, "-", "no record of table `imagenette_analysis`", table)]
     by = frame.set_index("curve")
     mom, proj = by.loc["momentum_sgd", "norm_growth"], by.loc["sgdp", "norm_growth"]
     n = str(int(by.loc["momentum_sgd", "n_seeds"]))
@@ -173,7 +190,8 @@ def analysis_claim(figures: Path, base: Path) -> list[Claim]:
         ours += " (the growth has barely begun in this schedule: not a test of the paper's x3.04)"
     else:
         verdict = "supported" if proj < mom else "not supported"
-    return [Claim("M4", claim, paper, tested, n, ours, verdict, rule, _link(source.with_suffix(".md"), base))]
+    evidence = _link(source.with_suffix(".md"), base)
+    return [Claim("M4", claim, paper, tested, n, ours, verdict, rule, evidence, table)]
 
 
 def toy_claims(figures: Path, base: Path) -> list[Claim]:
@@ -185,7 +203,7 @@ def toy_claims(figures: Path, base: Path) -> list[Claim]:
     )
     tested = "the page's 2D cosine toy, float64, 500 steps (deterministic)"
     if frame is None or frame.empty:
-        return [_not_run("T1", claim, paper, tested, "-", "toy figures not built")]
+        return [_not_run("T1", claim, paper, tested, "-", "toy figures not built", None)]
     known = frame.dropna(subset=["paper_final_norm"])
     worst = float(known["norm_rel_diff"].abs().max())
     parts = [
@@ -249,8 +267,10 @@ def gain_claim(
     metrics: Iterable[str] | None = None,
     trained_bar: dict[str, float] | None = None,
 ) -> Claim:
-    """One gains claim; with ``trained_bar`` ({metric: accuracy %}, the table's own bar fixed before its runs)
-    the verdict is ``inconclusive`` where the better arm of the pair is below the bar in some metric."""
+    """One gains claim of the table ``<table>_gains.csv`` names; with ``trained_bar`` ({metric: accuracy %},
+    the table's own bar fixed before its runs) the verdict is ``inconclusive`` where the better arm of the pair
+    is below the bar in some metric."""
+    table = gains_csv.name.removesuffix("_gains.csv")
     frame = _read(gains_csv)
     evidence = _link(gains_csv.with_name(gains_csv.name.replace("_gains.csv", ".md")), base)
     if frame is not None and pairs is not None:
@@ -263,7 +283,7 @@ def gain_claim(
     elif frame is not None:
         frame = None
     if frame is None or frame.empty:
-        return _not_run(id_, claim, paper, tested_at, evidence, "no completed record")
+        return _not_run(id_, claim, paper, tested_at, evidence, "no completed record", table)
     seeds = ", ".join(
         sorted({f"{int(a)} vs {int(b)}" for a, b in zip(frame["n_baseline"], frame["n_proposed"])})
     )
@@ -287,7 +307,7 @@ def gain_claim(
         if short:
             verdict = "inconclusive"
             ours += "; below the bar: " + ", ".join(short)
-    return Claim(id_, claim, paper, tested_at, seeds, ours, verdict, rule, evidence)
+    return Claim(id_, claim, paper, tested_at, seeds, ours, verdict, rule, evidence, table)
 
 
 def _below_bar(cells_csv: Path, gains: pd.DataFrame, bar: dict[str, float]) -> list[str]:
@@ -348,7 +368,8 @@ def overhead_claim(runs: Path, tables: Path, base: Path) -> Claim:
         overheads.append((proj, over, lo, hi))
         parts.append(f"{proj} vs {base_name}: {over:+.1f}% time per image [{lo:+.1f}, {hi:+.1f}]")
     if not overheads:
-        return _not_run("C1", claim, paper, tested, "-", "no completed records of table `mechanism`")
+        why = "no completed records of table `mechanism`"
+        return replace(_not_run("C1", claim, paper, tested, "-", why, "mechanism"), wall_time=True)
     adamp = [o for o in overheads if o[0] == "adamp"]
     if not adamp:
         verdict = "not run"
@@ -375,12 +396,17 @@ def overhead_claim(runs: Path, tables: Path, base: Path) -> Claim:
         f"AdamP's 95% interval of extra time per image: wholly below +{PAPER_OVERHEAD:.0f}% supported, "
         "wholly above not supported, else inside noise",
         evidence,
+        "mechanism",
+        wall_time=True,
     )
 
 
 # ------------------------------------------------------------------------------------------ the ledger
-def build_claims(runs: Path, tables: Path, figures: Path, base: Path) -> list[Claim]:
-    """Every row of the ledger; ``base`` is the folder CLAIMS.md is written to (links are relative to it)."""
+def build_claims(
+    runs: Path, tables: Path, figures: Path, base: Path, table_ids: Iterable[str] | None = None
+) -> list[Claim]:
+    """Every row of the ledger, or with ``table_ids`` the rows of those tables only (``Claim.table``);
+    ``base`` is the folder CLAIMS.md is written to (links are relative to it)."""
     rows = mechanism_claims(tables, base) + analysis_claim(figures, base) + toy_claims(figures, base)
     rows.append(
         gain_claim(
@@ -435,6 +461,9 @@ def build_claims(runs: Path, tables: Path, figures: Path, base: Path) -> list[Cl
         )
     )
     rows.append(overhead_claim(runs, tables, base))
+    if table_ids is not None:
+        keep = set(table_ids)
+        rows = [r for r in rows if r.table in keep]
     return rows
 
 
@@ -443,10 +472,16 @@ def _trained_bar(table_id: str) -> dict[str, float]:
     return dict(entry.trained_bar) if entry is not None else {}
 
 
-def claims_markdown(rows: list[Claim]) -> str:
-    lines = [
-        "# Claims ledger: the paper's claims and what this suite's records say",
-        "",
+def claims_markdown(rows: list[Claim], table_ids: Iterable[str] | None = None) -> str:
+    """The ledger page; ``table_ids``: the tables it is scoped to (a reproduced table's ledger), said on top."""
+    lines = ["# Claims ledger: the paper's claims and what this suite's records say", ""]
+    if table_ids is not None:
+        lines += [
+            "Scoped to table(s) " + ", ".join(f"`{t}`" for t in table_ids) + ": only the claims judged on "
+            "their records (the full ledger: `make tables`, `results/CLAIMS.md`).",
+            "",
+        ]
+    lines += [
         "Built by `make tables` (and `make reproduce-table`) from the run records, tables and figures; never "
         "typed. Each row names the scale and data it was tested at: a verdict holds at that scale only. "
         "Verdicts: **supported** (meets the row's rule), **not supported** (evidence against it), "
@@ -481,10 +516,14 @@ def claims_markdown(rows: list[Claim]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_claims(runs: Path, tables: Path, figures: Path, out: Path) -> list[Claim]:
-    """Write ``out`` (CLAIMS.md) and ``<tables>/claims.csv``; return the rows."""
-    rows = build_claims(Path(runs), Path(tables), Path(figures), Path(out).parent)
-    atomic_write_text(Path(out), claims_markdown(rows))
+def write_claims(
+    runs: Path, tables: Path, figures: Path, out: Path, table_ids: Iterable[str] | None = None
+) -> list[Claim]:
+    """Write ``out`` (CLAIMS.md) and ``<tables>/claims.csv``, scoped to ``table_ids`` when given; return the
+    rows."""
+    table_ids = None if table_ids is None else list(table_ids)
+    rows = build_claims(Path(runs), Path(tables), Path(figures), Path(out).parent, table_ids)
+    atomic_write_text(Path(out), claims_markdown(rows, table_ids))
     csv = pd.DataFrame([c.row() for c in rows], columns=list(CLAIM_COLUMNS)).to_csv(index=False)
     atomic_write_text(Path(tables) / "claims.csv", csv)
     return rows
