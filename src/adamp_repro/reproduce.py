@@ -12,6 +12,12 @@ each fresh record is compared with the committed one of the same config (the sam
 ``results/runs``), seed by seed: bit-identical on the same CPU type, or how far apart. ``--out results``
 writes the committed layout itself (how the committed records are made); ``make tables`` rebuilds
 ``results/tables`` from ``results/runs`` alone.
+
+Before any run starts, a pre-flight composes every run of the table as its multirun will (``train.preflight``)
+and checks each as the run itself would before any work (config schema, task, data source): a problem is one
+line ``error: table <T> (<experiments>): ...``, the command exits 2 and writes nothing. On a cluster launcher
+the data sources are left to the compute nodes; ``--no-preflight`` skips it. While the runs train, a watcher
+reads their folders' ``summary.json`` and shows the table's progress (``tracking.progress``).
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from omegaconf import OmegaConf
 from adamp_repro import catalogue, paths
 from adamp_repro.config import SCALES
 from adamp_repro.errors import ConfigError, UsageError
+from adamp_repro.tracking.progress import watching
 from adamp_repro.tracking.records import read_provenance_segments
 from adamp_repro.tracking.schema import SCHEMA_VERSION_KEY, upgrade_summary
+from adamp_repro.train.preflight import check_multiruns, is_local, launcher_of
 
 PROJECT_ROOT = paths.project_root()
 # The commands the runs, tables and figures go through (``python -m <module>``, adamp_repro.cli).
@@ -163,6 +171,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="committed records to compare the fresh runs with (default: results/runs)",
     )
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
+    parser.add_argument(
+        "--no-preflight",
+        dest="preflight",
+        action="store_false",
+        help="start the runs without checking each first (config schema, data source)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument(
         "--fresh", action="store_true", help="train every run again (resume=never), even complete ones"
@@ -234,23 +248,20 @@ def main(argv: list[str]) -> int:
         f"[reproduce-table] scale {args.scale}, {len(experiments)} experiment(s), {runs} run(s) "
         f"({'/'.join(map(str, seed_counts))} seed(s) each); complete runs are skipped, interrupted ones resume"
     )
-    failed = False
-    for index, (experiment, optimizers, n) in enumerate(plan, 1):
-        extra = [*args.extra, "resume=never"] if args.fresh else args.extra
-        cmd = multirun_command(
-            experiment, optimizers, n, args.scale, extra, args.output_root, spec.get("overrides", [])
-        )
-        print(f"[reproduce-table] ({index}/{len(plan)}) {shown(cmd)}", flush=True)
-        if args.dry_run:
-            continue
-        result = subprocess.run(cmd, cwd=PROJECT_ROOT)
-        if result.returncode != 0:
-            failed = True
-            print(
-                f"[reproduce-table] experiment {experiment} failed (exit {result.returncode}); "
-                "building the tables from what exists",
-                file=sys.stderr,
-            )
+    extra = [*args.extra, "resume=never"] if args.fresh else args.extra
+    overrides = spec.get("overrides", [])
+    commands = [
+        (e, multirun_command(e, o, n, args.scale, extra, args.output_root, overrides)) for e, o, n in plan
+    ]
+    watched: dict[str, Path] = {}
+    if not args.dry_run:
+        problems, watched = preflight(args, commands)
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        if problems:
+            return UsageError.exit_status
+    with watching(watched, fresh=args.fresh):
+        failed = _run_commands(commands, args.dry_run)
     if args.dry_run:
         return 0
     runs_root = args.output_root
@@ -275,6 +286,47 @@ def main(argv: list[str]) -> int:
         f"claims ledger {claims}"
     )
     return 1 if failed else 0
+
+
+def _run_commands(commands: list[tuple[str, list[str]]], dry_run: bool) -> bool:
+    """Run each multirun in turn (print it only, ``dry_run``); True when any failed (the others still run)."""
+    failed = False
+    for index, (experiment, cmd) in enumerate(commands, 1):
+        print(f"[reproduce-table] ({index}/{len(commands)}) {shown(cmd)}", flush=True)
+        if dry_run:
+            continue
+        result = subprocess.run(cmd, cwd=PROJECT_ROOT)
+        if result.returncode != 0:
+            failed = True
+            print(
+                f"[reproduce-table] experiment {experiment} failed (exit {result.returncode}); "
+                "building the tables from what exists",
+                file=sys.stderr,
+            )
+    return failed
+
+
+def preflight(args: argparse.Namespace, commands: list[tuple[str, list[str]]]) -> tuple[list[str], dict]:
+    """Every run of the table composed as its multirun will compose it (``train.preflight``): one line per
+    distinct problem, naming the table and its experiments that have it, and the runs to watch (name ->
+    folder). A cluster launcher's runs are not checked for their data, which only the compute nodes may see."""
+    launcher = launcher_of(commands[0][1]) if commands else "basic"
+    data = is_local(launcher)
+    if args.preflight and not data:
+        print(
+            f"[reproduce-table] pre-flight: launcher {launcher} runs the jobs on other machines, so the data "
+            "sources are not checked here (each run checks its own before any work)"
+        )
+    multiruns = [(e, cmd[cmd.index(TRAIN_MODULE) + 1 :]) for e, cmd in commands]  # its "-m" is dropped
+    flight = check_multiruns(
+        multiruns, paths.config_dir(), check=args.preflight, data=data, base=PROJECT_ROOT
+    )
+    lines = []
+    for text, experiments in flight.problems.items():
+        if text in flight.missing_data:
+            text += '; data elsewhere: pass ARGS="dataset.root=<folder>" (make) or -- dataset.root=<folder>'
+        lines.append(f"table {args.table} ({', '.join(experiments)}): {text}")
+    return lines, flight.runs
 
 
 def _table_ids(experiments: list[str]) -> list[str]:

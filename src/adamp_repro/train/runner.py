@@ -150,7 +150,8 @@ def check_before_work(cfg: DictConfig, *, data: bool = True, base: Path | None =
     complete needs no data (``resume: auto`` returns it as it is), so its data source is not checked."""
     validate_config(cfg)
     build_task(cfg.task)
-    if data and not (cfg.resume == "auto" and is_completed(run_dir_for(cfg))):
+    run_dir = run_dir_for(cfg) if base is None else Path(base) / run_dir_for(cfg)
+    if data and not (cfg.resume == "auto" and is_completed(run_dir)):
         check_source(cfg.dataset, base)
 
 
