@@ -13,11 +13,9 @@ each fresh record is compared with the committed one of the same config (the sam
 writes the committed layout itself (how the committed records are made); ``make tables`` rebuilds
 ``results/tables`` from ``results/runs`` alone.
 
-Before any run starts, a pre-flight composes every run of the table as its multirun will (``train.preflight``)
-and checks each as the run itself would before any work (config schema, task, data source): a problem is one
-line ``error: table <T> (<experiments>): ...``, the command exits 2 and writes nothing. On a cluster launcher
-the data sources are left to the compute nodes; ``--no-preflight`` skips it. While the runs train, a watcher
-reads their folders' ``summary.json`` and shows the table's progress (``tracking.progress``).
+First a pre-flight (``train.preflight``; ``--no-preflight`` skips it) checks every run as it would check itself
+before any work: a problem is one line, exit 2, nothing written. While the runs train, the table's progress is
+read from their folders (``tracking.progress``).
 """
 
 from __future__ import annotations
@@ -37,7 +35,6 @@ from adamp_repro.errors import ConfigError, UsageError
 from adamp_repro.tracking.progress import watching
 from adamp_repro.tracking.records import read_provenance_segments
 from adamp_repro.tracking.schema import SCHEMA_VERSION_KEY, upgrade_summary
-from adamp_repro.train.preflight import check_multiruns, is_local, launcher_of
 
 PROJECT_ROOT = paths.project_root()
 # The commands the runs, tables and figures go through (``python -m <module>``, adamp_repro.cli).
@@ -53,6 +50,7 @@ REFERENCE_RUNS = paths.results_dir() / "runs"
 # committed record may be of an older schema version: both are read with this version's key names).
 UNCOMPARED_KEYS = ("wall_time_s", "images_per_s", "run_dir", "error", SCHEMA_VERSION_KEY)
 NO_REFERENCE = "no committed record of this config"
+DATA_HINT = '; data elsewhere: pass ARGS="dataset.root=<folder>" (make) or -- dataset.root=<folder>'
 
 
 def load_tables(path: Path = TABLES_FILE, experiments_dir: Path = EXPERIMENTS_DIR) -> dict:
@@ -307,26 +305,15 @@ def _run_commands(commands: list[tuple[str, list[str]]], dry_run: bool) -> bool:
 
 
 def preflight(args: argparse.Namespace, commands: list[tuple[str, list[str]]]) -> tuple[list[str], dict]:
-    """Every run of the table composed as its multirun will compose it (``train.preflight``): one line per
-    distinct problem, naming the table and its experiments that have it, and the runs to watch (name ->
-    folder). A cluster launcher's runs are not checked for their data, which only the compute nodes may see."""
-    launcher = launcher_of(commands[0][1]) if commands else "basic"
-    data = is_local(launcher)
-    if args.preflight and not data:
-        print(
-            f"[reproduce-table] pre-flight: launcher {launcher} runs the jobs on other machines, so the data "
-            "sources are not checked here (each run checks its own before any work)"
-        )
+    """Every run of the table composed as its multirun will be (``train.preflight``): one line per distinct
+    problem, naming the table and the experiments that have it, and the runs to watch (name -> folder)."""
+    from adamp_repro.train.preflight import check_multiruns  # imports torch: only when runs are to start
+
     multiruns = [(e, cmd[cmd.index(TRAIN_MODULE) + 1 :]) for e, cmd in commands]  # its "-m" is dropped
-    flight = check_multiruns(
-        multiruns, paths.config_dir(), check=args.preflight, data=data, base=PROJECT_ROOT
-    )
-    lines = []
-    for text, experiments in flight.problems.items():
-        if text in flight.missing_data:
-            text += '; data elsewhere: pass ARGS="dataset.root=<folder>" (make) or -- dataset.root=<folder>'
-        lines.append(f"table {args.table} ({', '.join(experiments)}): {text}")
-    return lines, flight.runs
+    flight = check_multiruns(multiruns, paths.config_dir(), check=args.preflight, base=PROJECT_ROOT)
+    for note in flight.notes:
+        print(f"[reproduce-table] {note}")
+    return flight.lines(f"table {args.table}", DATA_HINT), flight.runs
 
 
 def _table_ids(experiments: list[str]) -> list[str]:

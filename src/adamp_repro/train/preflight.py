@@ -79,13 +79,22 @@ def refusals(cfgs: Sequence[DictConfig], *, data: bool, base: Path | None = None
 
 @dataclass
 class Flight:
-    """What the pre-flight of a batch of multiruns found. ``problems``: each distinct refusal's message ->
-    the labels of the multiruns that have it; ``missing_data``: the messages that are a DataSourceMissing;
-    ``runs``: each composed run's name (``runner.run_tag``) -> its folder."""
+    """What the pre-flight of a batch of multiruns found. ``problems``: each distinct refusal's message -> the
+    labels of the multiruns that have it; ``missing_data``: those messages that are a DataSourceMissing;
+    ``runs``: each composed run's name (``runner.run_tag``) -> its folder; ``notes``: what was not checked."""
 
     problems: dict[str, list[str]] = field(default_factory=dict)
     missing_data: set[str] = field(default_factory=set)
     runs: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self, what: str, data_hint: str = "") -> list[str]:
+        """One line per distinct problem: ``<what> (<labels>): <message>``, ``data_hint`` after a missing
+        data source (how to pass another root)."""
+        return [
+            f"{what} ({', '.join(labels)}): {text}{data_hint if text in self.missing_data else ''}"
+            for text, labels in self.problems.items()
+        ]
 
 
 def check_multiruns(
@@ -93,14 +102,22 @@ def check_multiruns(
     config_dir: Path,
     *,
     check: bool = True,
-    data: bool = True,
     base: Path | None = None,
 ) -> Flight:
     """Compose every run of ``multiruns`` ((label, overrides) each) and, with ``check``, collect the refusals
-    each would make before any work (``data=False``: not the data sources). ``base``: the folder the runs start
-    in (relative run folders and data roots are taken from it)."""
+    each would make before any work; the data sources only of the runs a local launcher starts (a cluster's
+    compute nodes may see data this machine does not: a note says so). ``base``: the folder the runs start in
+    (relative run folders and data roots are taken from it)."""
     flight = Flight()
     for label, overrides in multiruns:
+        launcher = launcher_of(overrides)
+        data = is_local(launcher)
+        note = (
+            f"pre-flight: launcher {launcher} runs the jobs on other machines, so the data sources are not "
+            "checked here (each run checks its own before any work)"
+        )
+        if check and not data and note not in flight.notes:
+            flight.notes.append(note)
         try:
             cfgs = compose_sweep(overrides, config_dir)
         except ConfigError as exc:
