@@ -8,7 +8,9 @@ is one object, ``train.life.RunLife``: its ``summary.json`` is written however t
 still leaves a record with status ``failed`` and the error, a NaN loss leaves ``diverged``, Ctrl-C, SIGTERM and
 SIGHUP leave ``interrupted`` with the signal (see ``train.stopping``), an unreadable checkpoint leaves ``failed``.
 
-Before anything is written, rank 0 locks the run folder (``tracking.run_lock``); before anything is read, a
+Before the run folder exists, ``check_before_work`` refuses a bad config value or a missing data source in one
+line (a UsageError). Every line the run logs starts with its name (``run_tag``). Before anything is written,
+rank 0 locks the run folder (``tracking.run_lock``); before anything is read, a
 resume checks that the package's source hash is the one the run's last segment recorded (``allow_code_change``
 lets it go on anyway, and the summary then says ``code_changed_on_resume``). What happens on each fault, and
 the way out, is in docs/reliability.md.
