@@ -57,6 +57,16 @@ def written(tmp_path) -> list[str]:
             "task=adversarial task.autoattack.version=custom",
             "error: task.autoattack: Invalid autoattack attacks: None; version 'custom' needs a list",
         ),
+        (  # the data source is checked (file names only) before the run folder is made
+            "dataset=cifar10 dataset.root=/nonexistent/cifar",
+            "error: dataset.root='/nonexistent/cifar' (does not exist) holds no data set in any allowed layout. "
+            "Allowed layouts: root/train_jpeg.npz",
+        ),
+        (
+            "experiment=imagenette_resnet18 dataset.root=/nonexistent/imagenette",
+            "error: dataset.root='/nonexistent/imagenette' (does not exist) must hold ImageFolder trees "
+            "train/<class>/* and val/<class>/*. To obtain the data: run `make data-imagenette`",
+        ),
     ],
 )
 def test_refused_value_is_one_line_and_exit_2(tmp_path, override, line):

@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from PIL import Image
 
-from adamp_repro.data import build_data
+from adamp_repro.data import DataSourceMissing, build_data, check_source
 from adamp_repro.data.augment import crop_flip, draw_crop_flip
 from adamp_repro.data.cifar_sources import embedded_path
 from adamp_repro.data.image_folder import eval_transform
 from adamp_repro.data.sharding import class_interleaved_order, make_generator, train_shard
+from adamp_repro.errors import UsageError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "dataset"
 GOLDEN = Path(__file__).resolve().parent / "golden" / "imagenet_eval_transform.npz"
@@ -219,6 +220,39 @@ def test_missing_root_says_how_to_obtain(tmp_path):
         build_data(dataset_cfg("cifar10", root=str(missing)), seed=0)
     with pytest.raises(FileNotFoundError, match="make data-imagenette"):
         build_data(dataset_cfg("imagenette", root=str(missing)), seed=0)
+
+
+def test_check_source_refuses_a_missing_root_in_one_line_without_decoding(tmp_path):
+    """The check made before any run folder exists: the same refusal as build_data's, from names alone."""
+    missing = tmp_path / "no_cifar_here"
+    with pytest.raises(DataSourceMissing) as refused:
+        check_source(dataset_cfg("cifar10", root=str(missing)))
+    line = str(refused.value)
+    assert isinstance(refused.value, UsageError) and "\n" not in line
+    assert line.startswith(
+        f"dataset.root='{missing}' (does not exist) holds no data set in any allowed layout"
+    )
+    assert "root/train_jpeg.npz" in line and "make data-cifar10" in line and "CIFAR10_JPEG_DIR" in line
+    missing.mkdir()
+    with pytest.raises(
+        DataSourceMissing, match=r"\(exists\) holds no data set in the dataset.format='jpeg_npz' layout"
+    ):
+        check_source(dataset_cfg("cifar10", root=str(missing), format="jpeg_npz"))
+    # Empty files of the right names pass: the check opens nothing (build_data would fail to decode them).
+    (missing / "train_jpeg.npz").touch()
+    (missing / "test_jpeg.npz").touch()
+    check_source(dataset_cfg("cifar10", root=str(missing)))
+    check_source(dataset_cfg("cifar10", root="no_cifar_here"), base=tmp_path)  # relative to base
+    with pytest.raises(DataSourceMissing, match="download=true"):
+        check_source(dataset_cfg("cifar10", root="elsewhere"), base=tmp_path)
+    check_source(dataset_cfg("cifar10", root=str(tmp_path / "later"), download=True))  # fetched at build
+    check_source(dataset_cfg("cifar10_embedded"))  # root: null, shipped with the package
+    trees = tmp_path / "imagenette"
+    (trees / "train").mkdir(parents=True)
+    with pytest.raises(DataSourceMissing, match=r"\(exists, incomplete\) must hold ImageFolder trees"):
+        check_source(dataset_cfg("imagenette", root=str(trees)))
+    (trees / "val").mkdir()
+    check_source(dataset_cfg("imagenette", root=str(trees)))
 
 
 def test_batch_larger_than_data_names_both_numbers():

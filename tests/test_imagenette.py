@@ -113,3 +113,4 @@ def test_missing_data_names_the_path_and_make_target(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         run(cfg)
     assert str(missing) in str(info.value) and "make data-imagenette" in str(info.value)
+    assert not (tmp_path / "runs").exists()  # refused before the run folder is made

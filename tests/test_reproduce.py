@@ -59,9 +59,22 @@ def test_reproduce_table_smoke_end_to_end(tmp_path):
     # The terminal output ends with the findings, the comparison with the committed records and the paths.
     assert "findings:" in first.stdout and "SGDP vs momentum SGD" in first.stdout
     assert "no committed reference" in first.stdout and f"tables in {tables}" in first.stdout
+    # Each line a run logs names it; the table's progress: one line per finished run, done of total.
+    assert "[mini_mechanism sgdp s0] epoch 1: train_loss=" in first.stdout
+    assert "[mini_mechanism_vanilla sgd s0] epoch 1: train_loss=" in first.stdout
+    finished = [line for line in first.stdout.splitlines() if line.startswith("[reproduce-table] [mini_")]
+    assert len(finished) == 5 and all(", final top-1 " in line for line in finished), finished
+    assert "[reproduce-table] [mini_mechanism sgdp s0] completed, final top-1 " in first.stdout
+    assert (
+        finished[-1].endswith("(5/5 runs, " + finished[-1].split("(5/5 runs, ")[-1])
+        and "elapsed)" in finished[-1]
+    )
+    assert "about" in finished[0] and "left)" in finished[0]  # an estimate once a run has finished
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("summary.json")}
     second = _reproduce(tmp_path, "--no-figures")
     assert second.returncode == 0, second.stderr[-3000:]
+    assert "[reproduce-table] 5 of 5 run(s) already complete" in second.stdout
+    assert "run already completed" in second.stdout and "[reproduce-table] [mini_" not in second.stdout
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # complete runs were skipped, not redone
 
 

@@ -14,6 +14,10 @@ the same (per-seed targets, the table's verdicts) and how far the numbers moved 
 exit status says whether the runs completed and met the table's own stated targets; the comparison is a
 report, never a failure by itself. ``--out results`` writes the committed layout itself (how the committed
 records are made); ``make tables`` rebuilds ``results/tables`` from ``results/runs`` alone.
+
+First a pre-flight (``train.preflight``; ``--no-preflight`` skips it) checks every run as it would check itself
+before any work: a problem is one line, exit 2, nothing written. While the runs train, the table's progress is
+read from their folders (``tracking.progress``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from omegaconf import OmegaConf
 from adamp_repro import catalogue, paths
 from adamp_repro.config import SCALES
 from adamp_repro.errors import ConfigError, UsageError
+from adamp_repro.tracking.progress import watching
 
 PROJECT_ROOT = paths.project_root()
 # The commands the runs, tables and figures go through (``python -m <module>``, adamp_repro.cli).
@@ -39,6 +44,7 @@ EXPERIMENTS_DIR = paths.config_dir() / "experiment"
 OPTIMIZERS_DIR = paths.config_dir() / "optimizer"
 DEFAULT_OUT = paths.results_dir() / "local"
 REFERENCE_RUNS = paths.results_dir() / "runs"
+DATA_HINT = '; data elsewhere: pass ARGS="dataset.root=<folder>" (make) or -- dataset.root=<folder>'
 
 
 def load_tables(path: Path = TABLES_FILE, experiments_dir: Path = EXPERIMENTS_DIR) -> dict:
@@ -157,6 +163,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="committed records to compare the fresh runs with (default: results/runs)",
     )
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
+    parser.add_argument(
+        "--no-preflight",
+        dest="preflight",
+        action="store_false",
+        help="start the runs without checking each first (config schema, data source)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument(
         "--fresh", action="store_true", help="train every run again (resume=never), even complete ones"
@@ -228,23 +240,20 @@ def main(argv: list[str]) -> int:
         f"[reproduce-table] scale {args.scale}, {len(experiments)} experiment(s), {runs} run(s) "
         f"({'/'.join(map(str, seed_counts))} seed(s) each); complete runs are skipped, interrupted ones resume"
     )
-    failed = False
-    for index, (experiment, optimizers, n) in enumerate(plan, 1):
-        extra = [*args.extra, "resume=never"] if args.fresh else args.extra
-        cmd = multirun_command(
-            experiment, optimizers, n, args.scale, extra, args.output_root, spec.get("overrides", [])
-        )
-        print(f"[reproduce-table] ({index}/{len(plan)}) {shown(cmd)}", flush=True)
-        if args.dry_run:
-            continue
-        result = subprocess.run(cmd, cwd=PROJECT_ROOT)
-        if result.returncode != 0:
-            failed = True
-            print(
-                f"[reproduce-table] experiment {experiment} failed (exit {result.returncode}); "
-                "building the tables from what exists",
-                file=sys.stderr,
-            )
+    extra = [*args.extra, "resume=never"] if args.fresh else args.extra
+    overrides = spec.get("overrides", [])
+    commands = [
+        (e, multirun_command(e, o, n, args.scale, extra, args.output_root, overrides)) for e, o, n in plan
+    ]
+    watched: dict[str, Path] = {}
+    if not args.dry_run:
+        problems, watched = preflight(args, commands)
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        if problems:
+            return UsageError.exit_status
+    with watching(watched, fresh=args.fresh):
+        failed = _run_commands(commands, args.dry_run)
     if args.dry_run:
         return 0
     runs_root = args.output_root
@@ -273,6 +282,36 @@ def main(argv: list[str]) -> int:
     for line in report.summary:  # the last lines: what the reproduction concludes
         print(f"[reproduce-table] {line}")
     return report.exit_status(failed)
+
+
+def _run_commands(commands: list[tuple[str, list[str]]], dry_run: bool) -> bool:
+    """Run each multirun in turn (print it only, ``dry_run``); True when any failed (the others still run)."""
+    failed = False
+    for index, (experiment, cmd) in enumerate(commands, 1):
+        print(f"[reproduce-table] ({index}/{len(commands)}) {shown(cmd)}", flush=True)
+        if dry_run:
+            continue
+        result = subprocess.run(cmd, cwd=PROJECT_ROOT)
+        if result.returncode != 0:
+            failed = True
+            print(
+                f"[reproduce-table] experiment {experiment} failed (exit {result.returncode}); "
+                "building the tables from what exists",
+                file=sys.stderr,
+            )
+    return failed
+
+
+def preflight(args: argparse.Namespace, commands: list[tuple[str, list[str]]]) -> tuple[list[str], dict]:
+    """Every run of the table composed as its multirun will be (``train.preflight``): one line per distinct
+    problem, naming the table and the experiments that have it, and the runs to watch (name -> folder)."""
+    from adamp_repro.train.preflight import check_multiruns  # imports torch: only when runs are to start
+
+    multiruns = [(e, cmd[cmd.index(TRAIN_MODULE) + 1 :]) for e, cmd in commands]  # its "-m" is dropped
+    flight = check_multiruns(multiruns, paths.config_dir(), check=args.preflight, base=PROJECT_ROOT)
+    for note in flight.notes:
+        print(f"[reproduce-table] {note}")
+    return flight.lines(f"table {args.table}", DATA_HINT), flight.runs
 
 
 def _table_ids(experiments: list[str]) -> list[str]:

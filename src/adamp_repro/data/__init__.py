@@ -5,10 +5,11 @@ Two families (``dataset.family``), each a storage layout rather than a kind of d
   CIFAR-10/100 and the embedded CIFAR-10 mini set (:mod:`.in_memory`, sources in :mod:`.cifar_sources`).
 - ``image_folder``: ImageFolder trees read through a DataLoader, as for ImageNet and Imagenette
   (:mod:`.image_folder`).
-The old spellings ``cifar`` and ``imagenet`` are still read (``build.FAMILY_ALIASES``).
+``check_source(dataset_cfg)`` refuses a missing data source in one line before any work (names only, nothing
+decoded). The old spellings ``cifar`` and ``imagenet`` are still read (``build.FAMILY_ALIASES``).
 """
 
-from adamp_repro.data.base import ClassificationData, DataInfo
-from adamp_repro.data.build import build_data
+from adamp_repro.data.base import ClassificationData, DataInfo, DataSourceMissing
+from adamp_repro.data.build import build_data, check_source
 
-__all__ = ["ClassificationData", "DataInfo", "build_data"]
+__all__ = ["ClassificationData", "DataInfo", "DataSourceMissing", "build_data", "check_source"]

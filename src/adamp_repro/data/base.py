@@ -135,8 +135,14 @@ def positive_int(cfg: Mapping[str, Any], key: str) -> int:
     return value
 
 
-def resolve_root(root: str | Path) -> Path:
-    """An absolute path for ``dataset.root``; relative roots are taken from the launch directory.
+class DataSourceMissing(errors.UsageError, FileNotFoundError):
+    """``dataset.root`` (or the embedded copy) holds none of the layouts its family reads; the one-line message
+    names the key, the value, whether it exists, the allowed layouts and how to obtain the data."""
+
+
+def resolve_root(root: str | Path, base: Path | None = None) -> Path:
+    """An absolute path for ``dataset.root``; relative roots are taken from ``base`` when given, else from the
+    launch directory.
 
     Under Hydra that is the directory the command was started in (Hydra may change the working
     directory of a job); otherwise it is the current working directory.
@@ -144,6 +150,8 @@ def resolve_root(root: str | Path) -> Path:
     path = Path(root).expanduser()
     if path.is_absolute():
         return path
+    if base is not None:
+        return Path(base) / path
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd
 

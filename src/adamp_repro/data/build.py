@@ -1,20 +1,24 @@
-"""``build_data``: one dataset config -> the batches of one rank, whichever family the data set is."""
+"""``build_data``: one dataset config -> the batches of one rank, whichever family the data set is;
+``check_source``: the cheap check that the data is there, made before any run folder exists."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from adamp_repro.data.base import ClassificationData, plain_config, require
-from adamp_repro.data.image_folder import build_loader_data
-from adamp_repro.data.in_memory import build_in_memory_data
+from adamp_repro.data.image_folder import build_loader_data, check_image_folder_source
+from adamp_repro.data.in_memory import build_in_memory_data, check_in_memory_source
 from adamp_repro.data.sharding import check_rank
 
 # dataset.family -> builder. The family names a storage layout, not a data set. "in_memory": the whole data
 # set held in memory as tensors and augmented on the device; "image_folder": ImageFolder trees read from disk
 # by DataLoader workers.
 BUILDERS = {"in_memory": build_in_memory_data, "image_folder": build_loader_data}
+# dataset.family -> its data-source check (file and folder names only, nothing decoded).
+SOURCE_CHECKS = {"in_memory": check_in_memory_source, "image_folder": check_image_folder_source}
 # Old spellings of dataset.family, still read (a config or run record written before the rename).
 FAMILY_ALIASES = {"cifar": "in_memory", "imagenet": "image_folder"}
 
@@ -62,3 +66,18 @@ def build_data(
         world_size=world_size,
         device=torch.device(device),
     )
+
+
+def check_source(dataset_cfg: Any, base: Path | None = None) -> None:
+    """Refuse a dataset config whose data is not where ``dataset.root`` says, before any work: raises
+    ``data.base.DataSourceMissing`` (a UsageError) in one line naming ``dataset.root``, its value, whether it
+    exists, the layouts the family reads and how to obtain the data (the config's ``how_to_obtain``).
+
+    Cheap: it looks at file and folder names only and decodes nothing. A family it does not know is left to
+    the config schema. ``base``: the folder relative roots are taken from (default: the launch directory).
+    """
+    cfg = plain_config(dataset_cfg)
+    family = cfg.get("family")
+    check = SOURCE_CHECKS.get(FAMILY_ALIASES.get(family, family))
+    if check is not None:
+        check(cfg, base)

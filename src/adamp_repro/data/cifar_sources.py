@@ -28,6 +28,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from adamp_repro.data.base import DataSourceMissing
+from adamp_repro.errors import ConfigError
+
 FORMATS = ("auto", "embedded", "jpeg_npz", "torchvision", "imagefolder")
 EMBEDDED_TESTS = ("mini", "full")
 TORCHVISION_NAMES = ("CIFAR10", "CIFAR100")
@@ -73,20 +76,21 @@ def detect_format(root: Path, torchvision_name: str | None) -> list[str]:
     return found
 
 
-def load_cifar_arrays(
+def check_layout(
     fmt: str,
     root: Path | None,
     *,
     torchvision_name: str | None,
     download: bool,
-    image_size: int,
     how_to_obtain: str,
     embedded_test: str = "mini",
-) -> CifarArrays:
-    """Decode the data set described by (format, root); see the module docstring for the layouts.
+) -> str:
+    """The layout (format, root) reads, found by looking at file names only (nothing is opened or decoded):
+    ``embedded``, ``embedded_full_test``, ``jpeg_npz``, ``torchvision`` (possibly still to be downloaded) or
+    ``imagefolder``.
 
-    Raises FileNotFoundError (saying how to obtain the data) when root holds none of the layouts, and
-    ValueError for an unknown or ambiguous format.
+    Raises DataSourceMissing (one line saying how to obtain the data) when root holds none of the layouts,
+    ConfigError when it holds several under ``format: auto``, and ValueError for an unknown format.
     """
     if fmt not in FORMATS:
         raise ValueError(f"dataset.format={fmt!r} is not one of {FORMATS}")
@@ -97,25 +101,52 @@ def load_cifar_arrays(
     if root is None:
         if fmt not in ("auto", "embedded"):
             raise ValueError(f"dataset.format={fmt!r} needs a dataset.root; root: null means 'embedded'")
-        paths = [embedded_path()] + ([embedded_path("cifar10_test.npz")] if embedded_test == "full" else [])
-        for path in paths:
+        for path in _embedded_paths(embedded_test):
             if not path.is_file():
-                raise FileNotFoundError(
-                    f"the embedded data set {path} is missing. To obtain it: {how_to_obtain}"
+                raise DataSourceMissing(
+                    f"dataset.root=null: the embedded data set {path} is missing. To obtain it: {how_to_obtain}"
                 )
-        layout = "embedded" if embedded_test == "mini" else "embedded_full_test"
-        return _load_cached(layout, str(paths[0]), None, image_size, _fingerprint(paths))
+        return "embedded" if embedded_test == "mini" else "embedded_full_test"
     if embedded_test != "mini":
         raise ValueError(
             f"dataset.embedded_test={embedded_test!r} applies to the embedded data (root: null) only"
         )
     if fmt == "embedded":
         raise ValueError(f"dataset.format='embedded' takes root: null, got root={str(root)!r}")
-    fmt = _choose_format(fmt, root, torchvision_name, download, how_to_obtain)
-    if fmt == "torchvision" and not (root / _torchvision_folder(torchvision_name)).is_dir():
+    return _choose_format(fmt, root, torchvision_name, download, how_to_obtain)
+
+
+def load_cifar_arrays(
+    fmt: str,
+    root: Path | None,
+    *,
+    torchvision_name: str | None,
+    download: bool,
+    image_size: int,
+    how_to_obtain: str,
+    embedded_test: str = "mini",
+) -> CifarArrays:
+    """Decode the data set described by (format, root); see the module docstring for the layouts and
+    ``check_layout`` for the errors raised before anything is read."""
+    layout = check_layout(
+        fmt,
+        root,
+        torchvision_name=torchvision_name,
+        download=download,
+        how_to_obtain=how_to_obtain,
+        embedded_test=embedded_test,
+    )
+    if root is None:
+        paths = _embedded_paths(embedded_test)
+        return _load_cached(layout, str(paths[0]), None, image_size, _fingerprint(paths))
+    if layout == "torchvision" and not (root / _torchvision_folder(torchvision_name)).is_dir():
         _download_torchvision(root, torchvision_name)
-    fingerprint = _fingerprint(_layout_paths(fmt, root, torchvision_name))
-    return _load_cached(fmt, str(root), torchvision_name, image_size, fingerprint)
+    fingerprint = _fingerprint(_layout_paths(layout, root, torchvision_name))
+    return _load_cached(layout, str(root), torchvision_name, image_size, fingerprint)
+
+
+def _embedded_paths(embedded_test: str) -> list[Path]:
+    return [embedded_path()] + ([embedded_path("cifar10_test.npz")] if embedded_test == "full" else [])
 
 
 def _choose_format(
@@ -126,18 +157,18 @@ def _choose_format(
     can_download = download and torchvision_name is not None
     if fmt == "auto":
         if len(found) > 1:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset.root={str(root)!r} holds several layouts {found}; set dataset.format to the one to use"
             )
         if not found and can_download:
             return "torchvision"
         if not found:
-            raise FileNotFoundError(_missing_message(root, how_to_obtain))
+            raise DataSourceMissing(_missing_message(root, how_to_obtain))
         return found[0]
     if fmt == "torchvision" and torchvision_name is None:
         raise ValueError("dataset.format='torchvision' needs dataset.torchvision_name (CIFAR10 or CIFAR100)")
     if fmt not in found and not (fmt == "torchvision" and can_download):
-        raise FileNotFoundError(_missing_message(root, how_to_obtain, wanted=fmt))
+        raise DataSourceMissing(_missing_message(root, how_to_obtain, wanted=fmt))
     return fmt
 
 
@@ -157,10 +188,10 @@ def _fingerprint(paths: list[Path]) -> tuple:
 
 
 def _missing_message(root: Path, how_to_obtain: str, wanted: str | None = None) -> str:
-    what = f"the {wanted!r} layout" if wanted else "an in_memory-family data set"
+    what = f"the dataset.format={wanted!r} layout" if wanted else "any allowed layout"
     state = "exists" if root.is_dir() else "does not exist"
     return (
-        f"dataset.root={str(root)!r} ({state}) holds no {what}. Allowed layouts: {LAYOUTS_HELP}. "
+        f"dataset.root={str(root)!r} ({state}) holds no data set in {what}. Allowed layouts: {LAYOUTS_HELP}. "
         f"To obtain the data: {how_to_obtain}"
     )
 

@@ -32,6 +32,7 @@ from adamp_repro.data.base import (
     Batch,
     ClassificationData,
     DataInfo,
+    DataSourceMissing,
     channel_stats,
     positive_int,
     require,
@@ -320,22 +321,30 @@ def build_loader_data(
     )
 
 
-def _checked_root(cfg: Mapping[str, Any]) -> Path:
-    """The absolute ``dataset.root``, or an error saying what it must hold and how to obtain the data."""
+def _checked_root(cfg: Mapping[str, Any], base: Path | None = None) -> Path:
+    """The absolute ``dataset.root`` (relative ones taken from ``base`` when given, see ``resolve_root``), or
+    ``DataSourceMissing`` saying what it must hold and how to obtain the data; looks at folder names only."""
     root = require(cfg, "root")
     how_to_obtain = cfg.get("how_to_obtain") or GENERIC_HOW_TO_OBTAIN
+    layout = f"ImageFolder trees {TRAIN_DIR}/<class>/* and {EVAL_DIR}/<class>/*"
     if root is None:
-        raise ValueError(
-            f"dataset {cfg.get('name')!r} needs a dataset.root; to obtain the data: {how_to_obtain}"
-        )
-    root = resolve_root(root)
-    if not (root / TRAIN_DIR).is_dir() or not (root / EVAL_DIR).is_dir():
-        raise FileNotFoundError(
-            f"dataset.root={str(root)!r} must hold ImageFolder trees {TRAIN_DIR}/<class>/* and "
-            f"{EVAL_DIR}/<class>/* ({'incomplete' if root.exists() else 'does not exist'}). "
+        raise DataSourceMissing(
+            f"dataset.root=null: dataset {cfg.get('name')!r} needs a folder holding {layout}. "
             f"To obtain the data: {how_to_obtain}"
         )
+    root = resolve_root(root, base)
+    if not (root / TRAIN_DIR).is_dir() or not (root / EVAL_DIR).is_dir():
+        state = "exists, incomplete" if root.exists() else "does not exist"
+        raise DataSourceMissing(
+            f"dataset.root={str(root)!r} ({state}) must hold {layout}. To obtain the data: {how_to_obtain}"
+        )
     return root
+
+
+def check_image_folder_source(cfg: Mapping[str, Any], base: Path | None = None) -> None:
+    """Refuse (``DataSourceMissing``, one line) an ``image_folder`` config whose root lacks the train or eval
+    tree; nothing is listed or opened beyond the two folders."""
+    _checked_root(cfg, base)
 
 
 def _read_trees(

@@ -7,6 +7,7 @@ the device, so the input pipeline costs a few milliseconds per batch even on a l
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from adamp_repro.data.base import (
     require,
     resolve_root,
 )
-from adamp_repro.data.cifar_sources import CifarArrays, load_cifar_arrays
+from adamp_repro.data.cifar_sources import CifarArrays, check_layout, load_cifar_arrays
 from adamp_repro.data.sharding import (
     STREAM_AUGMENTATION,
     balanced_subset,
@@ -109,6 +110,20 @@ class InMemoryData(ClassificationData):
         for start in range(0, len(shard), self.eval_batch_size):
             index = shard[start : start + self.eval_batch_size]
             yield self.eval_images[index].float().div_(255), self.eval_labels[index]
+
+
+def check_in_memory_source(cfg: Mapping[str, Any], base: Path | None = None) -> None:
+    """Refuse (``DataSourceMissing``, one line) an ``in_memory`` config whose root holds none of the layouts,
+    by looking at file names only; relative roots are taken from ``base`` when given (see ``resolve_root``)."""
+    root = require(cfg, "root")
+    check_layout(
+        cfg.get("format", "auto"),
+        None if root is None else resolve_root(root, base),
+        torchvision_name=cfg.get("torchvision_name"),
+        download=bool(cfg.get("download", False)),
+        how_to_obtain=cfg.get("how_to_obtain") or GENERIC_HOW_TO_OBTAIN,
+        embedded_test=str(cfg.get("embedded_test", "mini")),
+    )
 
 
 def build_in_memory_data(

@@ -8,7 +8,9 @@ is one object, ``train.life.RunLife``: its ``summary.json`` is written however t
 still leaves a record with status ``failed`` and the error, a NaN loss leaves ``diverged``, Ctrl-C, SIGTERM and
 SIGHUP leave ``interrupted`` with the signal (see ``train.stopping``), an unreadable checkpoint leaves ``failed``.
 
-Before anything is written, rank 0 locks the run folder (``tracking.run_lock``); before anything is read, a
+Before the run folder exists, ``check_before_work`` refuses a bad config value or a missing data source in one
+line (a UsageError). Every line the run logs starts with its name (``run_tag``). Before anything is written,
+rank 0 locks the run folder (``tracking.run_lock``); before anything is read, a
 resume checks that the package's source hash is the one the run's last segment recorded (``allow_code_change``
 lets it go on anyway, and the summary then says ``code_changed_on_resume``). What happens on each fault, and
 the way out, is in docs/reliability.md.
@@ -29,7 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from adamp_repro.config import validate_config
-from adamp_repro.data import build_data
+from adamp_repro.data import build_data, check_source
 from adamp_repro.data.build import FAMILY_ALIASES
 from adamp_repro.models import build_model
 from adamp_repro.optim import build_optimizer, fused_cpu
@@ -145,10 +147,52 @@ def optimizer_values(cfg: DictConfig) -> str:
     return f"recipe.{name}" if name in (cfg.get("recipe") or {}) else NO_RECIPE_ENTRY
 
 
+def check_before_work(cfg: DictConfig, *, data: bool = True, base: Path | None = None) -> None:
+    """Every refusal a run makes before its folder exists, as a UsageError (one line): the config schema, the
+    task's own checks (attack settings) and, with ``data``, the data source (``data.check_source``: file names
+    only; relative roots taken from ``base``, default the launch directory). A run whose record is already
+    complete needs no data (``resume: auto`` returns it as it is), so its data source is not checked."""
+    validate_config(cfg)
+    build_task(cfg.task)
+    run_dir = run_dir_for(cfg) if base is None else Path(base) / run_dir_for(cfg)
+    if data and not (cfg.resume == "auto" and is_completed(run_dir)):
+        check_source(cfg.dataset, base)
+
+
+def run_tag(cfg: DictConfig) -> str:
+    """``[<experiment> <optimizer> s<seed>]``: the prefix of every line a run logs, so that the interleaved
+    output of runs side by side can be told apart."""
+    return f"[{cfg.experiment_name} {cfg.optimizer.name} s{cfg.seed}]"
+
+
+class _RunTagFilter(logging.Filter):
+    """Prefixes each record of the package logger with the run's tag (the message format stays Hydra's)."""
+
+    def __init__(self, tag: str) -> None:
+        super().__init__()
+        self.tag = tag
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if not message.startswith(self.tag):
+            # %-escaped: the tag becomes part of the format string the record's args are merged into
+            escaped = self.tag.replace("%", "%%") if record.args else self.tag
+            record.msg = f"{escaped} {message}"
+        return True
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one configuration; return its summary (also written to ``summary.json``)."""
-    validate_config(cfg)
-    build_task(cfg.task)  # the task's own checks (attack settings) also fail before the run folder exists
+    check_before_work(cfg)  # before the run folder exists: a refused run writes nothing
+    tag = _RunTagFilter(run_tag(cfg))
+    log.addFilter(tag)
+    try:
+        return _locked_run(cfg)
+    finally:
+        log.removeFilter(tag)
+
+
+def _locked_run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     if cfg.deterministic:
