@@ -140,6 +140,8 @@ class WeightDiagnostics:
             each ``epoch_end`` (so every epoch has at least one measurement).
         delta: the test threshold of the optimizers (adamp 0.3.0 default 0.1).
         eps: the cosine-similarity eps of the optimizers (adamp 0.3.0 default 1e-8).
+        angles: measure the angular updates and gradient norms (their columns are NaN without); off only
+            to time what they cost (``scripts/bench_trainer.py``).
 
     Call order per training step: backward, ``before_step(step)``, ``optimizer.step()``, ``after_step(step)``;
     per epoch: ``epoch_end(epoch)``. ``before_step`` takes the GradScaler's scale when the gradients it sees
@@ -153,6 +155,7 @@ class WeightDiagnostics:
         every_n_steps: int = 50,
         delta: float = 0.1,
         eps: float = 1e-8,
+        angles: bool = True,
     ):
         if every_n_steps < 1:
             raise ValueError(f"Invalid every_n_steps: {every_n_steps}; expected an integer >= 1")
@@ -161,6 +164,7 @@ class WeightDiagnostics:
         self.every_n_steps = int(every_n_steps)
         self.delta = float(delta)
         self.eps = float(eps)
+        self.angles = bool(angles)
         self.optimizer = optimizer
         normalised = normalised_weights(model)
         named = [(name, p) for name, p in model.named_parameters() if p.ndim > 1]
@@ -222,7 +226,8 @@ class WeightDiagnostics:
         ``after_step``'s angle."""
         if not self.params or not self._due(step):
             return
-        self._measure_angles(grad_scale)
+        if self.angles:
+            self._measure_angles(grad_scale)
         cos, detected = [], []
         for p in self.params:
             if p.grad is None:  # NaN marks "no test": left out of the counts below, like a non-finite test
