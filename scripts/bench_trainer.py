@@ -1,8 +1,10 @@
 """Images/s of the shared trainer against a minimal hand-written PyTorch loop on the same model, data and batch
-size, measured in one run (interleaved repeats), plus the data pipeline alone. Writes results/bench/trainer.csv
-and trainer.md. Not a test: timings depend on the machine.
+size, measured in one run (interleaved repeats), plus the data pipeline alone, and the trainer with the weight
+diagnostics sampling every ``--diagnostics-every`` steps, with and without their angular updates (the
+diagnostics' cost). Writes results/bench/trainer.csv and trainer.md. Not a test: timings depend on the machine.
 
     python scripts/bench_trainer.py [--model cifar_resnet20] [--steps 30] [--repeats 3] [--optimizer sgd]
+        [--diagnostics-every 50]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from adamp_repro.models import build_model
 from adamp_repro.optim import build_optimizer
 from adamp_repro.tracking.provenance import device_description
 from adamp_repro.tracking.records import atomic_write_text, rows_to_csv
+from adamp_repro.train.diagnostics import WeightDiagnostics
 from adamp_repro.train.distributed import DistContext, resolve_device
 from adamp_repro.train.tasks import ClassificationTask
 from adamp_repro.train.trainer import Trainer, TrainerSettings
@@ -52,7 +55,7 @@ def bare_loop(model, optimizer, data, steps: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
-def trainer_epoch(model, optimizer, data, steps: int, device) -> float:
+def trainer_epoch(model, optimizer, data, steps: int, device, diagnostics=None) -> float:
     settings = TrainerSettings(epochs=1, max_steps_per_epoch=steps, checkpoint=False, progress=False)
     trainer = Trainer(
         model=model,
@@ -65,6 +68,7 @@ def trainer_epoch(model, optimizer, data, steps: int, device) -> float:
         ctx=DistContext(),
         run_dir=None,
         seed=0,
+        diagnostics=diagnostics,
     )
     return trainer._train_epoch(0)["images_per_s"]
 
@@ -88,6 +92,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--diagnostics-every", type=int, default=50, help="the diagnostics' sampling cadence")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -99,10 +104,19 @@ def main() -> None:
     model = build_model(cfg.model, data.num_classes, data.mean, data.std).to(device)
     optimizer = build_optimizer(cfg.optimizer, model)
     bare_loop(model, optimizer, data, 3)  # warm-up
-    results: dict[str, list[float]] = {"bare_loop": [], "trainer": [], "data_only": []}
+    every = args.diagnostics_every
+    watched = {
+        f"trainer+diagnostics/{every}": True,
+        f"trainer+diagnostics/{every} without angles": False,
+    }
+    results: dict[str, list[float]] = {"bare_loop": [], "trainer": [], **{k: [] for k in watched}}
+    results["data_only"] = []
     for _ in range(args.repeats):  # interleaved so drift hits every variant alike
         results["bare_loop"].append(bare_loop(model, optimizer, data, args.steps))
         results["trainer"].append(trainer_epoch(model, optimizer, data, args.steps, device))
+        for name, angles in watched.items():
+            diag = WeightDiagnostics(model, optimizer, every_n_steps=every, angles=angles)
+            results[name].append(trainer_epoch(model, optimizer, data, args.steps, device, diag))
         results["data_only"].append(data_only(data, args.steps))
     anchor = statistics.median(results["bare_loop"])
     rows = [
@@ -125,7 +139,8 @@ def main() -> None:
         "# Trainer throughput vs a bare PyTorch loop",
         "",
         f"{args.model}, {args.optimizer}, batch {args.batch_size}, {rows[0]['device']}; median of "
-        f"{args.repeats} interleaved repeats of {args.steps} steps.",
+        f"{args.repeats} interleaved repeats of {args.steps} steps; trainer+diagnostics/N samples the weight "
+        "diagnostics every N steps (and on the first step), with or without the angular updates.",
         "",
         "| variant | images/s | ratio vs bare loop |",
         "|---|---|---|",

@@ -252,7 +252,12 @@ def test_state_dict_round_trip():
     fresh.load_state_dict(state)
     for key in ("cos_sum", "detected_sum", "count"):
         assert torch.equal(fresh.state_dict()[key], state[key])
-    assert diag.epoch_end(1)[1] == fresh.epoch_end(1)[1]
+
+    # NaN marks a value not measured (the angles of the classifier): compared as equal to NaN.
+    def readable(rows):
+        return [{k: "nan" if v != v else v for k, v in row.items()} for row in rows]
+
+    assert readable(diag.epoch_end(1)[1]) == readable(fresh.epoch_end(1)[1])
 
 
 def test_bad_arguments():
@@ -281,3 +286,139 @@ def test_measurement_steps_do_not_sync_the_host():
         torch.cuda.set_sync_debug_mode("default")
     summary, _ = diag.epoch_end(0)  # the one sync of the epoch happens here
     assert summary["detected_share"] > 0.5
+
+
+class Rotate(torch.optim.Optimizer):
+    """Turns each filter w_c of every weight with as many filters as ``angles[step]`` has entries (the
+    convs of SmallBNNet, not its classifier) by the angle ``angles[step][c]`` (radians) in the plane of w_c
+    and its gradient, keeping ||w_c||: an optimizer step whose angular update is known exactly."""
+
+    def __init__(self, params, angles: list[torch.Tensor]):
+        super().__init__(params, {"lr": 0.1})
+        self.angles, self.count = angles, 0
+
+    @torch.no_grad()
+    def step(self):
+        theta = self.angles[self.count]
+        self.count += 1
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim < 2 or p.grad is None or p.shape[0] != len(theta):
+                    continue
+                w = p.reshape(p.shape[0], -1)
+                norm = w.norm(dim=1, keepdim=True)
+                w_hat = w / norm
+                u = p.grad.reshape(p.shape[0], -1)
+                u = u - (u * w_hat).sum(1, keepdim=True) * w_hat
+                u = u / u.norm(dim=1, keepdim=True)
+                t = theta[:, None].to(p.dtype)
+                p.copy_((norm * (torch.cos(t) * w_hat + torch.sin(t) * u)).reshape(p.shape))
+
+
+def _rotate(angles: list[torch.Tensor], grad_scale: float | None = None):
+    """SmallBNNet in float64 (each conv has 8 filters) turned by ``angles`` (one (8,) tensor per step), every
+    step measured; returns the epoch's rows and the per-step squared filter gradient norms of conv1."""
+    torch.manual_seed(0)
+    model = Wrapper(SmallBNNet()).double()
+    opt = Rotate(model.parameters(), angles)
+    diag = WeightDiagnostics(model, opt, every_n_steps=1)
+    grad_sq = []
+    for step in range(len(angles)):
+        x, y = _batch(step, size=8)
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x.double()), y)
+        (loss * (grad_scale or 1.0)).backward()
+        g = model.net.conv1.weight.grad.reshape(8, -1) / (grad_scale or 1.0)
+        grad_sq.append(g.pow(2).sum(1))
+        diag.before_step(step, grad_scale=grad_scale)
+        opt.step()
+        diag.after_step(step)
+    return diag.epoch_end(0), torch.cat(grad_sq)
+
+
+@pytest.mark.parametrize("theta", [1e-4, 3e-3, 0.5])
+def test_angle_of_a_known_rotation(theta):
+    (summary, rows), _ = _rotate([torch.full((8,), theta)])
+    by_name = {r["param"]: r for r in rows}
+    for name in ("conv1.weight", "conv2.weight"):
+        assert by_name[name]["filter_angle"] == pytest.approx(theta, rel=1e-3)
+        assert by_name[name]["filter_angle_rms"] == pytest.approx(theta, rel=1e-3)
+    assert math.isnan(by_name["fc.weight"]["filter_angle"])  # not followed by a normalisation layer
+    assert summary["rms_filter_angle"] == pytest.approx(theta, rel=1e-3)
+    if theta == 1e-4:  # the tolerance bites: an fp32 arccos of the cosine misses it by far
+        w = torch.randn(1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        u = torch.randn(1000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        w, u = w / w.norm(), u - (u @ w) * w / (w @ w)
+        turned = math.cos(theta) * w + math.sin(theta) * u / u.norm()
+        naive = float(torch.arccos(nn.functional.cosine_similarity(w.float(), turned.float(), dim=0)))
+        assert not abs(naive - theta) <= 1e-3 * theta  # off by far, or NaN (a cosine rounded above 1)
+
+
+def test_angle_mean_and_rms_over_filters_and_steps():
+    first = torch.linspace(1e-3, 8e-3, 8, dtype=torch.float64)
+    angles = [first, 3 * first]
+    (summary, rows), grad_sq = _rotate(angles)
+    every = torch.cat(angles)
+    conv1 = rows[0]
+    assert conv1["param"] == "conv1.weight"
+    assert conv1["filter_angle"] == pytest.approx(float(every.mean()), rel=1e-6)
+    assert conv1["filter_angle_rms"] == pytest.approx(float(every.pow(2).mean().sqrt()), rel=1e-6)
+    assert conv1["filter_angle_rms"] > conv1["filter_angle"] * 1.05  # the two differ on this spread
+    assert conv1["filter_grad_norm_rms"] == pytest.approx(float(grad_sq.mean().sqrt()), rel=1e-9)
+    conv2 = rows[1]
+    assert summary["mean_filter_angle"] == pytest.approx((conv1["filter_angle"] + conv2["filter_angle"]) / 2)
+    mean_sq = (conv1["filter_angle_rms"] ** 2 + conv2["filter_angle_rms"] ** 2) / 2
+    assert summary["rms_filter_angle"] == pytest.approx(math.sqrt(mean_sq))
+
+
+def test_gradient_norms_of_scaled_gradients():
+    angles = [torch.full((8,), 1e-3, dtype=torch.float64)] * 2
+    (_, rows), grad_sq = _rotate(angles, grad_scale=1024.0)
+    assert rows[0]["filter_grad_norm_rms"] == pytest.approx(float(grad_sq.mean().sqrt()), rel=1e-9)
+    assert rows[0]["filter_angle"] == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_angles_are_measured_at_the_sampled_steps_only():
+    torch.manual_seed(0)
+    model = Wrapper(SmallBNNet())
+    _, diag = _train(model, 4, with_diagnostics=True, every=3)  # steps 0-3, no epoch end: measured at 0 and 3
+    assert diag._angle_count.tolist() == [2 * 8, 2 * 8, 0]  # (steps x filters); fc is not scale-invariant
+    assert diag._grad_count.tolist() == [2 * 8, 2 * 8, 0]
+    # A checkpoint written before the angles existed loads, with the angles starting from zero.
+    state = {k: v for k, v in diag.state_dict().items() if not k.startswith(("angle", "grad"))}
+    fresh = WeightDiagnostics(model, torch.optim.SGD(model.parameters(), lr=0.1), every_n_steps=3)
+    fresh.load_state_dict(state)
+    assert fresh._angle_sum.tolist() == [0.0, 0.0, 0.0]
+    rows = diag.epoch_end(0)[1]
+    assert all(r["filter_angle"] > 0 for r in rows[:2]) and diag._angle_count.tolist() == [0, 0, 0]
+
+
+def test_diagnostics_with_angles_leave_a_network_step_bit_identical():
+    """Every step measured (angles, gradient norms): the weights and optimizer state equal a plain run's."""
+    from adamp_repro.optim import AdamP
+
+    def run(with_diagnostics: bool):
+        torch.manual_seed(0)
+        model = Wrapper(SmallBNNet())
+        opt = AdamP(model.parameters(), lr=0.01, weight_decay=1e-2)
+        diag = WeightDiagnostics(model, opt, every_n_steps=1) if with_diagnostics else None
+        for step in range(3):
+            x, y = _batch(step, size=8)
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            if diag:
+                diag.before_step(step)
+            opt.step()
+            if diag:
+                diag.after_step(step)
+        rows = diag.epoch_end(0)[1] if diag else []
+        return model.state_dict(), opt.state_dict()["state"], rows
+
+    plain, plain_opt, _ = run(False)
+    watched, watched_opt, rows = run(True)
+    assert rows[0]["filter_angle"] > 0  # the angles were measured
+    for name, a in plain.items():
+        assert torch.equal(a, watched[name]), name
+    for index, state in plain_opt.items():
+        for key, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(watched_opt[index][key])), (index, key)

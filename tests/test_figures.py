@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from adamp_repro.results import figures
+from adamp_repro.results import analysis, figures
 from adamp_repro.results.curves import read_epoch_curves
 from adamp_repro.results.render import save_figure
 from adamp_repro.toy import circle2d, hemisphere3d
@@ -16,21 +16,38 @@ from adamp_repro.tracking.schema import TITLES
 EXPERIMENT, SCALE = "cifar10_resnet", "smoke"
 
 
-def _write_run(root, optimizer: str, seed: int, with_summary_columns: bool, epochs: int = 3) -> None:
-    """A completed run whose norms grow for the baselines and stay flat for the projected optimizers."""
+def _write_run(
+    root,
+    optimizer: str,
+    seed: int,
+    with_summary_columns: bool,
+    epochs: int = 3,
+    angle: float | None = None,
+    lr: tuple[float, ...] = (),
+    eval_epochs: tuple[int, ...] | None = None,
+    table: tuple[str, str] = ("C1", ""),
+) -> None:
+    """A completed run whose norms grow for the baselines and stay flat for the projected optimizers.
+
+    ``angle``: the RMS angle per step recorded each epoch (none: a record from before the angles);
+    ``lr``: the lr per epoch (default 0.1 throughout); ``eval_epochs``: the epochs with a top-1 (default all);
+    ``table``: (table id, block)."""
     record = RunRecord(root / EXPERIMENT / SCALE / f"{optimizer}_s{seed}")
     identity = {
         "experiment": EXPERIMENT,
         "scale": SCALE,
         "optimizer": optimizer,
         "seed": seed,
-        "table_id": "C1",
+        "table_id": table[0],
+        **({"table_block": table[1]} if table[1] else {}),
     }
     record.start(f"optimizer: {{name: {optimizer}}}\n", {"seed": seed}, identity)
     growth = 0.0 if optimizer.endswith("p") else 0.5
     for epoch in range(epochs):
         norm = 2.0 + growth * epoch + 0.01 * seed
-        row = {"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "eval_top1": 50.0 + epoch + seed, "lr": 0.1}
+        row = {"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "lr": lr[epoch] if lr else 0.1}
+        if eval_epochs is None or epoch in eval_epochs:
+            row["eval_top1"] = 50.0 + epoch + seed
         layer = {"epoch": epoch, "step": 10 * epoch + 9, "numel": 100, "weight_norm": norm}
         layer |= {
             "effective_step_size": 0.1 / norm**2,
@@ -41,6 +58,8 @@ def _write_run(root, optimizer: str, seed: int, with_summary_columns: bool, epoc
         diagnostics = [{**layer, "param": name} for name in ("conv1.weight", "conv2.weight")]
         if with_summary_columns:
             row |= {"mean_weight_norm": norm, "effective_step_size": 0.1 / norm**2}
+        if angle is not None:
+            row |= {"mean_filter_norm": norm / 4, "rms_filter_angle": angle / (epoch + 1)}
         record.log_epoch(row, diagnostics)
     record.write_summary({**identity, "status": "completed", "final_eval_top1": 50.0 + epochs})
 
@@ -128,8 +147,8 @@ def test_an_optimizer_no_pair_names_gets_a_row_beside_the_proposed_one(runs_root
     curves = read_epoch_curves(runs_root)
     fig = figures.plot_mechanism(curves, "records")
     axes = fig.axes
-    assert len(axes) == 3 * len(figures.CURVE_COLUMNS)  # SGD, Adam and the row of its own
-    last_row = axes[-len(figures.CURVE_COLUMNS) :]
+    assert len(axes) == 3 * len(figures.MECHANISM_COLUMNS)  # SGD, Adam and the row of its own
+    last_row = axes[-len(figures.MECHANISM_COLUMNS) :]
     assert {ax.get_title() for ax in last_row} == {"lion vs SGDP"}
     legend = [t.get_text() for t in last_row[0].get_legend().get_texts()]
     assert legend == ["lion (n=2)", "SGDP (n=2)"]
@@ -137,7 +156,7 @@ def test_an_optimizer_no_pair_names_gets_a_row_beside_the_proposed_one(runs_root
     assert len(set(colours)) == 2 and figures.OPTIMIZER_STYLE["sgdp"][0] in colours  # a free colour, no entry
     # Only the optimizer itself: still drawn.
     only = figures.plot_mechanism(curves[curves["optimizer"] == "lion"], "records")
-    assert [ax.get_title() for ax in only.axes] == ["lion"] * len(figures.CURVE_COLUMNS)
+    assert [ax.get_title() for ax in only.axes] == ["lion"] * len(figures.MECHANISM_COLUMNS)
     assert only.axes[0].get_ylabel() == TITLES["mean_weight_norm"].axis_label
 
 
@@ -158,3 +177,73 @@ def test_an_adversarial_runs_clean_top1_is_its_top1_curve_and_a_single_point_is_
     fig = figures.plot_mechanism(curves, "adversarial")
     top1_axes = [ax for ax in fig.axes if ax.get_ylabel().startswith("eval top-1")]
     assert [line.get_marker() for ax in top1_axes for line in ax.get_lines()] == ["o"]
+
+
+def _axis(fig, column: str, row: int = 0):
+    return fig.axes[row * len(figures.MECHANISM_COLUMNS) + figures.MECHANISM_COLUMNS.index(column)]
+
+
+def test_the_angle_panel_draws_recorded_angles_and_says_when_none_were_recorded(tmp_path):
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        _write_run(root, "sgdp", seed, with_summary_columns=True, angle=2e-3)
+        _write_run(root, "sgd", seed, with_summary_columns=True)  # an older record: no angles
+    curves = read_epoch_curves(root)
+    assert curves.loc[curves["optimizer"] == "sgd", "rms_filter_angle"].isna().all()
+    fig = figures.plot_mechanism(curves, "records")
+    ax = _axis(fig, "rms_filter_angle")
+    assert ax.get_ylabel() == TITLES["rms_filter_angle"].axis_label
+    assert ax.get_yscale() == "log"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["SGDP (n=2)"]  # SGD: drawn nothing
+    assert ax.get_lines()[0].get_ydata().tolist() == pytest.approx([2e-3, 1e-3, 2e-3 / 3])
+    # Only older records: the panel says so and draws nothing.
+    old = figures.plot_mechanism(curves[curves["optimizer"] == "sgd"], "records")
+    empty = _axis(old, "rms_filter_angle")
+    assert not empty.has_data() and [t.get_text() for t in empty.texts] == [figures.NOT_RECORDED]
+    assert _axis(old, "mean_weight_norm").has_data()
+
+
+def test_a_run_evaluated_once_is_a_point_at_its_epoch_on_the_runs_epochs(tmp_path):
+    root = tmp_path / "runs"
+    for optimizer in ("sgd", "sgdp"):
+        _write_run(root, optimizer, 0, with_summary_columns=True, epochs=4, eval_epochs=(3,))
+    fig = figures.plot_mechanism(read_epoch_curves(root), "records")
+    ax = _axis(fig, "eval_top1")
+    assert [line.get_xdata().tolist() for line in ax.get_lines()] == [[3], [3]]
+    low, high = ax.get_xlim()
+    assert low == pytest.approx(-0.15) and high == pytest.approx(3.15)  # epochs 0-3, 5% margin
+    assert _axis(fig, "mean_weight_norm").get_xlim() == (low, high)
+
+
+def _analysis_figure(root):
+    curves = analysis.analysis_curves(root, "mechanism")
+    summary = analysis.summarise_curves(curves)
+    return analysis.plot_analysis(curves, summary, analysis.load_paper_readings(), "analysis")
+
+
+def _legend_texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+
+
+def test_analysis_figure_spans_the_epochs_and_names_lr_steps_only_where_recorded(tmp_path):
+    constant, decayed = tmp_path / "constant", tmp_path / "decayed"
+    for optimizer in ("sgd", "sgdp"):
+        # Evaluated once, after the last of 3 epochs (mini_mechanism); x = epoch + 1, 0 = initial weights.
+        _write_run(constant, optimizer, 0, True, eval_epochs=(2,), table=("mechanism", "momentum"))
+        _write_run(decayed, optimizer, 0, True, lr=(0.2, 0.02, 0.002), table=("mechanism", "momentum"))
+    fig = _analysis_figure(constant)
+    top1 = fig.axes[2]
+    assert [line.get_xdata().tolist() for line in top1.get_lines()] == [[3], [3]]
+    low, high = top1.get_xlim()
+    assert low < 1 and 3 < high < 3.5  # the run's epochs, not 2.84-3.16 around the point
+    assert not [text for text in _legend_texts(fig) if "lr" in text]  # a constant lr: no dotted lines
+    assert all(ax.get_xlabel() == "epoch (0 = initial weights)" for ax in fig.axes)
+    decayed_fig = _analysis_figure(decayed)
+    lr_entries = {text for text in _legend_texts(decayed_fig) if "lr" in text}
+    assert lr_entries == {"dotted: lr x0.1 after epoch 1, 2"}
+    assert {
+        line.get_xdata()[0] for line in decayed_fig.axes[0].get_lines() if line.get_linestyle() == ":"
+    } == {
+        1,
+        2,
+    }

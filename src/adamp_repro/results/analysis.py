@@ -6,7 +6,9 @@ panels from the runs of each analysis table (``ANALYSIS_TABLES``: ``imagenette_a
 them, the paper's readings from ``results/paper/analysis_resnet18.csv``:
 
 - ``analysis_<table>_<scale>.{png,pdf}``: the three panels, one line per curve (mean over seeds, band =
-  min-max), epoch 0 = the initial weights, dotted lines where the lr steps down, the paper's readings as text
+  min-max), epoch 0 = the initial weights, every panel over the same epochs (a top-1 measured once is a point
+  at its epoch), dotted lines where a run's recorded lr steps down (with a legend entry worded from the
+  recorded factor, e.g. "lr x0.1 after epoch 30, 60"; none when no lr fell), the paper's readings as text
   under each panel;
 - ``analysis_<table>_<scale>.csv``: per curve, the numbers the sentences use;
 - ``analysis_<table>_<scale>.md``: ours beside the paper's readings, with the growth of the norm and the
@@ -170,6 +172,29 @@ def _lr_drops(run: pd.DataFrame) -> list[int]:
     return [int(x[i - 1]) for i in range(1, len(lr)) if lr[i - 1] > 0 and lr[i] < 0.5 * lr[i - 1]]
 
 
+def lr_steps(curves: pd.DataFrame) -> dict[int, list[float]]:
+    """Where the recorded lr steps down in the runs of ``curves`` (``analysis_curves`` rows), by the rule of
+    ``_lr_drops``: {epoch after which it fell: the factors new lr / old lr seen there, sorted}."""
+    steps: dict[int, set[float]] = {}
+    for _, run in curves.groupby(["scale", "curve", "seed"], sort=False):
+        run = run[run["x"] > 0].sort_values("x").dropna(subset=["lr"])
+        lr, x = run["lr"].to_numpy(), run["x"].to_numpy()
+        for i in range(1, len(lr)):
+            if lr[i - 1] > 0 and lr[i] < 0.5 * lr[i - 1]:
+                steps.setdefault(int(x[i - 1]), set()).add(float(f"{lr[i] / lr[i - 1]:.2g}"))
+    return {x: sorted(factors) for x, factors in sorted(steps.items())}
+
+
+def _lr_steps_label(steps: dict[int, list[float]]) -> str:
+    """The legend entry of the dotted lines, from the recorded factors: "lr x0.1 after epoch 30, 60"."""
+    by_factor: dict[float, list[int]] = {}
+    for x, factors in steps.items():
+        for factor in factors:
+            by_factor.setdefault(factor, []).append(x)
+    parts = [f"lr x{f:g} after epoch {', '.join(str(x) for x in xs)}" for f, xs in sorted(by_factor.items())]
+    return "dotted: " + "; ".join(parts) if parts else ""
+
+
 def paper_growth(paper: pd.DataFrame) -> dict[str, tuple[float, float]]:
     """Per curve, the paper's (start, end) weight-norm readings (end: the last reading given)."""
     out = {}
@@ -182,7 +207,9 @@ def paper_growth(paper: pd.DataFrame) -> dict[str, tuple[float, float]]:
 def plot_analysis(curves: pd.DataFrame, summary: pd.DataFrame, paper: pd.DataFrame, title: str) -> Figure:
     fig = Figure(figsize=(13.5, 4.6), layout="constrained")
     axes = fig.subplots(1, len(PANELS))
-    drops = sorted({int(x) for s in summary["lr_drops_after_epoch"] for x in str(s).split(";") if x})
+    drops = lr_steps(curves)
+    drop_label = _lr_steps_label(drops)
+    x_all = curves["x"].dropna()
     for ax, (column, quantity, ylabel) in zip(axes, PANELS):
         for curve, group in curves.groupby("curve", sort=False):
             _, label, color = CURVE_BY_KEY.get(curve, (curve, group["label"].iloc[0], None))
@@ -199,12 +226,17 @@ def plot_analysis(curves: pd.DataFrame, summary: pd.DataFrame, paper: pd.DataFra
                 label=f"{label} (n={bands['count'].max()})",
             )
             ax.fill_between(bands.index, bands["min"], bands["max"], color=color, alpha=0.2, linewidth=0)
-        for x in drops:
-            ax.axvline(x, color="0.6", linestyle=":", linewidth=0.8)
+        for index, x in enumerate(sorted(drops)):  # one legend entry for all the lines
+            label = drop_label if index == 0 and ax.has_data() else None
+            ax.axvline(x, color="0.6", linestyle=":", linewidth=0.8, label=label)
         kind = curves["norm_kind"].iloc[0] if column == "norm" and len(curves) else ""
         ax.set_ylabel(f"{ylabel} ({kind})" if kind else ylabel)
-        ax.set_xlabel("epoch (0 = initial weights; dotted: lr x0.1)")
+        ax.set_xlabel("epoch (0 = initial weights)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(x_all):  # every panel over the run's epochs: a top-1 measured once sits at its epoch
+            low, high = float(x_all.min()), float(x_all.max())
+            pad = 0.05 * (high - low) if high > low else 0.5
+            ax.set_xlim(low - pad, high + pad)
         if ax.has_data():
             ax.legend(fontsize=7)
         if column == "step" and ax.has_data():

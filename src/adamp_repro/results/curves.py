@@ -23,6 +23,7 @@ from adamp_repro.tracking.schema import (
     LR,
     MEAN_FILTER_NORM,
     MEAN_WEIGHT_NORM,
+    RMS_FILTER_ANGLE,
     TOP1,
     at_init_key,
     eval_key,
@@ -31,8 +32,9 @@ from adamp_repro.tracking.schema import (
 
 # Epoch-row keys of metrics.csv (names and titles in tracking/schema.py); the first two are diagnostics.
 CURVE_COLUMNS = (MEAN_WEIGHT_NORM, EFFECTIVE_STEP_SIZE, eval_key(TOP1))
-# Also read per epoch when a run has them (NaN otherwise): the lr and the per-filter diagnostics.
-EXTRA_COLUMNS = (LR, MEAN_FILTER_NORM, FILTER_EFFECTIVE_STEP_SIZE)
+# Also read per epoch when a run has them (NaN otherwise, e.g. the angles of a record written before they
+# existed): the lr and the per-filter diagnostics.
+EXTRA_COLUMNS = (LR, MEAN_FILTER_NORM, FILTER_EFFECTIVE_STEP_SIZE, RMS_FILTER_ANGLE)
 # Per-run columns of collect_runs copied onto every epoch row (the initial norms start the analysis curves).
 RUN_KEYS = (
     "experiment",

@@ -1,7 +1,10 @@
 """Figures of the mechanism: weight norms and effective step sizes from run records, and the paper's toys.
 
 - ``mechanism_<experiment>_<scale>.{png,pdf}``: per epoch, the mean norm of the weights followed by a
-  normalisation layer, their mean effective step size lr / ||w||^2 and eval top-1, one row of panels per group
+  normalisation layer, their mean effective step size lr / ||w||^2, the RMS angle their filters turn per step
+  (``rms_filter_angle``; a panel that says "not recorded" for records written before the angles existed) and
+  eval top-1 (every panel spans the epochs of its row, so a run evaluated once is a point at its epoch), one
+  row of panels per group
   of optimizers the run's table compares (its ``pairs`` in ``configs/tables.yaml``, labelled as its columns);
   an optimizer no pair names gets a row of its own beside the table's proposed optimizer. The line is the mean
   over seeds, the band the min-max over seeds. The paper's counterpart is the ResNet-18 / ImageNet analysis
@@ -25,17 +28,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter, ScalarFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
 from adamp_repro import catalogue
 from adamp_repro.results.analysis import analysis_outputs
-from adamp_repro.results.curves import CURVE_COLUMNS, read_epoch_curves
+from adamp_repro.results.curves import read_epoch_curves
 from adamp_repro.results.render import save_figure
 from adamp_repro.results.text import markdown_table
 from adamp_repro.toy.circle2d import METHOD_LABELS, CircleRun
 from adamp_repro.toy.hemisphere3d import HEMISPHERE_LABELS, OPTIMUM, HemisphereRun, rosenbrock
 from adamp_repro.tracking.records import atomic_write_text, rows_to_csv
-from adamp_repro.tracking.schema import EFFECTIVE_STEP_SIZE, EPOCH, TITLES
+from adamp_repro.tracking.schema import (
+    EFFECTIVE_STEP_SIZE,
+    EPOCH,
+    MEAN_WEIGHT_NORM,
+    RMS_FILTER_ANGLE,
+    TITLES,
+    TOP1,
+    eval_key,
+)
 
 # A style choice for the suite's optimizers (colour, line); any other optimizer (or one whose colour its row
 # already uses) takes the first colour of CYCLE its row does not use yet, solid.
@@ -46,6 +57,11 @@ OPTIMIZER_STYLE = {
     "adamw": ("tab:blue", "-"),
     "adamp": ("tab:orange", "-"),
 }
+# The panels of a mechanism figure, left to right (epoch-row keys read by ``read_epoch_curves``); the ones on
+# a log y axis (step sizes and angles span decades between optimizers).
+MECHANISM_COLUMNS = (MEAN_WEIGHT_NORM, EFFECTIVE_STEP_SIZE, RMS_FILTER_ANGLE, eval_key(TOP1))
+LOG_COLUMNS = frozenset({EFFECTIVE_STEP_SIZE, RMS_FILTER_ANGLE})
+NOT_RECORDED = "not recorded"
 CYCLE = tuple(f"tab:{c}" for c in ("blue orange green red purple brown pink gray olive cyan".split()))
 TOY_COLORS = {
     "gd": "tab:gray",
@@ -133,16 +149,18 @@ def _styles(optimizers: Sequence[str]) -> dict[str, tuple[str, str]]:
 
 def plot_mechanism(curves: pd.DataFrame, title: str) -> Figure | None:
     """One figure for the curves of one (experiment, scale): a row per group of optimizers its table compares
-    (``panel_rows``), a column per curve."""
+    (``panel_rows``), a column per curve (``MECHANISM_COLUMNS``). Every panel of a row spans the epochs its
+    runs recorded; a panel with no values (the angles of an older record) says ``NOT_RECORDED``."""
     rows = panel_rows(curves["table_id"].dropna().astype(str), curves["optimizer"].dropna().astype(str))
     if not rows:
         return None
-    fig = Figure(figsize=(4.2 * len(CURVE_COLUMNS), 3.2 * len(rows)), layout="constrained")
-    axes = fig.subplots(len(rows), len(CURVE_COLUMNS), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(MECHANISM_COLUMNS), 3.2 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(MECHANISM_COLUMNS), squeeze=False)
     for row, (row_title, members) in enumerate(rows):
         optimizers = [o for o, _ in members]
         styles = _styles(optimizers)
-        for col, column in enumerate(CURVE_COLUMNS):
+        epochs = curves.loc[curves["optimizer"].isin(optimizers), EPOCH].dropna()
+        for col, column in enumerate(MECHANISM_COLUMNS):
             ax = axes[row][col]
             bands = seed_bands(curves[curves["optimizer"].isin(optimizers)], column)
             for optimizer, label in members:
@@ -160,18 +178,33 @@ def plot_mechanism(curves: pd.DataFrame, title: str) -> Figure | None:
                     ax.fill_between(
                         band[EPOCH], band["low"], band["high"], color=color, alpha=0.2, linewidth=0
                     )
-            if column == EFFECTIVE_STEP_SIZE and ax.has_data():
+            if column in LOG_COLUMNS and ax.has_data():
                 ax.set_yscale("log")
+            _span_epochs(ax, epochs)
             ax.set_xlabel(EPOCH)
             ax.set_ylabel(TITLES[column].axis_label)
             ax.set_title(row_title, fontsize=9)
             if ax.has_data():
                 ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, NOT_RECORDED, transform=ax.transAxes, ha="center", va="center", color="0.4")
     fig.suptitle(
-        f"{title}: mean over seeds, band = min-max over seeds; effective step lr/||w||^2 for every optimizer",
+        f"{title}: mean over seeds, band = min-max over seeds; effective step lr/||w||^2 for every optimizer; "
+        "angle: RMS over filters and sampled steps of the angle a filter turns in one step",
         fontsize=9,
     )
     return fig
+
+
+def _span_epochs(ax, epochs: pd.Series) -> None:
+    """x axis over ``epochs`` (the first to the last recorded, with a 5% margin), integer ticks: a point
+    measured at one epoch sits at that epoch, not in the middle of a range matplotlib makes around it."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if epochs.empty:
+        return
+    low, high = float(epochs.min()), float(epochs.max())
+    pad = 0.05 * (high - low) if high > low else 0.5
+    ax.set_xlim(low - pad, high + pad)
 
 
 def mechanism_figures(

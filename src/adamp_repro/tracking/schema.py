@@ -9,7 +9,10 @@ every other key of a version-1 summary means what it meant. Version 3 renames ``
 ``initial_mean_filter_norm`` to ``epoch1_mean_weight_norm`` and ``epoch1_mean_filter_norm``: they were always
 taken from the first epoch row, i.e. after the first epoch (the norms before the first step are
 ``at_init_<key>``). Committed summaries are not rewritten: every reader goes through ``upgrade_summary``,
-which gives a summary of an older version this version's key names (``RENAMED_KEYS``).
+which gives a summary of an older version this version's key names (``RENAMED_KEYS``). Keys added within a
+version mean nothing new for the others and are simply absent from older summaries and rows (the angular
+updates ``mean_filter_angle``, ``rms_filter_angle`` and ``rms_filter_grad_norm``, added in version 3): a reader
+takes a missing key as not recorded.
 
 The code that ran (written by ``train.life.RunLife`` when the training ends, since the optimizer's forms are
 known only after its steps): each provenance segment gets ``optimizer_forms`` (what the optimizer stepped
@@ -93,6 +96,9 @@ TRAIN_LOSS = train_key(LOSS)
 MEAN_WEIGHT_NORM, EFFECTIVE_STEP_SIZE = "mean_weight_norm", "effective_step_size"
 MEAN_FILTER_NORM, FILTER_EFFECTIVE_STEP_SIZE = "mean_filter_norm", "filter_effective_step_size"
 DETECTED_SHARE, MEAN_ABS_COS = "detected_share", "mean_abs_cos"
+# The angular update per step of the filters and their gradient norm (radians; loss units per weight unit).
+MEAN_FILTER_ANGLE, RMS_FILTER_ANGLE = "mean_filter_angle", "rms_filter_angle"
+RMS_FILTER_GRAD_NORM = "rms_filter_grad_norm"
 SUMMARY_KEYS = (
     MEAN_WEIGHT_NORM,
     EFFECTIVE_STEP_SIZE,
@@ -100,6 +106,9 @@ SUMMARY_KEYS = (
     FILTER_EFFECTIVE_STEP_SIZE,
     DETECTED_SHARE,
     MEAN_ABS_COS,
+    MEAN_FILTER_ANGLE,
+    RMS_FILTER_ANGLE,
+    RMS_FILTER_GRAD_NORM,
 )
 ROW_KEYS = (
     "epoch",
@@ -113,6 +122,9 @@ ROW_KEYS = (
     "abs_cos_max",
     "detected",
     "followed_by_norm",
+    "filter_angle",
+    "filter_angle_rms",
+    "filter_grad_norm_rms",
 )
 
 
@@ -150,6 +162,9 @@ TITLES = {
     ),
     DETECTED_SHARE: Title("Share of weights detected scale-invariant", "share detected scale-invariant"),
     MEAN_ABS_COS: Title("Mean max-channel abs cos(grad, w)", "mean max |cos(grad, w)|"),
+    MEAN_FILTER_ANGLE: Title("Mean angular update per step per filter (rad)", "mean angle per step (rad)"),
+    RMS_FILTER_ANGLE: Title("RMS angular update per step per filter (rad)", "RMS angle per step (rad)"),
+    RMS_FILTER_GRAD_NORM: Title("RMS gradient norm per filter", "RMS ||grad w_c||"),
     step_key(LOSS): Title("Train loss per logged step"),
     step_key(LR): Title("Learning rate per logged step"),
 }
@@ -197,6 +212,9 @@ def summarise_rows(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
 
     Norms and effective step sizes are means over the weights followed by a normalisation layer;
     ``detected_share`` is weighted by number of elements over the tested weights, ``mean_abs_cos`` their mean.
+    Over the same weights, each counted once as the norms are: ``mean_filter_angle`` is the mean of their
+    ``filter_angle``, ``rms_filter_angle`` and ``rms_filter_grad_norm`` the root of the mean of their squared
+    RMS values (the RMS over weights of equal share).
     """
     rows = list(rows)
     invariant = [r for r in rows if r["followed_by_norm"]]
@@ -212,12 +230,21 @@ def summarise_rows(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
         if tested_numel
         else math.nan,
         MEAN_ABS_COS: _mean(r["abs_cos_max"] for r in tested),
+        # Rows written before the angle columns existed read as NaN.
+        MEAN_FILTER_ANGLE: _mean(r.get("filter_angle", math.nan) for r in invariant),
+        RMS_FILTER_ANGLE: _rms(r.get("filter_angle_rms", math.nan) for r in invariant),
+        RMS_FILTER_GRAD_NORM: _rms(r.get("filter_grad_norm_rms", math.nan) for r in invariant),
     }
 
 
 def _mean(values: Iterable[float]) -> float:
     values = [v for v in values if not math.isnan(v)]
     return sum(values) / len(values) if values else math.nan
+
+
+def _rms(values: Iterable[float]) -> float:
+    mean_sq = _mean(v * v for v in values)
+    return math.sqrt(mean_sq) if not math.isnan(mean_sq) else math.nan
 
 
 def schema_version_of(summary: Mapping[str, Any]) -> int:
@@ -251,8 +278,8 @@ def upgrade_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # The diagnostics whose value at the end of the first epoch is also summarised, as epoch1_<key> (the value
-# before the first step is at_init_<key>, written by the trainer).
-EPOCH1_KEYS = (MEAN_WEIGHT_NORM, MEAN_FILTER_NORM)
+# before the first step is at_init_<key>, written by the trainer, for the norms).
+EPOCH1_KEYS = (MEAN_WEIGHT_NORM, MEAN_FILTER_NORM, MEAN_FILTER_ANGLE, RMS_FILTER_ANGLE, RMS_FILTER_GRAD_NORM)
 
 
 def summary_metrics(history: Sequence[Mapping[str, Any]], primary_metric: str) -> dict[str, Any]:

@@ -24,6 +24,16 @@ part of the update and keep ||w|| flat (arXiv 2006.08217v3, Sec. 2-3). Measured 
   (channel view, then layer view: max |cos| < delta / sqrt(row length); adamp 0.3.0 ``_projection``). Both
   figures come from the optimizers' own test, ``optim.projection.scale_invariance_test``.
 - ``followed_by_norm``: 1 when the weight's module feeds a normalisation layer (see ``normalised_weights``).
+- ``filter_angle`` and ``filter_angle_rms`` (radians per step): the angle each filter w_c turns in one
+  optimizer step, angle(w_c before, w_c after), measured at the sampled steps on the weights followed by a
+  normalisation layer (NaN on the others); the mean and the root mean square over the filters and the epoch's
+  sampled steps. The equilibrium formulas of the angular update (e.g. Wan et al. 2006.08419, Kosson et al.
+  2305.17212) are of the RMS kind. Computed in float64 by the chord formula 2 atan2(||a - b||, ||a + b||) of
+  the unit vectors a, b, exact to rounding at any angle (an fp32 arccos of a cosine near 1 is off by 1% at
+  3e-3 rad and 100% at 1e-4 rad).
+- ``filter_grad_norm_rms``: the root mean square over filters and sampled steps of ||g_c||, the loss gradient
+  of the filter as the optimizer receives it (before its weight decay; a fp16 GradScaler's scale divided out),
+  on the same weights: what SGD's equilibrium norm needs beside lr, momentum and weight decay.
 
 NOTE: [which weights count as scale-invariant] The epoch summaries average the norm and the effective step
 size over the weights *followed by a normalisation layer*, a fixed set read from the module structure once.
@@ -33,9 +43,11 @@ number of elements over all weights with ndim > 1 (the paper: "more than 90% of 
 scale-invariant due to BN", abstract of 2006.08217v3).
 
 Cost and purity: the gradient test runs every ``every_n_steps`` steps (and on the first step of each epoch);
-the other steps return at once. Everything runs under ``torch.no_grad`` on detached tensors, uses no RNG
-and edits nothing in place, so training numbers are bit-for-bit those of a run without diagnostics. Results
-stay on the device until ``epoch_end``, which does one host transfer.
+the other steps return at once. A sampled step also keeps a copy of the weights followed by a normalisation
+layer from ``before_step`` to ``after_step`` (one extra copy of those weights in memory, for one step) to
+measure the angle. Everything runs under ``torch.no_grad`` on detached tensors (the copy is a new tensor),
+uses no RNG and edits nothing in place, so training numbers are bit-for-bit those of a run without
+diagnostics. Results stay on the device until ``epoch_end``, which does one host transfer.
 """
 
 from __future__ import annotations
@@ -48,6 +60,9 @@ from torch import nn
 
 from adamp_repro.optim.projection import scale_invariance_test
 from adamp_repro.tracking.schema import SUMMARY_KEYS, summarise_rows
+
+# The angle and gradient-norm accumulators of the resume state (``WeightDiagnostics._<name>``).
+ANGLE_STATE = ("angle_sum", "angle_sq_sum", "angle_count", "grad_sq_sum", "grad_count")
 
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm, timm BatchNormAct2d
@@ -125,9 +140,12 @@ class WeightDiagnostics:
             each ``epoch_end`` (so every epoch has at least one measurement).
         delta: the test threshold of the optimizers (adamp 0.3.0 default 0.1).
         eps: the cosine-similarity eps of the optimizers (adamp 0.3.0 default 1e-8).
+        angles: measure the angular updates and gradient norms (their columns are NaN without); off only
+            to time what they cost (``scripts/bench_trainer.py``).
 
     Call order per training step: backward, ``before_step(step)``, ``optimizer.step()``, ``after_step(step)``;
-    per epoch: ``epoch_end(epoch)``.
+    per epoch: ``epoch_end(epoch)``. ``before_step`` takes the GradScaler's scale when the gradients it sees
+    are still scaled (fp16 without clipping), so that the gradient norms are those of the loss.
     """
 
     def __init__(
@@ -137,6 +155,7 @@ class WeightDiagnostics:
         every_n_steps: int = 50,
         delta: float = 0.1,
         eps: float = 1e-8,
+        angles: bool = True,
     ):
         if every_n_steps < 1:
             raise ValueError(f"Invalid every_n_steps: {every_n_steps}; expected an integer >= 1")
@@ -145,6 +164,7 @@ class WeightDiagnostics:
         self.every_n_steps = int(every_n_steps)
         self.delta = float(delta)
         self.eps = float(eps)
+        self.angles = bool(angles)
         self.optimizer = optimizer
         normalised = normalised_weights(model)
         named = [(name, p) for name, p in model.named_parameters() if p.ndim > 1]
@@ -156,6 +176,11 @@ class WeightDiagnostics:
         self._group = [group_of.get(id(p)) for p in self.params]
         self._device = self.params[0].device if self.params else torch.device("cpu")
         self._nan = torch.full((), math.nan, dtype=torch.float64, device=self._device)
+        self._zero = torch.zeros((), dtype=torch.float64, device=self._device)
+        # Copies of the weights followed by a normalisation layer, kept from before_step to after_step of a
+        # sampled step (None elsewhere), and whether each one's gradient was finite at that step.
+        self._before: list[torch.Tensor | None] | None = None
+        self._grad_finite: list[torch.Tensor | None] = [None] * len(self.params)
         self._reset_epoch()
         self._measure_next = True  # the first step of the run, and of every epoch, is measured
         self._measured_step: int | None = None
@@ -181,15 +206,28 @@ class WeightDiagnostics:
         self._cos_sum = torch.zeros(len(self.params), dtype=torch.float64, device=self._device)
         self._detected_sum = torch.zeros_like(self._cos_sum)
         self._count = torch.zeros_like(self._cos_sum)
+        # Angular updates and gradient norms per filter, over the measured (filter, step) pairs of the weights
+        # followed by a normalisation layer: sum of angles, of squared angles, their count; sum of ||g_c||^2
+        # and its count.
+        self._angle_sum = torch.zeros_like(self._cos_sum)
+        self._angle_sq_sum = torch.zeros_like(self._cos_sum)
+        self._angle_count = torch.zeros_like(self._cos_sum)
+        self._grad_sq_sum = torch.zeros_like(self._cos_sum)
+        self._grad_count = torch.zeros_like(self._cos_sum)
 
     def _due(self, step: int) -> bool:
         return self._measure_next or step % self.every_n_steps == 0
 
     @torch.no_grad()
-    def before_step(self, step: int) -> None:
-        """Run the optimizer's scale-invariance test on the current gradients (after backward)."""
+    def before_step(self, step: int, grad_scale: float | torch.Tensor | None = None) -> None:
+        """Run the optimizer's scale-invariance test on the current gradients (after backward); on the weights
+        followed by a normalisation layer, add up the per-filter gradient norms (divided by ``grad_scale``
+        when given: the GradScaler's scale of still-scaled gradients) and keep a copy of the weights for
+        ``after_step``'s angle."""
         if not self.params or not self._due(step):
             return
+        if self.angles:
+            self._measure_angles(grad_scale)
         cos, detected = [], []
         for p in self.params:
             if p.grad is None:  # NaN marks "no test": left out of the counts below, like a non-finite test
@@ -208,14 +246,60 @@ class WeightDiagnostics:
         self._measured_step = step
         self._measure_next = False
 
+    def _measure_angles(self, grad_scale: float | torch.Tensor | None) -> None:
+        before: list[torch.Tensor | None] = []
+        grad_sq, grad_n = [], []
+        for i, p in enumerate(self.params):
+            self._grad_finite[i] = None
+            if not self.followed_by_norm[i] or p.grad is None:  # no gradient: no step to measure
+                before.append(None)
+                grad_sq.append(self._zero)
+                grad_n.append(self._zero)
+                continue
+            before.append(p.detach().clone())
+            g = p.grad.detach().reshape(p.shape[0], -1).to(self._device, torch.float64)
+            if grad_scale is not None:
+                g = g / grad_scale  # a 0-dim tensor or a float: g stays float64
+            sq = g.pow(2).sum(dim=1)  # ||g_c||^2 per filter
+            finite = torch.isfinite(sq).all()  # a skipped fp16 step (inf grads) is left out, its angle too
+            self._grad_finite[i] = finite
+            grad_sq.append(torch.where(finite, sq.sum(), 0.0))
+            grad_n.append(finite.to(torch.float64) * sq.numel())
+        self._grad_sq_sum += torch.stack(grad_sq)
+        self._grad_count += torch.stack(grad_n)
+        self._before = before
+
     def after_step(self, step: int) -> None:
-        """Record the lr each weight was just updated with (read before a scheduler changes it)."""
+        """Record the lr each weight was just updated with (read before a scheduler changes it) and, on a
+        sampled step, the angle each filter turned."""
         self._last_step = step
         if self._measured_step != step:
             return
+        if self._before is not None:
+            self._add_angles(self._before)
+            self._before = None
         groups = self.optimizer.param_groups
         # A tensor lr (capturable optimizers) is kept as a tensor: reading it here would sync the host.
         self._lr = [math.nan if g is None else _detached(groups[g]["lr"]) for g in self._group]
+
+    @torch.no_grad()
+    def _add_angles(self, before: list[torch.Tensor | None]) -> None:
+        angle_sum, angle_sq, angle_n = [], [], []
+        for i, (p, old) in enumerate(zip(self.params, before)):
+            if old is None:
+                angle_sum.append(self._zero)
+                angle_sq.append(self._zero)
+                angle_n.append(self._zero)
+                continue
+            angles = filter_angles(old, p.detach()).to(self._device)
+            ok = torch.isfinite(angles) & self._grad_finite[i]
+            angle_sum.append(torch.where(ok, angles, 0.0).sum())
+            angle_sq.append(torch.where(ok, angles.pow(2), 0.0).sum())
+            angle_n.append(ok.sum().to(torch.float64))
+        self._angle_sum += torch.stack(angle_sum)
+        self._angle_sq_sum += torch.stack(angle_sq)
+        self._angle_count += torch.stack(angle_n)
+        self._grad_finite = [None] * len(self.params)
 
     @torch.no_grad()
     def epoch_end(self, epoch: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
@@ -225,7 +309,9 @@ class WeightDiagnostics:
         ``filter_effective_step_size`` (means over the weights followed by a normalisation layer, NaN when
         there are none), ``detected_share`` (share of the elements of all
         ndim > 1 weights that passed the test, averaged over the epoch's measured steps) and
-        ``mean_abs_cos`` (mean over those weights of their epoch-mean channel-view max |cos|).
+        ``mean_abs_cos`` (mean over those weights of their epoch-mean channel-view max |cos|),
+        ``mean_filter_angle``, ``rms_filter_angle`` and ``rms_filter_grad_norm`` (over the weights followed
+        by a normalisation layer: ``tracking.schema.summarise_rows``).
         """
         if not self.params:
             self._measure_next = True
@@ -234,7 +320,12 @@ class WeightDiagnostics:
         filters = [_filter_norms(p).to(self._device) for p in self.params]
         filter_mean = torch.stack([f.mean() for f in filters])
         inv_sq_mean = torch.stack([torch.where(f > 0, f.pow(-2), math.nan).nanmean() for f in filters])
+        angle_n, grad_n = self._angle_count, self._grad_count
+        angle_mean = torch.where(angle_n > 0, self._angle_sum / angle_n, math.nan)
+        angle_rms = torch.where(angle_n > 0, self._angle_sq_sum / angle_n, math.nan).sqrt()
+        grad_rms = torch.where(grad_n > 0, self._grad_sq_sum / grad_n, math.nan).sqrt()
         per_param = [norms, filter_mean, inv_sq_mean, self._cos_sum, self._detected_sum, self._count]
+        per_param += [angle_mean, angle_rms, grad_rms]
         stacked = list(per_param)
         tensor_lr = [i for i, v in enumerate(self._lr) if torch.is_tensor(v)]
         if tensor_lr:
@@ -242,7 +333,7 @@ class WeightDiagnostics:
         host = torch.cat(stacked).cpu().tolist()  # the one host sync of the epoch
         p_count = len(self.params)
         parts = [host[k * p_count : (k + 1) * p_count] for k in range(len(per_param))]
-        norms_h, filter_h, inv_sq_h, cos_sum, det_sum, counts = parts
+        norms_h, filter_h, inv_sq_h, cos_sum, det_sum, counts, angle_h, angle_rms_h, grad_rms_h = parts
         lr_h = list(self._lr)
         for offset, i in enumerate(tensor_lr):
             lr_h[i] = host[len(parts) * p_count + offset]
@@ -262,6 +353,9 @@ class WeightDiagnostics:
                     "abs_cos_max": cos_sum[i] / n if n else math.nan,
                     "detected": det_sum[i] / n if n else math.nan,
                     "followed_by_norm": int(self.followed_by_norm[i]),
+                    "filter_angle": angle_h[i],
+                    "filter_angle_rms": angle_rms_h[i],
+                    "filter_grad_norm_rms": grad_rms_h[i],
                 }
             )
         summary = summarise_rows(rows)
@@ -276,6 +370,7 @@ class WeightDiagnostics:
             "cos_sum": self._cos_sum.cpu(),
             "detected_sum": self._detected_sum.cpu(),
             "count": self._count.cpu(),
+            **{key: getattr(self, f"_{key}").cpu() for key in ANGLE_STATE},
             "measure_next": self._measure_next,
             "last_step": self._last_step,
             "lr": lr,
@@ -291,6 +386,9 @@ class WeightDiagnostics:
         self._cos_sum = state["cos_sum"].to(self._device, torch.float64)
         self._detected_sum = state["detected_sum"].to(self._device, torch.float64)
         self._count = state["count"].to(self._device, torch.float64)
+        for key in ANGLE_STATE:  # a checkpoint written before the angles existed starts them at zero
+            if key in state:
+                setattr(self, f"_{key}", state[key].to(self._device, torch.float64))
         self._measure_next = bool(state["measure_next"])
         self._last_step = int(state["last_step"])
         self._lr = [float(v) for v in state["lr"]]
@@ -304,6 +402,19 @@ def _tensor_norm(weight: torch.Tensor) -> torch.Tensor:
 def _filter_norms(weight: torch.Tensor) -> torch.Tensor:
     """L2 norm of each output channel of ``weight`` (dim 0), in float64 on the weight's device."""
     return weight.detach().reshape(weight.shape[0], -1).to(torch.float64).norm(dim=1)
+
+
+def filter_angles(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """Angle (radians) between each output channel of ``before`` and of ``after`` (same shape, dim 0 the
+    channels), shape (channels,), float64 on their device; NaN for a channel that is zero in either.
+
+    Chord formula 2 atan2(||a - b||, ||a + b||) on the float64 unit vectors a, b: accurate to rounding at every
+    angle, where arccos(cos) loses half the digits near 0."""
+    a = before.detach().reshape(before.shape[0], -1).to(torch.float64)
+    b = after.detach().reshape(after.shape[0], -1).to(torch.float64)
+    norm_a, norm_b = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
+    a, b = a / norm_a, b / norm_b  # 0/0 = NaN for a zero channel, kept as NaN below
+    return 2.0 * torch.atan2((a - b).norm(dim=1), (a + b).norm(dim=1))
 
 
 def _detached(value: Any) -> float | torch.Tensor:

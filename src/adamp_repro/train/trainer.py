@@ -269,7 +269,11 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip_norm)
         if self.diag is not None:
-            self.diag.before_step(self.state.global_step)
+            # Without clipping a fp16 GradScaler leaves the gradients scaled until its step: the diagnostics
+            # divide its scale out of their gradient norms (the scale tensor, read without a host sync).
+            scaled = self.scaler.is_enabled() and not self.settings.grad_clip_norm
+            scale = self.scaler._get_scale_async() if scaled else None
+            self.diag.before_step(self.state.global_step, grad_scale=scale)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.diag is not None:
