@@ -15,6 +15,9 @@ SCALE ?= mini
 SEEDS ?=
 PREFLIGHT ?= 1
 PYTEST_ARGS ?=
+# pytest-xdist workers of `make test` (0: one process). Modules that share an expensive module fixture are grouped
+# (pytest.mark.xdist_group) so the fixture is built once.
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 
@@ -33,7 +36,7 @@ help: ## list the targets
 
 .PHONY: test
 test: lint-imports ## check the import contract, then run the fast test suite (what CI runs)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 .PHONY: lint-imports
 lint-imports: $(STAMP) ## check the import contract of pyproject.toml (floors and no circles)

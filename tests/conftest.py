@@ -16,7 +16,9 @@ CONFIG_DIR = PROJECT_ROOT / "configs"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread per pytest-xdist worker (``make test`` runs two): two workers of two threads each on a 2-core machine
+# spin against each other in OpenMP waits and run slower than one worker; alone, two threads.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:

@@ -61,7 +61,8 @@ class TinyNet(nn.Module):
 
 # One thread (conftest.py): bitwise-reproducible training, and no OpenMP oversubscription on a shared 2-core
 # machine (measured: 2 threads under load ran this file's training 20x slower than 1 thread).
-pytestmark = pytest.mark.usefixtures("one_thread")
+# one worker builds the module fixtures (make test runs pytest-xdist)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.xdist_group("adversarial")]
 
 
 def task_cfg(**overrides):

@@ -29,6 +29,9 @@ from adamp_repro.train import run, run_dir_for
 
 from .conftest import CONFIG_DIR, PROJECT_ROOT, compose_config
 
+# One worker builds this module's fixtures (make test runs pytest-xdist).
+pytestmark = pytest.mark.xdist_group("dashboard")
+
 SMOKE = ["scale=smoke", "device=cpu", "progress=false", "logger=wandb", "train.log_every_n_steps=1"]
 # PGD at the smallest size that still runs the adversarial task's training and (final) evaluation code.
 ADVERSARIAL = [

@@ -29,6 +29,9 @@ CUDA_ONLY = {"host_sync", "cuda_graph", "parity_compiled"}
 GUARD = """
 import importlib.abc, importlib.machinery, runpy, sys
 
+# One worker builds this module's fixtures (make test runs pytest-xdist).
+pytestmark = pytest.mark.xdist_group("device_check")
+
 class Blocked(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         top = name.partition(".")[0]

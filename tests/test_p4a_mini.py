@@ -22,6 +22,9 @@ from adamp_repro.results.tables import layout_table, render_markdown
 
 from .test_results import PAPER_DIR, write_run
 
+# One worker builds this module's fixtures (make test runs pytest-xdist).
+pytestmark = pytest.mark.xdist_group("p4a_mini")
+
 BLOCK = "linf eps=4/255"
 LABEL = "CIFAR-10 (JPEG copy): 5k-image train subset, full 10k test set"
 # optimizer -> per seed (clean, PGD-10, AutoAttack, AutoAttack's PGD-10 subset); norms per optimizer.

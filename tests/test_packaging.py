@@ -21,6 +21,9 @@ import yaml
 
 from .conftest import PROJECT_ROOT
 
+# One worker builds this module's fixtures (make test runs pytest-xdist).
+pytestmark = pytest.mark.xdist_group("packaging")
+
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 PINS = PROJECT_ROOT / "requirements" / "pins.txt"

@@ -23,6 +23,9 @@ from adamp_repro.results.reference import PAPER_COLUMNS, load_paper_numbers, rea
 from adamp_repro.results.tables import latex_escape, layout_table, render_latex, render_markdown
 from adamp_repro.tracking.records import RunRecord, atomic_write_text
 
+# One worker builds this module's fixtures (make test runs pytest-xdist).
+pytestmark = pytest.mark.xdist_group("results")
+
 REPO = Path(__file__).resolve().parents[1]
 PAPER_DIR = REPO / "results" / "paper"
 PAPER_REFERENCE = PAPER_DIR / "reference.csv"  # the transcription of the paper's printed cells

@@ -15,6 +15,9 @@ from adamp_repro.tracking.records import read_csv_rows
 from adamp_repro.train import run, run_dir_for
 from adamp_repro.train.autoattack import WARNING_FLAGS
 
+# One worker builds this module's fixtures (make test runs pytest-xdist).
+pytestmark = pytest.mark.xdist_group("robustness")
+
 TINY = [
     "task=adversarial",
     "model=wide_resnet_tiny",

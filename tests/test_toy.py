@@ -16,6 +16,9 @@ from adamp_repro.toy.norm_growth import (
     simulate,
 )
 
+# One worker builds this module's fixtures (make test runs pytest-xdist).
+pytestmark = pytest.mark.xdist_group("toy")
+
 LOSS = SphereQuadratic.random(dim=8, rows=12, seed=0)
 W0 = np.random.default_rng(1).standard_normal(8)
 
