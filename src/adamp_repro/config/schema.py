@@ -122,6 +122,11 @@ class Optimizer(Open):
     compile: bool = flag(False)
     project_buffer: bool = flag(True)
     projection: bool = flag(True)
+    scale_invariant_weight_decay: float | None = Field(
+        None,
+        ge=0,
+        description="null, or a finite number >= 0 (the decay of the weights followed by a norm layer)",
+    )
 
 
 class ExternalOptimizer(Open):
@@ -137,6 +142,11 @@ class ExternalOptimizer(Open):
     weight_decay: float = within(COMMON["weight_decay"], 0.0)
     no_decay_bias_norm: bool = flag(False)
     foreach: bool | None = flag(None)
+    scale_invariant_weight_decay: float | None = Field(
+        None,
+        ge=0,
+        description="null, or a finite number >= 0 (the decay of the weights followed by a norm layer)",
+    )
 
 
 def _optimizer_form(data: Any) -> str:

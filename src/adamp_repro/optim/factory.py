@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,7 @@ from adamp_repro.optim.sgdp import SGDP
 __all__ = ["OPTIMIZERS", "OptimizerEntry", "build_optimizer", "check_optimizer_config", "is_external"]
 
 # Keys every config has; consumed by the factory rather than passed on.
-FACTORY_KEYS = frozenset({"name", "weight_decay", "no_decay_bias_norm"})
+FACTORY_KEYS = frozenset({"name", "weight_decay", "no_decay_bias_norm", "scale_invariant_weight_decay"})
 # Keys that name the class of a config outside the registry (one of them, never both).
 SOURCE_KEYS = ("_target_", "timm")
 # The suite's own keys of such a config: read by the factory, never passed to the class as written.
@@ -72,22 +72,22 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
 }
 
 
-def build_optimizer(cfg: Mapping[str, Any], model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(
+    cfg: Mapping[str, Any], model: nn.Module, scale_invariant: Collection[str] = ()
+) -> torch.optim.Optimizer:
     """The optimizer ``cfg`` describes, over ``model``'s trainable parameters.
 
     ``cfg`` is a mapping or DictConfig with the keys of a ``configs/optimizer/*.yaml`` file. ``weight_decay``
     (torch units) goes to the parameter groups built by ``param_groups(model, weight_decay,
-    no_decay_bias_norm)``; every other key is passed to the class as written (``betas`` as a tuple). A config
-    with ``_target_`` or ``timm`` builds the class it names (module docstring); ``check_optimizer_config``
-    checks it first.
+    no_decay_bias_norm)``; ``scale_invariant_weight_decay``, when set, replaces it on the parameters named in
+    ``scale_invariant`` (the caller finds them: the trainer passes the weights followed by a normalisation layer);
+    every other key is passed to the class as written (``betas`` as a tuple). A config with ``_target_`` or
+    ``timm`` builds the class it names (module docstring); ``check_optimizer_config`` checks it first.
     """
     settings = plain_config(cfg, "optimizer")
     if is_external(settings):
         make, kwargs = _external(settings)
-        groups = param_groups(
-            model, float(settings.get("weight_decay", 0.0)), bool(settings.get("no_decay_bias_norm", False))
-        )
-        return make(groups, kwargs)
+        return make(_groups(settings, model, scale_invariant), kwargs)
     name = settings.get("name")
     entry = OPTIMIZERS.get(name)
     if entry is None:
@@ -101,8 +101,18 @@ def build_optimizer(cfg: Mapping[str, Any], model: nn.Module) -> torch.optim.Opt
     kwargs = {key: value for key, value in settings.items() if key in entry.keys}
     if "betas" in kwargs:
         kwargs["betas"] = tuple(float(beta) for beta in kwargs["betas"])
-    groups = param_groups(model, weight_decay, bool(settings.get("no_decay_bias_norm", False)))
-    return entry.cls(groups, weight_decay=weight_decay, **kwargs)
+    return entry.cls(_groups(settings, model, scale_invariant), weight_decay=weight_decay, **kwargs)
+
+
+def _groups(settings: Mapping[str, Any], model: nn.Module, scale_invariant: Collection[str]) -> list[dict]:
+    invariant_decay = settings.get("scale_invariant_weight_decay")
+    return param_groups(
+        model,
+        float(settings.get("weight_decay", 0.0)),
+        bool(settings.get("no_decay_bias_norm", False)),
+        scale_invariant=scale_invariant,
+        scale_invariant_weight_decay=None if invariant_decay is None else float(invariant_decay),
+    )
 
 
 def is_external(settings: Mapping[str, Any]) -> bool:

@@ -7,6 +7,7 @@ which changes what wd_ratio can act on (NOTE: [projection scope] in ``projection
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from torch import nn
@@ -24,21 +25,44 @@ def is_no_decay(name: str, ndim: int) -> bool:
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, no_decay_bias_norm: bool = False
+    model: nn.Module,
+    weight_decay: float,
+    no_decay_bias_norm: bool = False,
+    *,
+    scale_invariant: Collection[str] = (),
+    scale_invariant_weight_decay: float | None = None,
 ) -> list[dict[str, Any]]:
     """Trainable parameters of ``model`` as optimizer param groups.
 
     ``no_decay_bias_norm=False``: one group with ``weight_decay``. ``True``: biases and ``ndim <= 1``
-    parameters in a second group with weight_decay 0. Frozen parameters (requires_grad False) are left out.
-    Empty groups are dropped, so the result always has one or two groups.
+    parameters in a second group with weight_decay 0. ``scale_invariant_weight_decay`` set: the parameters named
+    in ``scale_invariant`` (weights followed by a normalisation layer, as the trainer's diagnostics find them) get
+    a group of their own with that decay, every other parameter keeps ``weight_decay``: a decay raised on the
+    scale-invariant weights alone (the rotation-matched AdamW of the equilibrium table, docs/equilibrium.md).
+    Frozen parameters (requires_grad False) are left out; empty groups are dropped.
     """
-    decay, no_decay = [], []
+    if scale_invariant_weight_decay is not None and not scale_invariant:
+        raise ValueError(
+            "scale_invariant_weight_decay is set but no scale-invariant weight was named; the model has no weight "
+            "followed by a normalisation layer, or the caller did not pass them"
+        )
+    named = set(scale_invariant) if scale_invariant_weight_decay is not None else set()
+    unknown = named - {name for name, _ in model.named_parameters()}
+    if unknown:
+        raise ValueError(f"scale_invariant names parameters the model does not have: {sorted(unknown)[:3]}")
+    decay, invariant, no_decay = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if no_decay_bias_norm and is_no_decay(name, p.dim()) else decay).append(p)
+        if name in named:
+            invariant.append(p)
+        elif no_decay_bias_norm and is_no_decay(name, p.dim()):
+            no_decay.append(p)
+        else:
+            decay.append(p)
     groups = [
         {"params": decay, "weight_decay": float(weight_decay)},
+        {"params": invariant, "weight_decay": float(scale_invariant_weight_decay or 0.0)},
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return [group for group in groups if group["params"]]

@@ -125,6 +125,7 @@ ROW_KEYS = (
     "filter_angle",
     "filter_angle_rms",
     "filter_grad_norm_rms",
+    "row_length",  # elements per output-channel row (a filter's dimension d, for the equilibrium predictions)
 )
 
 

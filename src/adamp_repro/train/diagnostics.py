@@ -172,6 +172,7 @@ class WeightDiagnostics:
         self.params = [p for _, p in named]
         self.followed_by_norm = [name in normalised for name, _ in named]
         self.numels = [p.numel() for p in self.params]
+        self.row_lengths = [p[0].numel() if p.shape[0] else 0 for p in self.params]
         group_of = {id(p): i for i, group in enumerate(optimizer.param_groups) for p in group["params"]}
         self._group = [group_of.get(id(p)) for p in self.params]
         self._device = self.params[0].device if self.params else torch.device("cpu")
@@ -356,6 +357,7 @@ class WeightDiagnostics:
                     "filter_angle": angle_h[i],
                     "filter_angle_rms": angle_rms_h[i],
                     "filter_grad_norm_rms": grad_rms_h[i],
+                    "row_length": self.row_lengths[i],
                 }
             )
         summary = summarise_rows(rows)

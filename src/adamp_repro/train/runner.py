@@ -40,7 +40,7 @@ from adamp_repro.tracking.provenance import collect_provenance
 from adamp_repro.tracking.records import RunRecord, is_completed, read_summary
 from adamp_repro.tracking.run_lock import RunLock
 from adamp_repro.tracking.schema import FUSED_CPU_BUILD, OPTIMIZER_FORMS
-from adamp_repro.train.diagnostics import WeightDiagnostics
+from adamp_repro.train.diagnostics import WeightDiagnostics, normalised_weights
 from adamp_repro.train.distributed import DistContext, init_distributed, resolve_device, shutdown
 from adamp_repro.train.life import RunLife
 from adamp_repro.train.resume import prepare_resume
@@ -65,7 +65,10 @@ VOLATILE_KEYS = (
 )
 # Options that change a run only when set: at this value they stay out of the hash, so adding one to a config
 # file leaves every earlier record in its folder. Dotted paths.
-HASHED_ONLY_WHEN_SET = {"dataset.skip_unreadable_images": False}
+HASHED_ONLY_WHEN_SET = {
+    "dataset.skip_unreadable_images": False,
+    "optimizer.scale_invariant_weight_decay": None,
+}
 # Renamed values: the hash reads each under the spelling it has always used, so a rename moves no run folder
 # and a config in the old spelling and one in the new map to the same folder. Dotted path -> {new: hashed}.
 # A later rename of the same value adds its new spelling here, mapped to the same hashed spelling.
@@ -258,7 +261,9 @@ def _run(
         cfg.optimizer.lr,
         cfg.optimizer.get("weight_decay", 0.0),
     )
-    optimizer = build_optimizer(_scaled_optimizer_cfg(cfg, ctx), model)
+    # The weights followed by a normalisation layer (the diagnostics' structural set): a config may give them a
+    # decay of their own (optimizer.scale_invariant_weight_decay).
+    optimizer = build_optimizer(_scaled_optimizer_cfg(cfg, ctx), model, normalised_weights(model))
     train_model = model
     if ctx.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
