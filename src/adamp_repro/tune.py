@@ -387,6 +387,25 @@ def status_of(study: Study, run: Planned, chosen: Mapping[str, int] | None, extr
         return run_dir, "missing"
 
 
+def check_split(study: Study, extra: Sequence[str]) -> None:
+    """A ConfigError unless the study's experiment can hold out a validation split (its data set is of the
+    ``in_memory`` family, the only one with ``dataset.validation``)."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [
+        o for o in [*OVERRIDES[0], f"experiment={study.experiment}", *extra] if not o.startswith("hydra")
+    ]
+    with initialize_config_dir(config_dir=str(paths.config_dir()), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    family = str(cfg.dataset.get("family"))
+    if family not in ("in_memory", "cifar"):
+        raise ConfigError(
+            f"{study.file}: table {study.table} has no validation split: experiment {study.experiment} reads "
+            f"dataset {cfg.dataset.name} (family {family}); only the in_memory family holds out "
+            "dataset.validation from its training data"
+        )
+
+
 def run_role(
     study: Study, role: str, args: argparse.Namespace, chosen=None
 ) -> tuple[dict[Planned, Path], bool]:
@@ -467,13 +486,14 @@ def main(argv: Sequence[str]) -> int:
         tables = load_tables()
         file = study_file(args.table, args.study)
         study = load_study(file, studies=args.studies, trials=args.trials, seeds=args.seeds, tables=tables)
+        SCALE[0], OUTPUT_ROOT[0] = args.scale, args.output_root
+        OVERRIDES[0] = [*tables[study.table].get("overrides", []), *study.overrides]
+        check_split(study, args.extra)
         points, changed, notes = points_for(study)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_status
     study.points = points
-    SCALE[0], OUTPUT_ROOT[0] = args.scale, args.output_root
-    OVERRIDES[0] = [*tables[study.table].get("overrides", []), *study.overrides]
     print(
         f"[tune] study {study.name}: table {study.table}, experiment {study.experiment}, scale {args.scale}; "
         f"{len(study.optimizers)} optimizer(s) x {study.studies} study(ies) x {study.trials} trials, "
@@ -501,7 +521,9 @@ def main(argv: Sequence[str]) -> int:
     if not args.report_only:
         trial_dirs, ok = run_role(study, "trial", args)
         if args.dry_run:
-            print("[tune] dry run: the confirmation runs follow from the trials' records (default and chosen)")
+            print(
+                "[tune] dry run: the confirmation runs follow from the trials' records (default and chosen)"
+            )
             return 0
         if not ok:
             print("[tune] trials unfinished: rerun the same command to continue (finished runs are kept)")
