@@ -110,3 +110,7 @@ sync-wandb: $(STAMP) ## upload the offline W&B runs under results/runs, ./wandb 
 	@files=$$(find results/runs wandb $${WANDB_DIR:+"$$WANDB_DIR"} -path '*/offline-run-*/*.wandb' 2>/dev/null | sort -u); \
 	if [ -z "$$files" ]; then echo "no offline W&B runs under results/runs, ./wandb$${WANDB_DIR:+ or $$WANDB_DIR}"; exit 0; fi; \
 	$(VENV)/bin/wandb sync $$files
+
+.PHONY: tune
+tune: $(STAMP) ## tuning study of TABLE (configs/studies/<TABLE>.yaml) at SCALE into results/local (STUDIES=, TRIALS=, SEEDS= replace the file's budget; OUT=, ARGS= Hydra overrides)
+	$(PY) -m adamp_repro.cli.tune --table $(TABLE) --scale $(SCALE) $(if $(OUT),--out $(OUT),) $(if $(STUDIES),--studies $(STUDIES),) $(if $(TRIALS),--trials $(TRIALS),) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(ARGS),-- $(ARGS),)

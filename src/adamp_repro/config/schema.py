@@ -156,6 +156,14 @@ def _optimizer_form(data: Any) -> str:
     return "registered"
 
 
+class Validation(Closed):
+    """``dataset.validation``: a class-balanced split of ``size`` training images held out by ``seed`` (fixed,
+    not the run's seed); the run trains on the rest and evaluates on it instead of the test set."""
+
+    size: int = integer(gt=0)
+    seed: int = integer(0, ge=0)
+
+
 class InMemoryData(Closed):
     """``family: in_memory``: small images held in memory as tensors (adamp_repro.data.in_memory). Old
     spelling, still read: ``cifar``."""
@@ -177,6 +185,7 @@ class InMemoryData(Closed):
     std: list[Positive] = Field(min_length=3, max_length=3, description="three numbers > 0")
     label: str = text()
     how_to_obtain: str | None = text(None)
+    validation: Validation | None = None
 
 
 class ImageFolderData(Closed):
@@ -346,6 +355,19 @@ class Distributed(Closed):
     reference_batch: int = integer(gt=0)
 
 
+class Study(Closed):
+    """``study``: the run belongs to a tuning study (``adamp_repro.tune``). ``points`` is the study's table of
+    drawn values ({<optimizer>: [{<key>: value}, ...]}) that a trial looks its values up in, and ``chosen``
+    ({<optimizer>: trial}) the trials its confirmation reruns; neither is hashed (the resolved optimizer values
+    are)."""
+
+    name: str = text(pattern=NAME, description="a name without '/'")
+    role: Literal["trial", "default", "tuned"]
+    trial: int | None = integer(None, ge=0)
+    points: dict[str, list[dict[str, Any]]] | None = None
+    chosen: dict[str, int] | None = None
+
+
 class RunConfig(Closed):
     """The composed ``configs/train.yaml``: every top-level key."""
 
@@ -383,6 +405,7 @@ class RunConfig(Closed):
     ]
     scale: Scale
     logger: NoLogger | WandbLogger = Field(discriminator="name")
+    study: Study | None = None
     hydra: dict[str, Any] | None = None
 
 

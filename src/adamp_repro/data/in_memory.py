@@ -6,10 +6,12 @@ the device, so the input pipeline costs a few milliseconds per batch even on a l
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from adamp_repro.data.augment import crop_flip, draw_crop_flip
@@ -126,6 +128,41 @@ def check_in_memory_source(cfg: Mapping[str, Any], base: Path | None = None) -> 
     )
 
 
+def hold_out_validation(arrays: CifarArrays, validation: Mapping[str, Any] | None) -> tuple[CifarArrays, str]:
+    """``dataset.validation: {size, seed}``: the arrays with ``size`` training images held out (class-balanced,
+    drawn by ``seed`` alone, so every run and every optimizer of a study holds out the same images) as the
+    evaluation split, the training split being the rest in its own order; and a label saying so. Unset: the
+    arrays unchanged (the test set stays the evaluation split) and an empty label. The test images are never
+    read by a run with a validation split."""
+    if not validation:
+        return arrays, ""
+    size, seed = validation.get("size"), validation.get("seed", 0)
+    labels = arrays.train_labels.numpy()
+    classes = np.unique(labels)
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size < len(labels):
+        raise ValueError(
+            f"dataset.validation.size={size!r}; expected an integer in [1, {len(labels) - 1}] "
+            f"(the training split has {len(labels)} images)"
+        )
+    rng = np.random.default_rng(seed)
+    # Per class a random order; the held-out images are the first of each class, round robin over the classes.
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    order = np.stack([p[: min(len(p) for p in per_class)] for p in per_class], axis=1).reshape(-1)
+    if size > len(order):
+        raise ValueError(f"dataset.validation.size={size} leaves no class-balanced training split")
+    held = np.sort(order[:size])
+    rest = np.setdiff1d(np.arange(len(labels)), held)
+    held_t, rest_t = torch.from_numpy(held), torch.from_numpy(rest)
+    split = dataclasses.replace(
+        arrays,
+        train_images=arrays.train_images[rest_t],
+        train_labels=arrays.train_labels[rest_t],
+        eval_images=arrays.train_images[held_t],
+        eval_labels=arrays.train_labels[held_t],
+    )
+    return split, f"evaluated on {size} training images held out (seed {seed}), not the test set"
+
+
 def build_in_memory_data(
     cfg: Mapping[str, Any],
     *,
@@ -169,6 +206,10 @@ def build_in_memory_data(
         class_names=arrays.class_names,
         source=arrays.source,
     )
+
+    arrays, held_out = hold_out_validation(arrays, cfg.get("validation"))
+    if held_out:
+        info = dataclasses.replace(info, label=f"{info.label}; {held_out}")
 
     def subset_index(labels: torch.Tensor, subset: int | None, which: str) -> torch.Tensor | None:
         index = balanced_subset(labels.numpy(), subset, which)

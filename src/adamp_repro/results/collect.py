@@ -12,7 +12,8 @@ The collector refuses to guess. A completed record is *left out* (reported by pa
 ``RunSet.left_out`` so each table can say what it left out) when it ran fewer epochs than planned (``short``),
 when its summary's scale is not the scale folder it sits in (``<root>/<experiment>/<scale>/<run>``,
 ``scale_mismatch``), or when another record claims the same table cell and seed (``duplicate``: all of them,
-since nothing says which one is right). A record resumed across a change of ``src/``
+since nothing says which one is right), or when it belongs to a tuning study (``study``: its summary names
+the study, read by ``results.study`` for the study's own page, never a table cell). A record resumed across a change of ``src/``
 (``code_changed_on_resume``) is counted and carries the flag, so tables mark it; so is the code that ran: the
 forms of the optimizer each segment stepped with (``optimizer_forms``: column ``optimizer_forms``, the run's
 signature, None for a record that does not say; ``optimizer_forms_mixed``: segments that ran different forms).
@@ -57,6 +58,7 @@ from adamp_repro.tracking.schema import (
     OPTIMIZER_FORMS_MIXED,
     ROBUST_TOP1,
     SCHEMA_VERSION,
+    STUDY,
     TOP1,
     TOP5,
     TRAIN_LOSS,
@@ -85,6 +87,7 @@ IDENTITY_COLUMNS = (
     "table_id",
     "table_block",
     "table_model",
+    STUDY,  # the tuning study of the run (None for a table run): such records fill no table cell
 )
 NUMERIC_COLUMNS = (
     "epochs",
@@ -126,6 +129,7 @@ LEFT_OUT_KINDS = {
     "duplicate": "with a duplicate seed",
     "short": "with fewer epochs than planned",
     "scale_mismatch": "with a scale that disagrees with its folder",
+    "study": "of a tuning study (on the study's own page)",
 }
 # A table cell and seed: two counted records may not share these.
 CELL_SEED_KEYS = ("table_id", "scale", "row_id", "optimizer", "seed")
@@ -255,6 +259,8 @@ def _leave_out_doubtful(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
 
 
 def _record_fault(row: Mapping[str, Any]) -> tuple[str, str] | None:
+    if row.get(STUDY):
+        return "study", f"a run of tuning study {row[STUDY]!r}, reported on the study's page"
     epochs, planned = row["epochs"], row["epochs_planned"]
     if not (math.isnan(epochs) or math.isnan(planned)) and epochs < planned:
         return "short", f"completed with {epochs:g} of {planned:g} planned epochs"

@@ -171,6 +171,16 @@ TITLES = {
 }
 
 
+# A tuning study's run (``adamp_repro.tune``): the summary says which study, which of its roles (``trial``, or a
+# confirmation run of the ``default`` recipe or the ``tuned`` setting) and which drawn point (``study_trial``,
+# None for a default run). Every run also says which split its evaluation metrics are on (``eval_split``: ``test``,
+# or ``validation`` held out from the training data, ``dataset.validation``). Added without a version change: a
+# summary without them is a table run evaluated on the test split.
+STUDY, STUDY_ROLE, STUDY_TRIAL, EVAL_SPLIT = "study", "study_role", "study_trial", "eval_split"
+STUDY_ROLES = ("trial", "default", "tuned")
+TEST_SPLIT, VALIDATION_SPLIT = "test", "validation"
+
+
 # The code that ran (module docstring): summary keys, and per-segment keys of provenance.json.
 OPTIMIZER_FORMS, OPTIMIZER_FORMS_MIXED, FUSED_CPU_BUILD = (
     "optimizer_forms",

@@ -39,7 +39,16 @@ from adamp_repro.optim.forms import describe_optimizer
 from adamp_repro.tracking.provenance import collect_provenance
 from adamp_repro.tracking.records import RunRecord, is_completed, read_summary
 from adamp_repro.tracking.run_lock import RunLock
-from adamp_repro.tracking.schema import FUSED_CPU_BUILD, OPTIMIZER_FORMS
+from adamp_repro.tracking.schema import (
+    EVAL_SPLIT,
+    FUSED_CPU_BUILD,
+    OPTIMIZER_FORMS,
+    STUDY,
+    STUDY_ROLE,
+    STUDY_TRIAL,
+    TEST_SPLIT,
+    VALIDATION_SPLIT,
+)
 from adamp_repro.train.diagnostics import WeightDiagnostics, normalised_weights
 from adamp_repro.train.distributed import DistContext, init_distributed, resolve_device, shutdown
 from adamp_repro.train.life import RunLife
@@ -68,7 +77,13 @@ VOLATILE_KEYS = (
 HASHED_ONLY_WHEN_SET = {
     "dataset.skip_unreadable_images": False,
     "optimizer.scale_invariant_weight_decay": None,
+    "dataset.validation": None,  # a held-out split (tuning studies)
+    "study": None,  # a tuning study's identity (adamp_repro.tune)
 }
+# Lookup tables a run reads its values from, never hashed themselves: a tuning study's drawn points and chosen
+# trials (the values the run takes from them are hashed where they land, e.g. ``optimizer.lr``), so a study that
+# adds an optimizer or a trial moves no earlier run's folder. Dotted paths.
+HASHED_NEVER = ("study.points", "study.chosen")
 # Renamed values: the hash reads each under the spelling it has always used, so a rename moves no run folder
 # and a config in the old spelling and one in the new map to the same folder. Dotted path -> {new: hashed}.
 # A later rename of the same value adds its new spelling here, mapped to the same hashed spelling.
@@ -79,8 +94,9 @@ def config_hash(cfg: DictConfig) -> str:
     """Eight hex digits identifying everything that changes a run's numbers (seed included).
 
     The hash is taken on a canonical form of the resolved config: ``VOLATILE_KEYS`` (and
-    ``distributed.backend``) left out, each ``HASHED_ONLY_WHEN_SET`` option left out at its unset value, and
-    each renamed value of ``HASH_SPELLINGS`` read in its hashed spelling (``dataset.family: in_memory`` is
+    ``distributed.backend``) left out, each ``HASHED_ONLY_WHEN_SET`` option left out at its unset value, each
+    ``HASHED_NEVER`` lookup table left out, and each renamed value of ``HASH_SPELLINGS`` read in its hashed
+    spelling (``dataset.family: in_memory`` is
     hashed as ``cifar``, its spelling before the rename). So none of these changes moves a run folder.
     """
     data = OmegaConf.to_container(cfg, resolve=True)
@@ -91,6 +107,10 @@ def config_hash(cfg: DictConfig) -> str:
         node, key = _holder(data, dotted)
         if node is not None and key in node and node[key] == default:
             del node[key]
+    for dotted in HASHED_NEVER:
+        node, key = _holder(data, dotted)
+        if node is not None:
+            node.pop(key, None)
     for dotted, spellings in HASH_SPELLINGS.items():
         node, key = _holder(data, dotted)
         if node is not None and isinstance(node.get(key), str) and node[key] in spellings:
@@ -135,6 +155,21 @@ def _identity(cfg: DictConfig, data: Any) -> dict[str, Any]:
         "table_block": cfg.table.block,
         "table_model": cfg.table.model,
         "epochs_planned": int(cfg.scale.epochs),
+        EVAL_SPLIT: VALIDATION_SPLIT if cfg.dataset.get("validation") else TEST_SPLIT,
+        **study_identity(cfg),
+    }
+
+
+def study_identity(cfg: DictConfig) -> dict[str, Any]:
+    """The summary keys of a tuning study's run (``tracking.schema``: study, role, trial); none for another run."""
+    study = cfg.get("study")
+    if not study:
+        return {}
+    trial = study.get("trial")
+    return {
+        STUDY: str(study.name),
+        STUDY_ROLE: str(study.role),
+        STUDY_TRIAL: None if trial is None else int(trial),
     }
 
 
