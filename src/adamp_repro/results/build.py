@@ -17,6 +17,7 @@ import pandas as pd
 from adamp_repro import catalogue
 from adamp_repro.results.collect import LEFT_OUT_KINDS, RunProblem, count_statuses, read_records
 from adamp_repro.results.compare import compare_table
+from adamp_repro.results.equilibrium import equilibrium_outputs
 from adamp_repro.results.mechanism import mechanism_outputs
 from adamp_repro.results.reference import load_paper_numbers
 from adamp_repro.results.tables import TableDoc, layout_table, render_files
@@ -71,6 +72,7 @@ def build_tables(
             written.append(out_dir / name)
     mechanism_files, _ = mechanism_outputs(runs, out_dir)
     written += mechanism_files
+    written += equilibrium_outputs(runs, out_dir)
     atomic_write_text(out_dir / SUMMARY_PAGE, render_summary_page(docs, runs, problems))
     written.append(out_dir / SUMMARY_PAGE)
     log.info(

@@ -23,6 +23,7 @@ table_ids=...)`` keeps the rows of those tables only: the ledger of one reproduc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -192,6 +193,98 @@ def analysis_claim(figures: Path, base: Path) -> list[Claim]:
         verdict = "supported" if proj < mom else "not supported"
     evidence = _link(source.with_suffix(".md"), base)
     return [Claim("M4", claim, paper, tested, n, ours, verdict, rule, evidence, table)]
+
+
+# ------------------------------------------------------------------------ the equilibrium (later theory)
+EQUILIBRIUM_TABLE = "equilibrium"
+_LATER = "later theory, not the paper's text: "
+EQUILIBRIUM_CLAIMS = {
+    "E1": (
+        "E1",
+        "With weight decay, the scale-invariant weights of SGD and AdamW rotate per step at the published "
+        "equilibrium rate",
+        _LATER + "Wan et al. 2021 (arXiv 2006.08419), Kosson et al. (arXiv 2305.17212)",
+    ),
+    "E2": (
+        "E2",
+        "SGDP's and AdamP's scale-invariant weights rotate at sqrt(2c), c their per-step decay (c = lr wd "
+        "wd_ratio, / (1 - momentum) for SGDP)",
+        _LATER + "derived in docs/equilibrium.md",
+    ),
+    "E3": (
+        "E3",
+        "AdamP beats an AdamW whose scale-invariant weights decay at the rate predicted to match AdamP's "
+        "equilibrium rotation (what is left of AdamP's advantage is in the transient)",
+        _LATER + "docs/equilibrium.md; the paper's claim restated",
+    ),
+}
+
+
+def equilibrium_claims(tables: Path, base: Path) -> list[Claim]:
+    """The equilibrium table's rows (results/equilibrium.py): the rotation as predicted, and the matched pair."""
+    table = EQUILIBRIUM_TABLE
+    runs, pairs = _read(tables / f"{table}_equilibrium.csv"), _read(tables / f"{table}_equilibrium_pairs.csv")
+    tested = (
+        "CIFAR ResNet-20, embedded CIFAR-10 JPEG copy (5k train), 2,340 steps at a constant lr with weight decay "
+        f"(table {table})"
+    )
+    ev = _link(tables / f"{table}_equilibrium.md", base)
+    if runs is None or "angle_ratio" not in runs:
+        why = f"no record of table `{table}`"
+        return [_not_run(*EQUILIBRIUM_CLAIMS[i], tested, ev, why, table) for i in EQUILIBRIUM_CLAIMS]
+    rows = []
+    rule = "every seed: measured / predicted RMS angle per step (last quarter of the run) in [0.85, 1.15]"
+    for claim_id, optimizers in (("E1", ("sgd", "adamw")), ("E2", ("sgdp", "adamp"))):
+        chosen = runs[runs["optimizer"].isin(optimizers) & runs["angle_ratio"].notna()]
+        if chosen.empty:
+            rows.append(_not_run(*EQUILIBRIUM_CLAIMS[claim_id], tested, ev, "no run of these arms", table))
+            continue
+        parts = []
+        for name in optimizers:
+            mine = chosen[chosen["optimizer"] == name]
+            if not mine.empty:
+                ratios = ", ".join(f"{v:.2f}" for v in mine["angle_ratio"])
+                parts.append(
+                    f"{name} measured / predicted {ratios} (predicted {mine['predicted_angle'].iloc[0]:.4f})"
+                )
+        holds = chosen["angle_ratio"].between(0.85, 1.15)
+        verdict = "supported" if bool(holds.all()) else "not supported"
+        seeds = ", ".join(f"{(chosen['optimizer'] == o).sum()} {o}" for o in optimizers)
+        rows.append(
+            Claim(*EQUILIBRIUM_CLAIMS[claim_id], tested, seeds, "; ".join(parts), verdict, rule, ev, table)
+        )
+    rows.append(_matched_claim(pairs, tested, ev, table))
+    return rows
+
+
+def _matched_claim(pairs: pd.DataFrame | None, tested: str, ev: str, table: str) -> Claim:
+    found = (
+        None
+        if pairs is None
+        else pairs[(pairs["baseline"] == "adamw_matched") & (pairs["proposed"] == "adamp")]
+    )
+    if found is None or found.empty:
+        return _not_run(*EQUILIBRIUM_CLAIMS["E3"], tested, ev, "no seed with both arms", table)
+    r = found.iloc[-1]
+    ours = (
+        f"AdamP - rotation-matched AdamW {r['diff']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}], p={r['p']:.2f}, "
+        f"detectable {r['detectable']:.2f} points; RMS angle per step {r['baseline_angle']:.4f} vs "
+        f"{r['proposed_angle']:.4f}; norm surge x{r['baseline_surge']:.2f} vs x{r['proposed_surge']:.2f}"
+    )
+    plain = pairs[(pairs["baseline"] == "adamw") & (pairs["proposed"] == "adamp")]
+    if not plain.empty:
+        q = plain.iloc[-1]
+        ours += f"; AdamP - AdamW at the same decay {q['diff']:+.2f} [{q['low']:+.2f}, {q['high']:+.2f}]"
+    if math.isnan(r["low"]):
+        verdict = "inconclusive"
+    elif r["low"] > 0:
+        verdict = "supported"
+    elif r["high"] < 0:
+        verdict = "not supported"
+    else:
+        verdict = "inside noise"
+    rule = "final top-1 paired by seed: 95% interval wholly above 0 supported, wholly below not supported"
+    return Claim(*EQUILIBRIUM_CLAIMS["E3"], tested, str(int(r["seeds"])), ours, verdict, rule, ev, table)
 
 
 def toy_claims(figures: Path, base: Path) -> list[Claim]:
@@ -408,6 +501,7 @@ def build_claims(
     """Every row of the ledger, or with ``table_ids`` the rows of those tables only (``Claim.table``);
     ``base`` is the folder CLAIMS.md is written to (links are relative to it)."""
     rows = mechanism_claims(tables, base) + analysis_claim(figures, base) + toy_claims(figures, base)
+    rows += equilibrium_claims(tables, base)
     rows.append(
         gain_claim(
             "G1",
