@@ -257,12 +257,13 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         return 0
     runs_root = args.output_root
-    steps = [("building tables", TABLES_MODULE, args.tables_out)]
+    # The figures of the table's records; the toys are no table's (make figures draws them).
+    steps = [("building tables", TABLES_MODULE, args.tables_out, [])]
     if not args.no_figures:
-        steps.append(("drawing figures", FIGURES_MODULE, args.figures_out))
-    for what, module, out in steps:
+        steps.append(("drawing figures", FIGURES_MODULE, args.figures_out, ["--no-toys"]))
+    for what, module, out, options in steps:
         print(f"[reproduce-table] {what}", flush=True)
-        cmd = [sys.executable, "-m", module, "--runs", runs_root, "--out", out]
+        cmd = [sys.executable, "-m", module, "--runs", runs_root, "--out", out, *options]
         failed = subprocess.run(cmd, cwd=PROJECT_ROOT).returncode != 0 or failed
     claims = Path(args.tables_out).parent / "CLAIMS.md"
     print("[reproduce-table] claims ledger", flush=True)
