@@ -10,11 +10,15 @@ from adamp_repro.data.base import ClassificationData, plain_config, require
 from adamp_repro.data.image_folder import build_loader_data
 from adamp_repro.data.in_memory import build_in_memory_data
 from adamp_repro.data.sharding import check_rank
+from adamp_repro.data.text import build_text_data, check_text_source
 
 # dataset.family -> builder. The family names a storage layout, not a data set. "in_memory": the whole data
 # set held in memory as tensors and augmented on the device; "image_folder": ImageFolder trees read from disk
-# by DataLoader workers.
-BUILDERS = {"in_memory": build_in_memory_data, "image_folder": build_loader_data}
+# by DataLoader workers; "text": a token stream from a text file, cut into windows.
+BUILDERS = {"in_memory": build_in_memory_data, "image_folder": build_loader_data, "text": build_text_data}
+# dataset.family -> the check of its files made before any run (a UsageError in one line); a family without
+# one is checked by its builder.
+SOURCE_CHECKS = {"text": check_text_source}
 # Old spellings of dataset.family, still read (a config or run record written before the rename).
 FAMILY_ALIASES = {"cifar": "in_memory", "imagenet": "image_folder"}
 
@@ -62,3 +66,13 @@ def build_data(
         world_size=world_size,
         device=torch.device(device),
     )
+
+
+def check_data_source(dataset_cfg: Any) -> None:
+    """Refuse, in one line (``UsageError``), a dataset config whose files cannot give a run (missing, empty, too
+    short), before any work: the family's ``SOURCE_CHECKS`` entry, where it has one."""
+    cfg = plain_config(dataset_cfg)
+    family = cfg.get("family")
+    check = SOURCE_CHECKS.get(FAMILY_ALIASES.get(family, family))
+    if check is not None:
+        check(cfg)

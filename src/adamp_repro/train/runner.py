@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from adamp_repro.config import validate_config
-from adamp_repro.data import build_data
+from adamp_repro.data import build_data, check_data_source
 from adamp_repro.data.build import FAMILY_ALIASES
 from adamp_repro.models import build_model
 from adamp_repro.optim import build_optimizer, fused_cpu
@@ -148,6 +148,7 @@ def optimizer_values(cfg: DictConfig) -> str:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one configuration; return its summary (also written to ``summary.json``)."""
     validate_config(cfg)
+    check_data_source(cfg.dataset)  # a missing or empty text file, a context longer than a split
     build_task(cfg.task)  # the task's own checks (attack settings) also fail before the run folder exists
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -201,6 +202,8 @@ def _run(
         world_size=ctx.world_size,
         device=device,
     )
+    # The data keeps with the run what a resume must find unchanged (the text family's vocabulary).
+    data.bind_run_folder(run_dir, resuming=resume_point is not None, write=ctx.is_main)
     model = build_model(cfg.model, data.num_classes, data.mean, data.std).to(device)
     if _channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
