@@ -367,3 +367,65 @@ def test_the_model_config_builds_the_language_model():
     model = build_model(cfg, 65, (), ())
     assert model.context == 256 and model.weight_norm is False
     assert 0.7e6 < sum(p.numel() for p in model.parameters()) < 0.9e6  # "0.8M parameters" in the file
+
+
+# ------------------------------------------------------------------------------------------------ the table
+P7_MADE = {  # (row model label, optimizer) -> test perplexity per seed, final mean norm of the WN directions
+    ("Transformer 4x128", "adamw"): ([6.10, 6.14, 6.12], None),
+    ("Transformer 4x128", "adamp"): ([6.11, 6.09, 6.13], None),
+    ("Transformer 4x128 + WN", "adamw"): ([6.60, 6.64, 6.62], 5.1),
+    ("Transformer 4x128 + WN", "adamp"): ([6.20, 6.22, 6.18], 3.2),
+}
+
+
+def test_the_p7_proxy_table_renders_with_lower_is_better_gains(tmp_path):
+    """Made records of the P7 proxy (through the real record writer) build its table: perplexity and bits per
+    character per arm, the gains AdamP - AdamW beside the paper's gain of the same row, the norms."""
+    import pandas as pd
+    import yaml
+
+    from adamp_repro.results.build import build_tables
+    from adamp_repro.tracking.records import RunRecord
+
+    from .conftest import PROJECT_ROOT
+
+    root = tmp_path / "runs"
+    for (model, optimizer), (values, norm) in P7_MADE.items():
+        for seed, perplexity in enumerate(values):
+            run_dir = root / "p7" / "mini" / f"{model.replace(' ', '_')}-{optimizer}-s{seed}"
+            identity = {
+                "run_name": run_dir.name,
+                "experiment": "p7",
+                "scale": "mini",
+                "seed": seed,
+                "model": "causal_transformer",
+                "dataset": "tinyshakespeare",
+                "dataset_label": "Tiny Shakespeare (char level, embedded): 90/5/5 contiguous splits",
+                "optimizer": optimizer,
+                "table_id": "P7_mini",
+                "table_block": "char level",
+                "table_model": model,
+                "epochs_planned": 4,
+            }
+            record = RunRecord(run_dir)
+            record.start(yaml.safe_dump({"seed": seed}), {"git_commit": "0" * 40, "seed": seed}, identity)
+            record.log_epoch({"epoch": 3, "train_loss": 1.8, "eval_perplexity": perplexity}, diagnostics=[])
+            norms = {} if norm is None else {"epoch1_mean_weight_norm": 3.1, "final_mean_weight_norm": norm}
+            metrics = {"final_eval_perplexity": perplexity, "final_eval_bits_per_char": math.log2(perplexity)}
+            record.write_summary(
+                {**identity, "status": "completed", "epochs": 4, "wall_time_s": 1.0, **metrics, **norms}
+            )
+    out = tmp_path / "tables"
+    build_tables(root, out, PROJECT_ROOT / "results" / "paper")
+    gains = pd.read_csv(out / "P7_mini_gains.csv")
+    wn = gains[(gains["row_id"] == "transformer_wn") & (gains["metric"] == "perplexity")].iloc[0]
+    plain = gains[(gains["row_id"] == "transformer") & (gains["metric"] == "perplexity")].iloc[0]
+    assert wn["ours_gain"] == pytest.approx(-0.42) and wn["paper_gain"] == pytest.approx(-1.19)
+    assert plain["paper_gain"] == pytest.approx(-0.12)  # each row beside its own paper row
+    assert bool(wn["sign_agrees"]) and bool(wn["beyond_noise"]) and wn["expected_sign"] == -1
+    bpc = gains[(gains["row_id"] == "transformer_wn") & (gains["metric"] == "bits_per_char")].iloc[0]
+    assert math.isnan(bpc["paper_gain"]) and bpc["ours_gain"] < 0  # no printed counterpart
+    md = (out / "P7_mini.md").read_text()
+    assert "6.20" in md and "6.62" in md and "Transformer 4x128 + WN" in md
+    assert "5.1" in md and "3.2" in md  # the norm growth of the normalised directions per arm
+    assert "reached the table's 8 perplexity bar" in md

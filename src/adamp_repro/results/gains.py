@@ -73,7 +73,7 @@ def paired_gains(table_id: str, cells: pd.DataFrame, paper: pd.DataFrame) -> pd.
             result = welch_test(a["_values"], b["_values"])
             # Printed values carry at most 2 decimals: drop the float noise of their difference (0.57, not 0.5700..074).
             paper_gain = (
-                _proxy_gain(proxy, metric, baseline, proposed, paper)
+                _proxy_gain(proxy, row_id, metric, baseline, proposed, paper)
                 if proxy is not None
                 else round(b["paper"] - a["paper"], 10)
             )
@@ -140,10 +140,11 @@ def _target_gain(
     return gain, (None if math.isnan(gain) else f"{ref_table} {catalogue.row_labels(ref_table, ref_row)[1]}")
 
 
-def _proxy_gain(proxy, metric: str, baseline: str, proposed: str, paper: pd.DataFrame) -> float:
-    """The paper's printed gain of ``proposed`` over ``baseline`` for ``metric`` in the paper row the proxy
-    stands in for (``proxy_of`` in the catalogue); NaN when the paper has no such pair."""
-    return _printed_gain(paper, proxy.table, proxy.row, baseline, proposed, metric, proxy.as_paper)
+def _proxy_gain(proxy, row_id: str, metric: str, baseline: str, proposed: str, paper: pd.DataFrame) -> float:
+    """The paper's printed gain of ``proposed`` over ``baseline`` for ``metric`` in the paper row our row
+    ``row_id`` stands in for (``proxy_of`` in the catalogue); NaN when the paper has no such pair."""
+    paper_row = proxy.paper_row(row_id)
+    return _printed_gain(paper, proxy.table, paper_row, baseline, proposed, metric, proxy.as_paper)
 
 
 def _printed_gain(
