@@ -98,9 +98,8 @@ def check_text_source(cfg: Any) -> None:
     files = text_files(cfg)
     for path in files.values():
         if not path.is_file():
-            raise UsageError(
-                f"dataset.path: no text file at {path} (dataset {cfg.get('name')!r}); {_how(cfg)}"
-            )
+            how = _how(cfg) if path == EMBEDDED_TEXT else "point dataset.path at an existing file or folder"
+            raise UsageError(f"dataset.path: no text file at {path} (dataset {cfg.get('name')!r}); {how}")
         if path.stat().st_size == 0:
             raise UsageError(f"dataset.path: the text file {path} is empty (dataset {cfg.get('name')!r})")
     fractions = cfg.get("splits")
