@@ -204,7 +204,8 @@ def mechanism_sentences(part: pd.DataFrame, pairs: list[tuple[str, str]] | None 
         where = " / ".join(str(x) for x in (model, block) if x not in ("-", ""))
         if rows.empty:
             sentences.append(
-                f"{where}: no run recorded weight-norm diagnostics (older records), so the "
+                f"{where}: no run recorded a norm of scale-invariant weights (older records without the "
+                "diagnostics, or a network with no such weight: no weight feeds a normalisation layer), so the "
                 f"mechanism columns are {MISSING}."
             )
             continue
