@@ -136,7 +136,7 @@ def test_any_usage_error_is_printed_the_same_way(monkeypatch, capsys):
         (["train.amp=fp8"], "train.amp='fp8': expected one of ['none', 'bf16', 'fp16']"),
         (
             ["dataset.family=tpu"],
-            "dataset.family='tpu': expected one of ['in_memory', 'image_folder'] "
+            "dataset.family='tpu': expected one of ['in_memory', 'image_folder', 'text'] "
             "(old spellings, still read: 'cifar', 'imagenet')",
         ),
         (["+model.kwargs.drop_rate=inf"], "model.kwargs.drop_rate=inf: expected a finite number"),

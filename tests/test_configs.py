@@ -23,7 +23,14 @@ def options(group: str) -> list[str]:
 
 
 # Options that need a companion setting on the default data (32-px CIFAR images): the ViT is built for 224 px.
-FITTING = {("model", "vit_small"): ["+model.kwargs.img_size=32"]}
+# The language model, the text data and the language-modelling task go together (each refuses the image ones).
+LANGUAGE = ["model=causal_transformer", "dataset=tinyshakespeare", "task=language_model"]
+FITTING = {
+    ("model", "vit_small"): ["+model.kwargs.img_size=32"],
+    ("model", "causal_transformer"): LANGUAGE,
+    ("dataset", "tinyshakespeare"): LANGUAGE,
+    ("task", "language_model"): LANGUAGE,
+}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])

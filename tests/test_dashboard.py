@@ -51,10 +51,24 @@ ADVERSARIAL = [
 ]
 
 
+# The P7 proxy's experiment at a size that runs in a second.
+LANGUAGE_MODEL = [
+    "experiment=p7_mini_transformer_wn",
+    "optimizer=adamp",
+    "scale.epochs=1",
+    "scale.eval_subset=8",
+    "model.kwargs.width=32",
+    "model.kwargs.depth=1",
+    "model.kwargs.heads=2",
+    "dataset.context=32",
+    "dataset.batch_size=8",
+]
+
+
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
-    """What W&B received from the real trainer (a classification and an adversarial smoke run) and from the
-    results build's tables run, all offline, read back from their local .wandb files."""
+    """What W&B received from the real trainer (a classification, an adversarial and a language-model smoke run)
+    and from the results build's tables run, all offline, read back from their local .wandb files."""
     from adamp_repro.results.build import build_tables, log_tables_to_wandb
 
     tmp = tmp_path_factory.mktemp("dashboard")
@@ -68,6 +82,7 @@ def logged(tmp_path_factory):
                 [*SMOKE, f"output_root={tmp}/runs", "experiment=mini_cifar10_resnet20", "optimizer=sgdp"]
             ),
             "adversarial": compose_config([*SMOKE, f"output_root={tmp}/runs", *ADVERSARIAL]),
+            "language_model": compose_config([*SMOKE, f"output_root={tmp}/runs", *LANGUAGE_MODEL]),
         }
         out = {}
         for task, cfg in cfgs.items():

@@ -261,7 +261,9 @@ def test_batch_larger_than_data_names_both_numbers():
 
 
 def test_bad_config_values_are_named(tmp_path):
-    with pytest.raises(ValueError, match=r"family='mnist'.*one of \['in_memory', 'image_folder'\]") as bad:
+    with pytest.raises(
+        ValueError, match=r"family='mnist'.*one of \['in_memory', 'image_folder', 'text'\]"
+    ) as bad:
         build_data(dataset_cfg("cifar10_mini", family="mnist"), seed=0)
     assert "\n" not in str(bad.value) and "old spellings, still read: 'cifar', 'imagenet'" in str(bad.value)
     with pytest.raises(ValueError, match="num_classes=100.*10 classes"):

@@ -12,10 +12,15 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from adamp_repro.models import CifarResNet, MadryWideResNet, NormalizedModel, build_model
+from adamp_repro.models import CifarResNet, MadryWideResNet, NormalizedModel, build_model, input_kind
 from adamp_repro.models.wide_resnet_madry import PoolPadShortcut, PreActBlock
 
-MODEL_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "model").glob("*.yaml"))
+# The image models' configs (the language model's is tested in test_language_model.py).
+MODEL_CONFIGS = sorted(
+    p
+    for p in (Path(__file__).resolve().parents[1] / "configs" / "model").glob("*.yaml")
+    if input_kind(OmegaConf.load(p).name) == "images"
+)
 CIFAR_NETS = [
     "cifar_resnet18",
     "cifar_resnet20",

@@ -172,6 +172,7 @@ def test_the_wheel_holds_the_configs_and_requires_torch_alone(wheel):
     }
     assert "adamp_repro/configs/train.yaml" in configs and configs <= names
     assert "adamp_repro/optim/sgdp.py" in names and "adamp_repro/data/assets/cifar10_mini.npz" in names
+    assert "adamp_repro/data/assets/tinyshakespeare.txt" in names  # the embedded text of the language task
     core = [
         line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line
     ]

@@ -46,6 +46,7 @@ def test_committed_record_keeps_its_folder(record):
 
 
 DATASETS = sorted(p.stem for p in (PROJECT_ROOT / "configs" / "dataset").glob("*.yaml"))
+NEVER_RENAMED = {"text"}  # families added after the rename: one spelling only
 OLD_FAMILY = {"in_memory": "cifar", "image_folder": "imagenet"}  # dataset.family before the rename
 
 
@@ -55,6 +56,9 @@ def test_a_renamed_value_keeps_the_hash_of_its_old_spelling(dataset):
     spelling maps to the folder the old spelling always had."""
     cfg = compose_config([f"dataset={dataset}"])
     new = cfg.dataset.family
+    if new in NEVER_RENAMED:
+        assert new not in OLD_FAMILY.values()
+        return
     assert new in OLD_FAMILY, f"configs/dataset/{dataset}.yaml: family {new!r} is not a current spelling"
     old = compose_config([f"dataset={dataset}", f"dataset.family={OLD_FAMILY[new]}"])
     assert config_hash(cfg) == config_hash(old)

@@ -74,12 +74,19 @@ class Proxy:
 
     ``row``: the paper row's id in ``table``. ``as_paper``: our column label -> the paper's column it stands for
     (P1's "Adam" column is our AdamW; P4a's Adam is torch Adam, so there AdamW has no paper column). ``label``:
-    where the printed gain is, as the tables say it."""
+    where the printed gain is, as the tables say it. ``rows``: for a proxy of several paper rows, our row id ->
+    the paper row's id (P7's plain and weight-normalised Transformer-XL rows); a row it does not name stands for
+    ``row``."""
 
     table: str
     row: str
     as_paper: Mapping[str, str]
     label: str
+    rows: Mapping[str, str] = field(default_factory=dict)  # our row id -> the paper row it stands for
+
+    def paper_row(self, row_id: str) -> str:
+        """The paper row one of our rows stands in for: its ``rows`` entry, else ``row``."""
+        return self.rows.get(row_id, self.row)
 
 
 @dataclass(frozen=True)
@@ -200,6 +207,7 @@ def _check_references(path: Path, entry: Table, known: Catalogue) -> None:
         named.append(entry.reference_gain)  # the default is checked where the catalogue lists its table
     if entry.proxy is not None:
         named.append((entry.proxy.table, entry.proxy.row))
+        named += [(entry.proxy.table, paper_row) for paper_row in entry.proxy.rows.values()]
     for table_id, row_id in named:
         target = known.get(table_id)
         if target is None or (target.runs and row_id not in target.rows):
@@ -280,6 +288,7 @@ def _table(path: Path, name: str, entry: Any) -> Table:
             *_row_ref(where, {k: proxy.get(k) for k in ("table", "row")}),
             dict(proxy.get("as_paper") or {}),
             str(proxy.get("label", proxy.get("table"))),
+            {str(k): str(v) for k, v in (proxy.get("rows") or {}).items()},
         ),
         reference_gain=_row_ref(where, entry["reference_gain"])
         if "reference_gain" in entry

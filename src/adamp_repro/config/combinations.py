@@ -17,20 +17,52 @@ from adamp_repro.errors import ConfigError
 
 def check_combinations(data: Mapping[str, Any]) -> None:
     """Raise ConfigError at the first impossible combination in the resolved config ``data``."""
-    _check_model(data["model"], data["dataset"])
+    _check_model(data["model"], data["dataset"], data["task"])
     _check_optimizer_keys(data["optimizer"])
     _check_schedule(data["scheduler"], data["scale"])
     _check_device(data)
 
 
-def _check_model(model: Mapping[str, Any], dataset: Mapping[str, Any]) -> None:
+def _check_model(model: Mapping[str, Any], dataset: Mapping[str, Any], task: Mapping[str, Any]) -> None:
     # importing the models registers the CIFAR networks with timm
     from adamp_repro.models import check_model_kwargs, check_model_name
 
     name = model["name"]
     check_model_name(name)
     check_model_kwargs(model["kwargs"])
-    _check_input_size(name, model["kwargs"], dataset)
+    _check_task_fits(model, dataset, task)
+    if "tokenization" not in dataset:
+        _check_input_size(name, model["kwargs"], dataset)
+
+
+def _check_task_fits(model: Mapping[str, Any], dataset: Mapping[str, Any], task: Mapping[str, Any]) -> None:
+    """A model takes what the data gives: token ids from a text data set (it has a ``tokenization``), images
+    from the others; the language-modelling task needs token data, the image tasks image data; a language
+    model's context holds the data's windows."""
+    from adamp_repro.models import input_kind
+
+    name, kind = model["name"], input_kind(model["name"])
+    tokens = "tokenization" in dataset
+    gives = f"dataset {dataset['name']!r} (family {dataset['family']})"
+    if tokens and kind != "tokens":
+        raise ConfigError(
+            f"model.name={name!r} is an image model, but {gives} gives token windows; choose a language model "
+            "(model=causal_transformer)"
+        )
+    if not tokens and kind == "tokens":
+        raise ConfigError(
+            f"model.name={name!r} is a language model, but {gives} gives images; choose a text data set "
+            "(dataset=tinyshakespeare) or an image model"
+        )
+    if "_target_" not in task and (task["name"] == "language_model") != tokens:
+        wanted = "task=language_model" if tokens else "an image task (task=classification or adversarial)"
+        raise ConfigError(f"task.name={task['name']!r} does not fit {gives}; set {wanted}")
+    context = model["kwargs"].get("context")
+    if tokens and isinstance(context, int) and context < dataset["context"]:
+        raise ConfigError(
+            f"model.kwargs.context={context}: shorter than the data's windows (dataset.context="
+            f"{dataset['context']}); set model.kwargs.context >= dataset.context"
+        )
 
 
 def _check_input_size(name: str, kwargs: Mapping[str, Any], dataset: Mapping[str, Any]) -> None:

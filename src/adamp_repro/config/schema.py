@@ -6,7 +6,7 @@ string ``'false'`` is refused, where ``bool('false')`` would be true), an int is
 with the nearest valid name. Open subtrees (``model.kwargs``, ``recipe``, ``hydra``, an optimizer's own
 keywords beyond the common ones, every keyword of an optimizer given by ``_target_`` or ``timm``) take any
 key; their numbers must still be finite. Each group with variants
-(``dataset`` by ``family``; ``scheduler``, ``task``, ``logger`` by ``name``) has one model per variant. A tag
+(``dataset`` by ``family``: in_memory, image_folder, text; ``scheduler``, ``task``, ``logger`` by ``name``) has one model per variant. A tag
 renamed later keeps its old spelling readable: the tag's Literal names the current spelling first, then the old
 ones (``family: Literal["in_memory", "cifar"]``), and a refused tag names the current spellings.
 
@@ -212,6 +212,27 @@ class ImageFolderData(Closed):
     how_to_obtain: str | None = text(None)
 
 
+class TextData(Closed):
+    """``family: text``: a token stream from a text file, cut into windows (adamp_repro.data.text)."""
+
+    name: str = text()
+    family: Literal["text"]
+    path: str | None = text(
+        description="a text file (char) or a folder of wiki.*.tokens (word); null = embedded"
+    )
+    tokenization: Literal["char", "word"]
+    splits: list[Fraction] | None = Field(
+        None, min_length=3, max_length=3, description="three fractions (train, validation, test) or null"
+    )
+    eval_split: Literal["validation", "test"] = "test"
+    context: int = integer(gt=0)
+    windows_per_epoch: int | None = integer(None, gt=0)
+    batch_size: int = integer(gt=0)
+    eval_batch_size: int = integer(gt=0)
+    label: str = text()
+    how_to_obtain: str | None = text(None)
+
+
 class Warmup(Closed):
     warmup_epochs: float = number(0.0, ge=0)
     warmup_start_factor: float = number(0.1, ge=0, le=1)
@@ -287,6 +308,11 @@ class AdversarialTask(Closed):
     eval_attack: EvalAttack
     autoattack: AutoAttackCheck
     eps_sweep: EpsSweepCheck
+
+
+class LanguageModelTask(Closed):
+    name: Literal["language_model"]
+    tokenization: Literal["char", "word"] = "char"
 
 
 class ExternalTask(Open):
@@ -389,7 +415,7 @@ class RunConfig(Closed):
     diagnostics: Diagnostics
     distributed: Distributed
     model: Model
-    dataset: InMemoryData | ImageFolderData = Field(discriminator="family")
+    dataset: InMemoryData | ImageFolderData | TextData = Field(discriminator="family")
     optimizer: Annotated[
         Annotated[Optimizer, Tag("registered")] | Annotated[ExternalOptimizer, Tag("external")],
         Discriminator(_optimizer_form),
@@ -400,6 +426,7 @@ class RunConfig(Closed):
     task: Annotated[
         Annotated[ClassificationTask, Tag("classification")]
         | Annotated[AdversarialTask, Tag("adversarial")]
+        | Annotated[LanguageModelTask, Tag("language_model")]
         | Annotated[ExternalTask, Tag("external")],
         Discriminator(_task_form),
     ]

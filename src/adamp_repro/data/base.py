@@ -36,7 +36,8 @@ class DataInfo:
 
 
 class ClassificationData(abc.ABC):
-    """Batches of one image-classification data set for one rank of a (possibly distributed) run.
+    """Batches of one data set for one rank of a (possibly distributed) run: images and labels (the image
+    families), or token windows and their next tokens (the text family, whose "classes" are its tokens).
 
     Attributes:
         num_classes, mean, std, label, class_names, source: see :class:`DataInfo`.
@@ -46,7 +47,10 @@ class ClassificationData(abc.ABC):
         steps_per_epoch: full train batches per epoch on this rank (the last partial one is dropped);
             the same on every rank.
         seed, rank, world_size, device: as given to ``build_data``.
+        input_kind: what a batch's inputs are, ``"images"`` or ``"tokens"`` (the model must take them).
     """
+
+    input_kind = "images"
 
     def __init__(
         self,
@@ -94,6 +98,12 @@ class ClassificationData(abc.ABC):
         Over all ranks every evaluation sample appears exactly once (no padding duplicates); the last
         batch may be smaller and shard sizes may differ by one between ranks.
         """
+
+    def bind_run_folder(self, run_dir: Path, *, resuming: bool, write: bool) -> None:
+        """Keep with the run what a resume must find unchanged (the text family's vocabulary), or refuse a
+        resume whose folder holds another (``UsageError``). ``write``: this process writes the record (rank 0).
+        The image families keep nothing: their classes are fixed by the config."""
+        return None
 
     def __repr__(self) -> str:
         return (

@@ -12,13 +12,19 @@ from adamp_repro.data.base import ClassificationData, plain_config, require
 from adamp_repro.data.image_folder import build_loader_data, check_image_folder_source
 from adamp_repro.data.in_memory import build_in_memory_data, check_in_memory_source
 from adamp_repro.data.sharding import check_rank
+from adamp_repro.data.text import build_text_data, check_text_source
 
 # dataset.family -> builder. The family names a storage layout, not a data set. "in_memory": the whole data
 # set held in memory as tensors and augmented on the device; "image_folder": ImageFolder trees read from disk
-# by DataLoader workers.
-BUILDERS = {"in_memory": build_in_memory_data, "image_folder": build_loader_data}
-# dataset.family -> its data-source check (file and folder names only, nothing decoded).
-SOURCE_CHECKS = {"in_memory": check_in_memory_source, "image_folder": check_image_folder_source}
+# by DataLoader workers; "text": a token stream from a text file, cut into windows.
+BUILDERS = {"in_memory": build_in_memory_data, "image_folder": build_loader_data, "text": build_text_data}
+# dataset.family -> its data-source check (file and folder names only, nothing decoded; the text family counts
+# the characters of its file, to refuse a context longer than a split).
+SOURCE_CHECKS = {
+    "in_memory": check_in_memory_source,
+    "image_folder": check_image_folder_source,
+    "text": check_text_source,
+}
 # Old spellings of dataset.family, still read (a config or run record written before the rename).
 FAMILY_ALIASES = {"cifar": "in_memory", "imagenet": "image_folder"}
 

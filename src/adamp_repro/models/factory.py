@@ -17,7 +17,7 @@ from torch import nn
 
 # Importing these modules registers the CIFAR networks with timm's registry.
 from adamp_repro.errors import ConfigError, plain_config
-from adamp_repro.models import cifar_resnet, wide_resnet_madry  # noqa: F401
+from adamp_repro.models import cifar_resnet, transformer_lm, wide_resnet_madry  # noqa: F401
 
 # Keys build_model reads; any other key in a model config is an error, so typos do not pass silently.
 MODEL_KEYS = ("name", "pretrained", "kwargs", "normalize", "input_size")
@@ -69,6 +69,12 @@ def check_model_name(name: Any) -> None:
         )
 
 
+def input_kind(name: str) -> str:
+    """What a registered network takes: ``"tokens"`` (token ids, the language models of
+    ``models.transformer_lm``) or ``"images"`` (every other timm network)."""
+    return "tokens" if name in transformer_lm.TOKEN_MODELS else "images"
+
+
 def check_model_kwargs(kwargs: Any) -> None:
     """Refuse ``model.kwargs.num_classes``: the data set sets it. Raises ConfigError (a ValueError)."""
     if "num_classes" in kwargs:
@@ -78,10 +84,10 @@ def check_model_kwargs(kwargs: Any) -> None:
         )
 
 
-def build_model(
-    model_cfg: Any, num_classes: int, mean: Sequence[float], std: Sequence[float]
-) -> NormalizedModel:
-    """Create ``timm.create_model(model_cfg.name, ...)`` and wrap it in :class:`NormalizedModel`.
+def build_model(model_cfg: Any, num_classes: int, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
+    """Create ``timm.create_model(model_cfg.name, ...)`` and wrap it in :class:`NormalizedModel`; a network that
+    takes token ids (``input_kind``) is returned unwrapped (it has no pixels to normalise; ``num_classes`` is
+    its vocabulary size).
 
     Args:
         model_cfg: DictConfig or mapping with keys ``name`` (any timm name, including our CIFAR nets),
@@ -108,6 +114,8 @@ def build_model(
     net = timm.create_model(
         name, pretrained=bool(cfg.get("pretrained", False)), num_classes=num_classes, **kwargs
     )
+    if input_kind(name) == "tokens":
+        return net
     if not cfg.get("normalize", True):
         channels = len(mean)
         mean, std = (0.0,) * channels, (1.0,) * channels

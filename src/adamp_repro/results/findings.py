@@ -24,14 +24,22 @@ from adamp_repro.results.stats import (
     TEST_DESCRIPTION,
 )
 from adamp_repro.results.text import MISSING
+from adamp_repro.tracking.schema import metric_direction
 
 METRIC_LABELS = {
     "top1_acc": "top-1 (%)",
     "standard_acc": "standard acc (%)",
     "attacked_acc": "attacked acc, PGD-10 (%)",
+    "perplexity": "test perplexity (lower is better)",
+    "bits_per_char": "bits per character (lower is better)",
 }
 AUTOATTACK_LABEL = "AutoAttack (ours; not in the paper)"
-BAR_LABELS = {"standard_acc": "clean", "attacked_acc": "PGD-10", "top1_acc": "top-1"}
+BAR_LABELS = {
+    "standard_acc": "clean",
+    "attacked_acc": "PGD-10",
+    "top1_acc": "top-1",
+    "perplexity": "perplexity",
+}
 CODE_CHANGED_MARK = "†"
 FORMS_MIXED_MARK = "‡"
 
@@ -104,8 +112,11 @@ def metric_sentences(table_id: str, part: pd.DataFrame, gains: pd.DataFrame) -> 
             sentences.append(f"{label}: no completed run of {baseline} or {proposed}.")
             short.append(metric)
             continue
-        best = arms.loc[arms["ours_mean"].idxmax()]
-        reached = best["ours_mean"] >= needed
+        # The better arm by the metric's direction (the lower perplexity, the higher accuracy).
+        sign = metric_direction(metric)
+        best = arms.loc[(arms["ours_mean"] * sign).idxmax()]
+        reached = sign * best["ours_mean"] >= sign * needed
+        unit = "%" if sign > 0 else ""  # accuracies are percentages; a perplexity has no unit
         if not reached:
             short.append(metric)
         text = f"{label}: "
@@ -125,12 +136,14 @@ def metric_sentences(table_id: str, part: pd.DataFrame, gains: pd.DataFrame) -> 
         else:
             text += f"no {proposed} − {baseline} gain (a side has no run)"
         text += (
-            f"; the better arm, {best['optimizer']} at {best['ours_mean']:.2f}%, "
+            f"; the better arm, {best['optimizer']} at {best['ours_mean']:.2f}{unit}, "
             + ("reached" if reached else "did not reach")
-            + f" the table's {needed:g}% {BAR_LABELS.get(metric, metric)} bar."
+            + f" the table's {needed:g}{unit} {BAR_LABELS.get(metric, metric)} bar."
         )
         sentences.append(text)
-    bars = " and ".join(f"{v:g}% {BAR_LABELS.get(m, m)}" for m, v in bar.items())
+    bars = " and ".join(
+        f"{v:g}{'%' if metric_direction(m) > 0 else ''} {BAR_LABELS.get(m, m)}" for m, v in bar.items()
+    )
     if short:
         sentences.append(
             f"Not clearly trained: the better of {baseline} and {proposed} is below the table's bar ({bars}, "
@@ -191,7 +204,8 @@ def mechanism_sentences(part: pd.DataFrame, pairs: list[tuple[str, str]] | None 
         where = " / ".join(str(x) for x in (model, block) if x not in ("-", ""))
         if rows.empty:
             sentences.append(
-                f"{where}: no run recorded weight-norm diagnostics (older records), so the "
+                f"{where}: no run recorded a norm of scale-invariant weights (older records without the "
+                "diagnostics, or a network with no such weight: no weight feeds a normalisation layer), so the "
                 f"mechanism columns are {MISSING}."
             )
             continue
@@ -240,7 +254,15 @@ def table_notes(table_id: str, is_paper: bool, cells: pd.DataFrame) -> list[str]
             )
     elif proxy is not None:
         block, model = catalogue.row_labels(proxy.table, proxy.row)
-        if proxy.as_paper.get("AdamW") == "Adam":
+        if proxy.rows:  # each of our rows beside its own paper row, the columns under the paper's own names
+            mapped = ", ".join(f"our {ours} → {proxy.table} {theirs}" for ours, theirs in proxy.rows.items())
+            notes.append(
+                f"Paper gain = difference of the printed values of the paper row each of our rows stands for "
+                f"({mapped}; {proxy.label}), the same optimizer columns as ours; where lower is better (a "
+                "perplexity) a negative gain is the proposed optimizer's advantage. Sign agrees: our gain has "
+                f"that sign. A metric the paper does not print has no paper gain: `none (not in {proxy.table})`."
+            )
+        elif proxy.as_paper.get("AdamW") == "Adam":
             notes.append(
                 f"Paper gain = difference of the printed values of {proxy.table}'s {model} row (the paper's "
                 "Adam column against our AdamW); Sign agrees: our gain has that sign."

@@ -1,5 +1,7 @@
 """Paired gains of a table's cells: the proposed optimizer minus its baseline, with the seed-noise test, its
-95% interval and power (``stats``), set beside the gain the paper prints for the same pair.
+95% interval and power (``stats``), set beside the gain the paper prints for the same pair. A gain is always
+proposed minus baseline in the metric's unit; whether a negative gain is the better one (a perplexity) is the
+metric's direction (``tracking.schema.metric_direction``), the expected sign of an own table's gain.
 
 The pairs, and what each gain is set beside, come from the catalogue (``configs/tables.yaml``). The target of the
 seeds-needed figure: a paper table's own printed gain; a proxy table's (``proxy_of``) printed gain of the paper
@@ -18,6 +20,7 @@ import pandas as pd
 from adamp_repro import catalogue
 from adamp_repro.catalogue import DEFAULT_PAIRS, DEFAULT_REFERENCE, Table
 from adamp_repro.results.stats import detectable_gain, seeds_needed, welch_test
+from adamp_repro.tracking.schema import metric_direction
 
 # Our labels -> the paper's ImageNet columns (the ICLR version labels its ImageNet Adam baseline AdamW).
 AS_PAPER = {"AdamW": "Adam"}
@@ -61,7 +64,6 @@ def paired_gains(table_id: str, cells: pd.DataFrame, paper: pd.DataFrame) -> pd.
     entry = catalogue.table(table_id)
     is_paper = entry is not None and entry.is_paper
     proxy = entry.proxy if entry is not None else None
-    own_sign = 1.0  # own tables: the paper puts the projected optimizer ahead in every P1 row
     for (scale, row_id, block, model, dataset, metric), group in cells.groupby(
         ["scale", "row_id", "block", "model", "dataset", "metric"], sort=False, dropna=False
     ):
@@ -71,10 +73,13 @@ def paired_gains(table_id: str, cells: pd.DataFrame, paper: pd.DataFrame) -> pd.
             result = welch_test(a["_values"], b["_values"])
             # Printed values carry at most 2 decimals: drop the float noise of their difference (0.57, not 0.5700..074).
             paper_gain = (
-                _proxy_gain(proxy, metric, baseline, proposed, paper)
+                _proxy_gain(proxy, row_id, metric, baseline, proposed, paper)
                 if proxy is not None
                 else round(b["paper"] - a["paper"], 10)
             )
+            # Own tables: the paper puts the projected optimizer ahead in every row, i.e. a gain of the sign
+            # that is better for the metric (negative for a perplexity: tracking.schema.metric_direction).
+            own_sign = float(metric_direction(metric))
             expected = float(np.sign(paper_gain)) if not math.isnan(paper_gain) else own_sign
             if (is_paper or proxy is not None) and math.isnan(paper_gain):
                 expected = math.nan  # no printed counterpart: no sign to agree with
@@ -135,10 +140,11 @@ def _target_gain(
     return gain, (None if math.isnan(gain) else f"{ref_table} {catalogue.row_labels(ref_table, ref_row)[1]}")
 
 
-def _proxy_gain(proxy, metric: str, baseline: str, proposed: str, paper: pd.DataFrame) -> float:
-    """The paper's printed gain of ``proposed`` over ``baseline`` for ``metric`` in the paper row the proxy
-    stands in for (``proxy_of`` in the catalogue); NaN when the paper has no such pair."""
-    return _printed_gain(paper, proxy.table, proxy.row, baseline, proposed, metric, proxy.as_paper)
+def _proxy_gain(proxy, row_id: str, metric: str, baseline: str, proposed: str, paper: pd.DataFrame) -> float:
+    """The paper's printed gain of ``proposed`` over ``baseline`` for ``metric`` in the paper row our row
+    ``row_id`` stands in for (``proxy_of`` in the catalogue); NaN when the paper has no such pair."""
+    paper_row = proxy.paper_row(row_id)
+    return _printed_gain(paper, proxy.table, paper_row, baseline, proposed, metric, proxy.as_paper)
 
 
 def _printed_gain(

@@ -84,8 +84,16 @@ def layout_table(comparison: Comparison, paper: pd.DataFrame) -> TableDoc:
             proxy = entry.proxy
             block, model = catalogue.row_labels(proxy.table, proxy.row)
             row = f"{proxy.table}'s {model} row (block {block})"
+            values = "accuracies"
+            if proxy.rows:  # several paper rows: each of ours beside its own
+                block = proxy.label
+                row = (
+                    "the paper row each of our rows stands for ("
+                    + ", ".join(f"{ours} → {theirs}" for ours, theirs in proxy.rows.items())
+                    + ")"
+                )
             intro = [
-                f"Our own table on other data, standing in for {proxy.table} ({block}): its accuracies are "
+                f"Our own table on other data, standing in for {proxy.table} ({block}): its {values} are "
                 f"not comparable with the paper's, so only the paper's printed gains of {row} are set beside our "
                 "gains (`Paper gain`), and each sign is judged against them."
             ]

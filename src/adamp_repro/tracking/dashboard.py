@@ -33,12 +33,14 @@ from wandb_workspaces import expr
 from adamp_repro import catalogue, paths
 from adamp_repro.tracking.records import atomic_write_text
 from adamp_repro.tracking.schema import (
+    BITS_PER_CHAR,
     CLEAN_TOP1,
     EPOCH,
     LOSS,
     LR,
     MEAN_FILTER_NORM,
     MEAN_WEIGHT_NORM,
+    PERPLEXITY,
     ROBUST_LOSS,
     ROBUST_TOP1,
     STEP,
@@ -54,7 +56,7 @@ from adamp_repro.tracking.schema import (
 
 CONFIG_DIR = paths.config_dir()
 OFFLINE_ENTITY = "<entity>"  # placeholder: the library's objects need an entity; offline there is none
-CLS, ADV = "classification", "adversarial"
+CLS, ADV, LM = "classification", "adversarial", "language_model"
 GROUP_KEY = "optimizer.name"
 # The runs table of every view and report section: model, dataset, optimizer, seed, scale, experiment.
 COLUMN_KEYS = ("model.name", "dataset.name", "optimizer.name", "seed", "scale.name", "experiment_name")
@@ -71,7 +73,7 @@ class PanelDef:
 
 
 # Every panel of a table view; a table gets the panels of its experiments' tasks (c: classification,
-# a: adversarial). Columns: section | tasks | x axis (EPOCH for the per-epoch rows, as wandb_mirror defines
+# a: adversarial, l: language_model). Columns: section | tasks | x axis (EPOCH for the per-epoch rows, as wandb_mirror defines
 # them; STEP for the per-step ones) | metric | also in the report. Key names and panel titles are the record
 # schema's (tracking/schema.py: TITLES).
 _PANEL_ROWS = (
@@ -80,15 +82,20 @@ _PANEL_ROWS = (
     ("Accuracy", "a", EPOCH, eval_key(CLEAN_TOP1), True),
     ("Accuracy", "a", EPOCH, eval_key(ROBUST_TOP1), True),
     ("Accuracy", "ca", EPOCH, train_key(TOP1), False),
-    ("Loss", "ca", EPOCH, TRAIN_LOSS, False),
-    ("Loss", "ca", EPOCH, eval_key(LOSS), False),
+    ("Perplexity", "l", EPOCH, eval_key(PERPLEXITY), True),
+    ("Perplexity", "l", EPOCH, eval_key(BITS_PER_CHAR), True),
+    ("Loss", "cal", EPOCH, TRAIN_LOSS, False),
+    ("Loss", "cal", EPOCH, eval_key(LOSS), False),
     ("Loss", "a", EPOCH, eval_key(ROBUST_LOSS), False),
-    ("Loss", "ca", STEP, step_key(LOSS), False),
-    ("Learning rate", "ca", EPOCH, LR, False),
-    ("Learning rate", "ca", STEP, step_key(LR), False),
-    *(("Diagnostics", "ca", EPOCH, key, key in (MEAN_WEIGHT_NORM, MEAN_FILTER_NORM)) for key in SUMMARY_KEYS),
+    ("Loss", "cal", STEP, step_key(LOSS), False),
+    ("Learning rate", "cal", EPOCH, LR, False),
+    ("Learning rate", "cal", STEP, step_key(LR), False),
+    *(
+        ("Diagnostics", "cal", EPOCH, key, key in (MEAN_WEIGHT_NORM, MEAN_FILTER_NORM))
+        for key in SUMMARY_KEYS
+    ),
 )
-_TASKS = {"c": CLS, "a": ADV}
+_TASKS = {"c": CLS, "a": ADV, "l": LM}
 PANELS = tuple(
     PanelDef(section, tuple(_TASKS[t] for t in tasks), x, metric, TITLES[metric].title, report)
     for section, tasks, x, metric, report in _PANEL_ROWS

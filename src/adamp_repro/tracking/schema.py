@@ -23,7 +23,7 @@ change: no key changed meaning. A summary without them reads as "forms not recor
 
 ``summary_metrics`` turns a run's epoch rows (the rows of ``metrics.csv``) into the metric keys of its
 summary: ``epochs``, ``final_train_loss``, ``final_eval_<metric>`` (the last evaluation, counts left out),
-``best_eval_<primary metric>``, the median ``images_per_s``, ``final_<key>`` and ``epoch1_<key>`` of the
+``best_eval_<primary metric>`` (best by ``metric_direction``: the smallest perplexity, the largest top-1), the median ``images_per_s``, ``final_<key>`` and ``epoch1_<key>`` of the
 weight diagnostics.
 
 The epoch rows of ``metrics.csv`` carry ``epoch``, ``train_<metric>`` (the task's training metrics,
@@ -64,11 +64,44 @@ RENAMED_KEYS = {
 # The task metric names (``train/tasks/``): ``train_<name>`` and ``eval_<name>`` in an epoch row.
 LOSS, TOP1, TOP5 = "loss", "top1", "top5"
 CLEAN_TOP1, ROBUST_TOP1, ROBUST_LOSS = "clean_top1", "robust_top1", "robust_loss"
+# The language-modelling task's metrics (``train/tasks/language_model.py``): the loss is the mean next-token
+# cross-entropy in nats per token, its exponential the perplexity, and at character level the loss in bits.
+PERPLEXITY, BITS_PER_CHAR = "perplexity", "bits_per_char"
 # The adversarial task's AutoAttack metrics: top-1 under AutoAttack, and the PGD top-1 on the same samples.
 AUTOATTACK_TOP1, AUTOATTACK_SUBSET_ROBUST_TOP1 = "autoattack_top1", "autoattack_subset_robust_top1"
 # The other keys of an epoch row, and the x axis of the per-step rows W&B gets (``step/<key>``).
 EPOCH, LR, IMAGES_PER_S = "epoch", "lr", "images_per_s"
 STEP = "train/step"
+
+
+# Which way is better: every metric is higher-is-better (accuracies) except these, whose best value is the
+# smallest (a loss, a perplexity). One owner: the trainer's and the summary's best-of, and the results' gains,
+# read it through ``metric_direction``.
+LOWER_IS_BETTER = frozenset({LOSS, ROBUST_LOSS, PERPLEXITY, BITS_PER_CHAR})
+# What a key may carry before its metric name (``final_eval_perplexity`` is the metric ``perplexity``).
+METRIC_PREFIXES = ("final_", "best_", "epoch1_", "at_init_", "eval_", "train_", "ema_")
+
+
+def metric_name(key: str) -> str:
+    """The metric a record key or a paper metric id names: its prefixes (``METRIC_PREFIXES``) taken off."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in METRIC_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix) :], True
+    return key
+
+
+def metric_direction(key: str) -> int:
+    """+1 where a larger value of the metric ``key`` names is better, -1 where a smaller one is
+    (``LOWER_IS_BETTER``); ``key`` may be a record key (``final_eval_perplexity``) or a bare metric name."""
+    return -1 if metric_name(key) in LOWER_IS_BETTER else 1
+
+
+def best_of(values: Iterable[float], key: str) -> float:
+    """The best of ``values`` of the metric ``key`` (its largest, or its smallest when lower is better)."""
+    return (min if metric_direction(key) < 0 else max)(values)
 
 
 class KeyPrefix(str):
@@ -150,6 +183,9 @@ TITLES = {
     train_key(TOP1): Title("Train top-1 (%)"),
     TRAIN_LOSS: Title("Train loss (epoch mean)"),
     eval_key(LOSS): Title("Test loss (clean)"),
+    eval_key(PERPLEXITY): Title("Test perplexity (lower is better)", "perplexity"),
+    eval_key(BITS_PER_CHAR): Title("Test bits per character (lower is better)", "bits per character"),
+    train_key(PERPLEXITY): Title("Train perplexity (epoch mean loss, exponentiated)", "train perplexity"),
     eval_key(ROBUST_LOSS): Title("Test loss under PGD"),
     LR: Title("Learning rate (last step of the epoch)"),
     IMAGES_PER_S: Title("Training images per second (epoch)", "images/s"),
@@ -306,7 +342,7 @@ def summary_metrics(history: Sequence[Mapping[str, Any]], primary_metric: str) -
         out.update(
             {final_key(k): v for k, v in final.items() if k.startswith(eval_key("")) and "count" not in k}
         )
-        out[best_key(primary)] = max(row[primary] for row in evaluated)
+        out[best_key(primary)] = best_of((row[primary] for row in evaluated), primary_metric)
     speeds = [row[IMAGES_PER_S] for row in history if IMAGES_PER_S in row]
     out[IMAGES_PER_S] = float(statistics.median(speeds)) if speeds else None
     for key in SUMMARY_KEYS:

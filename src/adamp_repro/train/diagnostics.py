@@ -112,8 +112,18 @@ def normalised_weights(model: nn.Module) -> set[str]:
     A structural rule, not a proof, and a conservative one: it misses weights made scale-invariant through
     longer paths (in the Madry WRN the stem conv and some residual-branch convs pass the gradient test while
     only each block's ``conv1`` is counted, 33% of the elements); the detection share shows both.
+
+    Weight normalisation counts too, exactly: a module whose weight carries torch's weight-norm
+    parametrisation (``torch.nn.utils.parametrizations.weight_norm``) computes ``w = g v / ||v||``, so its
+    direction ``v`` (the parameter ``<module>.parametrizations.weight.original1``) is scale-invariant (per
+    output row for ``dim=0``); the gain ``g`` (``original0``) is not.
     """
     names: set[str] = set()
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        for tensor_name, chain in getattr(module, "parametrizations", {}).items():
+            if any(type(step).__name__ == "_WeightNorm" for step in chain):
+                names.add(f"{prefix}parametrizations.{tensor_name}.original1")
     for parent_name, parent in model.named_modules():
         children = list(parent.named_children())
         for index, (child_name, child) in enumerate(children):

@@ -283,6 +283,8 @@ def _run(
         world_size=ctx.world_size,
         device=device,
     )
+    # The data keeps with the run what a resume must find unchanged (the text family's vocabulary).
+    data.bind_run_folder(run_dir, resuming=resume_point is not None, write=ctx.is_main)
     model = build_model(cfg.model, data.num_classes, data.mean, data.std).to(device)
     if _channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)

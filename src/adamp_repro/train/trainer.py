@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adamp_repro.tracking.schema import EPOCH, IMAGES_PER_S, LOSS, LR, eval_key, train_key
+from adamp_repro.tracking.schema import EPOCH, IMAGES_PER_S, LOSS, LR, best_of, eval_key, train_key
 from adamp_repro.train.checkpoint import (
     CHECKPOINT_NAME,
     load_resume_checkpoint,
@@ -63,7 +63,9 @@ class TrainerSettings:
 class TrainState:
     epoch: int = 0  # epochs finished
     global_step: int = 0
-    best_eval: float = float("-inf")  # best value of eval_<task.primary_metric>
+    # Best value of eval_<task.primary_metric>, by the metric's direction (tracking.schema.metric_direction);
+    # -inf (any non-finite value) until the first evaluation.
+    best_eval: float = float("-inf")
     wandb_id: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # the rows of metrics.csv
     diagnostics_history: list[dict[str, Any]] = field(default_factory=list)  # the rows of diagnostics.csv
@@ -183,7 +185,12 @@ class Trainer:
                 row["skipped_images"] = skipped
             primary = f"eval_{self.task.primary_metric}"
             if primary in row:
-                self.state.best_eval = max(self.state.best_eval, row[primary])
+                best = self.state.best_eval
+                self.state.best_eval = (
+                    row[primary]
+                    if not math.isfinite(best)
+                    else best_of((best, row[primary]), self.task.primary_metric)
+                )
             self.state.epoch = epoch + 1
             self.state.history.append(row)
             self.state.diagnostics_history.extend(diag_rows)

@@ -8,7 +8,8 @@ Every sample is counted exactly once, so ``sum / count`` is a metric in its repo
 A task (``Task``) has:
 
 - ``name``: the ``task.name`` of its config; ``primary_metric``: the evaluation key whose best value the run
-  tracks (``best_eval_<key>``).
+  tracks (``best_eval_<key>``; best by ``tracking.schema.metric_direction``: the largest top-1, the smallest
+  perplexity).
 - ``train_metric_names``: the ``train_<name>`` columns of ``metrics.csv``; ``"loss"`` is one of them (the
   trainer stops a run whose training loss is not finite).
 - ``denominators``: ``{evaluation metric: count key}`` for metrics measured on fewer samples than ``"count"``.
@@ -16,8 +17,9 @@ A task (``Task``) has:
   attack starts) follow (seed, epoch, rank) and a resumed epoch repeats them.
 - ``train_step(model, batch) -> (loss, sums)``: the loss of one training batch (an adversarial task crafts
   its inputs here) and the batch's sums, ``"count"`` (samples) among them, one per ``train_metric_names``.
-  The batch is what the data yields, ``(x, y)`` for the suite's data: ``x`` in [0, 1] (normalisation lives
-  inside the model), shape (B, C, H, W).
+  The batch is what the data yields: ``(x, y)`` for the image families (``x`` in [0, 1], normalisation inside
+  the model, shape (B, C, H, W)), ``(tokens, targets)`` of shape (B, T) for the text family. A sample is what
+  the task counts: an image, or a predicted token.
 - ``train_metrics(totals) -> dict``: the epoch's training metrics from its (all-reduced) sums.
 - ``evaluate(model, batches, final) -> sums``: per-metric sums plus ``"count"``; ``final`` marks the run's last
   evaluation (where a task may run its costly checks).
@@ -39,7 +41,7 @@ from torch import Tensor, nn
 from adamp_repro.tracking.schema import LOSS, TOP1
 from adamp_repro.train.metrics import correct_topk, finalize_sums
 
-Batch = Any  # what the data's train_batches / eval_batches yield: (x, y) for the suite's data
+Batch = Any  # what the data's train_batches / eval_batches yield: (x, y) images, or (tokens, targets)
 
 
 @runtime_checkable

@@ -1,6 +1,6 @@
 """Which task a config builds: the suite's tasks by ``task.name``, a user's by ``task._target_``.
 
-- ``name: classification`` / ``name: adversarial``: the builders in ``TASKS`` (``configs/task/*.yaml``).
+- ``name: classification`` / ``adversarial`` / ``language_model``: the builders in ``TASKS`` (``configs/task/*.yaml``).
 - ``_target_: package.module.Name``: that class (or builder function), called with every other key of the task
   config as a keyword argument except ``name``, which stays the suite's (identity, run folder, tables). The
   object must have every member of the ``Task`` protocol (``train.tasks.base``); a missing one is refused.
@@ -18,10 +18,12 @@ from adamp_repro.errors import ConfigError, plain_config, resolve_target
 from adamp_repro.train.tasks.adversarial import build_adversarial_task
 from adamp_repro.train.tasks.base import Task
 from adamp_repro.train.tasks.classification import build_classification_task
+from adamp_repro.train.tasks.language_model import build_language_model_task
 
 TASKS: dict[str, Callable[[Mapping[str, Any]], Task]] = {
     "classification": build_classification_task,
     "adversarial": build_adversarial_task,
+    "language_model": build_language_model_task,
 }
 TARGET_KEY = "_target_"
 _MEMBERS = (
