@@ -22,6 +22,7 @@ def test_every_table_is_one_entry_and_every_paper_table_has_its_numbers() -> Non
     assert list(known.own_tables()) == [
         "mechanism",
         "mini",
+        "equilibrium",
         "cifar",
         "imagenette",
         "imagenette_analysis",

@@ -22,6 +22,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "device_check.py"
+# One worker builds this module's fixtures (make test runs pytest-xdist).
+pytestmark = pytest.mark.xdist_group("device_check")
+
 CUDA_ONLY = {"host_sync", "cuda_graph", "parity_compiled"}
 
 # Run as `python -c GUARD scripts/device_check.py ARGS...`: hydra, omegaconf and wandb do not exist, and adamp
@@ -29,8 +32,6 @@ CUDA_ONLY = {"host_sync", "cuda_graph", "parity_compiled"}
 GUARD = """
 import importlib.abc, importlib.machinery, runpy, sys
 
-# One worker builds this module's fixtures (make test runs pytest-xdist).
-pytestmark = pytest.mark.xdist_group("device_check")
 
 class Blocked(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):

@@ -48,7 +48,7 @@ def _make_run(root, optimizer: str, seed: int, angle_scale: float, top1: float) 
           "filter_grad_norm_rms": 0.1}]  # fmt: skip
     (run_dir / "diagnostics.csv").write_text(rows_to_csv(diag))
     return {"table_id": "equilibrium", "optimizer": optimizer, "seed": seed, "scale": "mini",
-            "run_dir": str(run_dir), "at_init_mean_filter_norm": 1.0, "final_eval_top1": top1}  # fmt: skip
+            "run_dir": run_dir.name, "at_init_mean_filter_norm": 1.0, "final_eval_top1": top1}  # fmt: skip
 
 
 def test_matched_adamw_is_predicted_with_its_scale_invariant_decay() -> None:
@@ -65,7 +65,7 @@ def test_rows_pairs_and_files(tmp_path) -> None:
         [_make_run(tmp_path, "adamp", s, 1.05, 50.0 + s) for s in range(3)]
         + [_make_run(tmp_path, "adamw_matched", s, 1.30, 49.0 + s + 0.1 * s) for s in range(3)]
     )
-    rows = equilibrium_rows(runs, "equilibrium")
+    rows = equilibrium_rows(runs, "equilibrium", tmp_path)
     adamp = [r for r in rows if r["optimizer"] == "adamp"]
     assert all(r["angle_ratio"] == pytest.approx(1.05) and r["angle_holds"] for r in adamp)
     matched = [r for r in rows if r["optimizer"] == "adamw_matched"]
@@ -79,7 +79,7 @@ def test_rows_pairs_and_files(tmp_path) -> None:
     assert (pair["baseline"], pair["proposed"], pair["seeds"]) == ("adamw_matched", "adamp", 3)
     assert pair["diff"] == pytest.approx(1.0 - 0.1)  # per seed: 1 - 0.1 s, mean over s = 0, 1, 2
     assert pair["low"] < pair["diff"] < pair["high"] and pair["detectable"] > 0
-    written = equilibrium_outputs(runs, tmp_path / "tables")
+    written = equilibrium_outputs(runs, tmp_path / "tables", tmp_path)
     assert sorted(p.name for p in written) == [
         "equilibrium_equilibrium.csv",
         "equilibrium_equilibrium.md",
@@ -99,7 +99,7 @@ def test_ledger_rows_read_the_equilibrium_files(tmp_path) -> None:
         [_make_run(tmp_path, "adamp", s, 1.05, 50.0 + s) for s in range(3)]
         + [_make_run(tmp_path, "adamw_matched", s, 1.30, 49.0 + s + 0.1 * s) for s in range(3)]
     )
-    equilibrium_outputs(runs, tables)
+    equilibrium_outputs(runs, tables, tmp_path)
     e1, e2, e3 = equilibrium_claims(tables, tmp_path)
     assert e1.verdict == "not run"  # no SGD or plain AdamW run
     assert e2.verdict == "supported" and "adamp measured / predicted 1.05, 1.05, 1.05" in e2.ours

@@ -67,7 +67,9 @@ def test_external_file_composes_validates_builds_and_steps(name):
     validate_config(cfg)
     values = OmegaConf.to_container(cfg.optimizer, resolve=True)
     model = _model()
-    optimizer = build_optimizer(cfg.optimizer, model)
+    # A decay of the scale-invariant weights' own needs their names (the trainer passes them); here: the 2-d weights.
+    invariant = [n for n, p in model.named_parameters() if p.ndim > 1]
+    optimizer = build_optimizer(cfg.optimizer, model, invariant)
     if "_target_" in values:
         module, _, cls = values["_target_"].rpartition(".")
         assert type(optimizer) is getattr(importlib.import_module(module), cls)
@@ -78,7 +80,10 @@ def test_external_file_composes_validates_builds_and_steps(name):
             continue
         expected = tuple(value) if key == "betas" else value
         assert optimizer.defaults[key] == expected, key
-    assert [g["weight_decay"] for g in optimizer.param_groups] == [values["weight_decay"]]
+    decays = [values["weight_decay"]]
+    if values.get("scale_invariant_weight_decay") is not None:
+        decays.append(values["scale_invariant_weight_decay"])
+    assert [g["weight_decay"] for g in optimizer.param_groups] == decays
     before = [p.detach().clone() for p in model.parameters()]
     _step(optimizer, model)
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))

@@ -15,7 +15,7 @@ from tests.conftest import compose_config
 
 
 def test_matched_adamw_decays_the_normalised_weights_at_their_own_rate() -> None:
-    cfg = compose_config(["experiment=equilibrium_cifar10_resnet20", "optimizer=adamw_matched"])
+    cfg = compose_config(["experiment=equilibrium", "optimizer=adamw_matched"])
     model = build_model(cfg.model, 10, [0.5] * 3, [0.25] * 3)
     invariant = normalised_weights(model)
     optimizer = build_optimizer(cfg.optimizer, model, invariant)

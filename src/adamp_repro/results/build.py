@@ -72,7 +72,7 @@ def build_tables(
             written.append(out_dir / name)
     mechanism_files, _ = mechanism_outputs(runs, out_dir)
     written += mechanism_files
-    written += equilibrium_outputs(runs, out_dir)
+    written += equilibrium_outputs(runs, out_dir, runs_root)
     atomic_write_text(out_dir / SUMMARY_PAGE, render_summary_page(docs, runs, problems))
     written.append(out_dir / SUMMARY_PAGE)
     log.info(

@@ -1,7 +1,7 @@
 """The rotational equilibrium on a real network: measured against predicted, per run, and the matched pair.
 
 For each completed run of a table in ``EQUILIBRIUM_TABLES`` (its protocol: configs/experiment/
-equilibrium_cifar10_resnet20.yaml), read from the run's own files:
+equilibrium.yaml), read from the run's own files:
 
 - the **equilibrium rotation**: the RMS angle per step of the filters of the weights followed by a normalisation
   layer (``metrics.csv`` ``rms_filter_angle``, one value per epoch), over the last quarter of the epochs, as the
@@ -75,11 +75,12 @@ def prediction_of(optimizer: dict[str, Any]) -> Prediction | None:
     return Prediction(update, settings)
 
 
-def run_row(run: dict[str, Any]) -> dict[str, Any]:
-    """One run's measured and predicted equilibrium (see the module docstring)."""
-    run_dir = Path(run["run_dir"])
-    config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
-    epochs = [r for r in read_csv_rows(run_dir / "metrics.csv") if r.get(RMS_FILTER_ANGLE) not in (None, "")]
+def run_row(run: dict[str, Any], root: Path) -> dict[str, Any]:
+    """One run's measured and predicted equilibrium (see the module docstring); ``root``: the folder the frame's
+    ``run_dir`` is relative to. A record without its config or metrics file reads as not measured (NaN)."""
+    run_dir = root / run["run_dir"]
+    config = yaml.safe_load(_text(run_dir / CONFIG_FILE) or "{}") or {}
+    epochs = [r for r in _rows(run_dir / "metrics.csv") if r.get(RMS_FILTER_ANGLE) not in (None, "")]
     last = epochs[-max(1, math.ceil(LAST_SHARE * len(epochs))) :] if epochs else []
     last_epochs = {int(r["epoch"]) for r in last}
     angles = [float(r[RMS_FILTER_ANGLE]) for r in last]
@@ -105,9 +106,9 @@ def run_row(run: dict[str, Any]) -> dict[str, Any]:
         "surge": peak / init if init > 0 else math.nan,
         "peak_epoch": int(epochs[norms.index(peak)]["epoch"]) + 1 if norms else None,
         "final_top1": float(run.get(FINAL_TOP1, math.nan)),
-        "run_dir": str(run_dir),
+        "run_dir": str(run["run_dir"]),
     }
-    found = prediction_of(config["optimizer"])
+    found = prediction_of(config["optimizer"]) if isinstance(config.get("optimizer"), dict) else None
     if found is None:
         return row
     row["predicted_angle"] = eq.angular_update(found.update, found.settings)
@@ -117,6 +118,14 @@ def run_row(run: dict[str, Any]) -> dict[str, Any]:
         row[f"{what}_ratio"] = ratio
         row[f"{what}_holds"] = None if math.isnan(ratio) else TOLERANCE[0] <= ratio <= TOLERANCE[1]
     return row
+
+
+def _text(path: Path) -> str | None:
+    return path.read_text() if path.is_file() else None
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    return read_csv_rows(path) if path.is_file() else []
 
 
 def _predicted_norm(run_dir: Path, found: Prediction, epochs: set[int]) -> float:
@@ -170,9 +179,11 @@ def paired_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def equilibrium_rows(runs: pd.DataFrame, table_id: str) -> list[dict[str, Any]]:
+def equilibrium_rows(runs: pd.DataFrame, table_id: str, root: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of ``table_id``'s runs; ``root``: the records' root (the frame's ``run_dir`` is relative to it)."""
     chosen = runs[runs["table_id"] == table_id]
-    return [run_row(r) for r in chosen.sort_values(["scale", "optimizer", "seed"]).to_dict("records")]
+    records = chosen.sort_values(["scale", "optimizer", "seed"]).to_dict("records")
+    return [run_row(r, Path(root)) for r in records]
 
 
 def _f(value: Any, spec: str) -> str:
@@ -261,14 +272,16 @@ def equilibrium_markdown(table_id: str, rows: list[dict[str, Any]], pairs: list[
     return "\n".join(out) + "\n"
 
 
-def equilibrium_outputs(runs: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
+def equilibrium_outputs(
+    runs: pd.DataFrame, out_dir: str | os.PathLike, root: str | os.PathLike
+) -> list[Path]:
     """Write ``<table>_equilibrium.{md,csv}`` and ``<table>_equilibrium_pairs.csv`` for each table of
-    ``EQUILIBRIUM_TABLES`` with runs; return the paths."""
+    ``EQUILIBRIUM_TABLES`` with runs (records under ``root``); return the paths."""
     written = []
     for table_id in EQUILIBRIUM_TABLES:
         if runs.empty or not (runs["table_id"] == table_id).any():
             continue
-        rows = equilibrium_rows(runs, table_id)
+        rows = equilibrium_rows(runs, table_id, root)
         pairs = paired_rows(rows)
         out = Path(out_dir)
         files = {
