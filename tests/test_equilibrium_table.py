@@ -42,10 +42,10 @@ def _make_run(root, optimizer: str, seed: int, angle_scale: float, top1: float) 
     (run_dir / "metrics.csv").write_text(rows_to_csv(metrics))
     diag = [
         {"epoch": e, "param": "conv.weight", "followed_by_norm": 1, "row_length": 144, "filter_norm": n,
-         "filter_grad_norm_rms": 0.1}  # fmt: skip
+         "filter_grad_norm_rms": 0.1, "filter_angle_rms": angle}  # fmt: skip
         for e, n in enumerate(norms)
     ] + [{"epoch": 7, "param": "fc.weight", "followed_by_norm": 0, "row_length": 64, "filter_norm": 3.0,
-          "filter_grad_norm_rms": 0.1}]  # fmt: skip
+          "filter_grad_norm_rms": 0.1, "filter_angle_rms": ""}]  # fmt: skip
     (run_dir / "diagnostics.csv").write_text(rows_to_csv(diag))
     return {"table_id": "equilibrium", "optimizer": optimizer, "seed": seed, "scale": "mini",
             "run_dir": run_dir.name, "at_init_mean_filter_norm": 1.0, "final_eval_top1": top1}  # fmt: skip
@@ -71,6 +71,7 @@ def test_rows_pairs_and_files(tmp_path) -> None:
     matched = [r for r in rows if r["optimizer"] == "adamw_matched"]
     assert all(r["angle_ratio"] == pytest.approx(1.30) and r["angle_holds"] is False for r in matched)
     assert all(r["surge"] == pytest.approx(1.5) and r["peak_epoch"] == 2 for r in rows)
+    assert all(r["dead_layer_share"] == 0 and r["live_angle"] == pytest.approx(r["measured_angle"]) for r in rows)
     assert all(r["epochs_measured"] == "7-8" and r["measured_norm"] == pytest.approx(0.635) for r in rows)
     # The norm prediction: the conv layer only (the classifier is not scale-invariant), filter length 144.
     expected = eq.equilibrium_norm("adamp", OPTIMIZERS["adamp"], dim=144)
@@ -104,4 +105,5 @@ def test_ledger_rows_read_the_equilibrium_files(tmp_path) -> None:
     assert e1.verdict == "not run"  # no SGD or plain AdamW run
     assert e2.verdict == "supported" and "adamp measured / predicted 1.05, 1.05, 1.05" in e2.ours
     assert e3.verdict == "supported" and e3.ours.startswith("AdamP - rotation-matched AdamW +0.90")
+    assert "the matched arm at x1.24 of AdamP's rotation" in e3.ours
     assert all(c.table == "equilibrium" and c.paper.startswith("later theory") for c in (e1, e2, e3))

@@ -214,7 +214,7 @@ EQUILIBRIUM_CLAIMS = {
     "E3": (
         "E3",
         "AdamP beats an AdamW whose scale-invariant weights decay at the rate predicted to match AdamP's "
-        "equilibrium rotation (what is left of AdamP's advantage is in the transient)",
+        "equilibrium rotation",
         _LATER + "docs/equilibrium.md; the paper's claim restated",
     ),
 }
@@ -268,8 +268,10 @@ def _matched_claim(pairs: pd.DataFrame | None, tested: str, ev: str, table: str)
     r = found.iloc[-1]
     ours = (
         f"AdamP - rotation-matched AdamW {r['diff']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}], p={r['p']:.2f}, "
-        f"detectable {r['detectable']:.2f} points; RMS angle per step {r['baseline_angle']:.4f} vs "
-        f"{r['proposed_angle']:.4f}; norm surge x{r['baseline_surge']:.2f} vs x{r['proposed_surge']:.2f}"
+        f"detectable {r['detectable']:.2f} points; measured RMS angle per step {r['baseline_angle']:.4f} vs "
+        f"{r['proposed_angle']:.4f} (the matched arm at x{r['baseline_angle'] / r['proposed_angle']:.2f} of AdamP's "
+        f"rotation: matched by the prediction, not in the measurement); norm surge x{r['baseline_surge']:.2f} vs "
+        f"x{r['proposed_surge']:.2f}"
     )
     plain = pairs[(pairs["baseline"] == "adamw") & (pairs["proposed"] == "adamp")]
     if not plain.empty:

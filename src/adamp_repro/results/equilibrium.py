@@ -106,6 +106,7 @@ def run_row(run: dict[str, Any], root: Path) -> dict[str, Any]:
         "surge": peak / init if init > 0 else math.nan,
         "peak_epoch": int(epochs[norms.index(peak)]["epoch"]) + 1 if norms else None,
         "final_top1": float(run.get(FINAL_TOP1, math.nan)),
+        **_live_layers(run_dir, last_epochs),
         "run_dir": str(run["run_dir"]),
     }
     found = prediction_of(config["optimizer"]) if isinstance(config.get("optimizer"), dict) else None
@@ -118,6 +119,30 @@ def run_row(run: dict[str, Any], root: Path) -> dict[str, Any]:
         row[f"{what}_ratio"] = ratio
         row[f"{what}_holds"] = None if math.isnan(ratio) else TOLERANCE[0] <= ratio <= TOLERANCE[1]
     return row
+
+
+def _live_layers(run_dir: Path, epochs: set[int]) -> dict[str, float]:
+    """Beside the protocol's measure (read, not judged): the share of the scale-invariant layers that are dead
+    over ``epochs`` (no gradient reaches them: a residual block switched off, its filters decayed towards 0, which
+    the random-walk model does not describe), and the RMS angle per step over the live layers alone."""
+    dead, live, angles = 0, 0, []
+    for r in _rows(run_dir / "diagnostics.csv"):
+        if (
+            int(r["epoch"]) not in epochs
+            or r.get("followed_by_norm") != "1"
+            or not r.get("filter_grad_norm_rms")
+        ):
+            continue
+        if float(r["filter_grad_norm_rms"]) > 0:
+            live += 1
+            angles.append(float(r["filter_angle_rms"]))
+        else:
+            dead += 1
+    total = dead + live
+    return {
+        "dead_layer_share": dead / total if total else math.nan,
+        "live_angle": math.sqrt(sum(a * a for a in angles) / len(angles)) if angles else math.nan,
+    }
 
 
 def _text(path: Path) -> str | None:
@@ -204,7 +229,9 @@ def equilibrium_markdown(table_id: str, rows: list[dict[str, Any]], pairs: list[
         "text. Angle: RMS angle per step of the filters of the weights followed by a normalisation layer, over "
         f"the last {LAST_SHARE:.0%} of the epochs, radians. Norm: mean per-filter norm over the same epochs. "
         f"A prediction holds when measured / predicted is in [{low}, {high}] (fixed before any run). Surge: the "
-        "largest mean per-filter norm over the epochs / its value at initialisation.",
+        "largest mean per-filter norm over the epochs / its value at initialisation. Read beside them, not "
+        "judged (added after the protocol was fixed): *dead layers*, the share of the scale-invariant layers no "
+        "gradient reached over the measured epochs, and *live angle*, the RMS angle over the other layers.",
         "",
     ]
     if not rows:
@@ -221,7 +248,7 @@ def equilibrium_markdown(table_id: str, rows: list[dict[str, Any]], pairs: list[
         "Ratio",
         "Holds",
     ]
-    header += ["Surge", "Peak epoch", "Top-1"]
+    header += ["Surge", "Peak epoch", "Top-1", "Dead layers", "Live angle"]
     for scale in sorted({r["scale"] for r in rows}):
         out += [f"## Scale `{scale}`: each run", ""]
         cells = [
@@ -239,6 +266,8 @@ def equilibrium_markdown(table_id: str, rows: list[dict[str, Any]], pairs: list[
                 _f(r["surge"], ".2f"),
                 str(r["peak_epoch"]),
                 _f(r["final_top1"], ".2f"),
+                _f(r["dead_layer_share"], ".0%"),
+                _f(r["live_angle"], ".4f"),
             ]
             for r in rows
             if r["scale"] == scale
