@@ -71,7 +71,9 @@ def test_rows_pairs_and_files(tmp_path) -> None:
     matched = [r for r in rows if r["optimizer"] == "adamw_matched"]
     assert all(r["angle_ratio"] == pytest.approx(1.30) and r["angle_holds"] is False for r in matched)
     assert all(r["surge"] == pytest.approx(1.5) and r["peak_epoch"] == 2 for r in rows)
-    assert all(r["dead_layer_share"] == 0 and r["live_angle"] == pytest.approx(r["measured_angle"]) for r in rows)
+    assert all(
+        r["dead_layer_share"] == 0 and r["live_angle"] == pytest.approx(r["measured_angle"]) for r in rows
+    )
     assert all(r["epochs_measured"] == "7-8" and r["measured_norm"] == pytest.approx(0.635) for r in rows)
     # The norm prediction: the conv layer only (the classifier is not scale-invariant), filter length 144.
     expected = eq.equilibrium_norm("adamp", OPTIMIZERS["adamp"], dim=144)
