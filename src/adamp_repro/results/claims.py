@@ -32,6 +32,7 @@ import pandas as pd
 
 from adamp_repro import catalogue
 from adamp_repro.results.collect import collect_runs
+from adamp_repro.results.equilibrium import TOLERANCE as EQUILIBRIUM_TOLERANCE
 from adamp_repro.results.stats import welch_test
 from adamp_repro.tracking.records import atomic_write_text
 
@@ -233,7 +234,8 @@ def equilibrium_claims(tables: Path, base: Path) -> list[Claim]:
         why = f"no record of table `{table}`"
         return [_not_run(*EQUILIBRIUM_CLAIMS[i], tested, ev, why, table) for i in EQUILIBRIUM_CLAIMS]
     rows = []
-    rule = "every seed: measured / predicted RMS angle per step (last quarter of the run) in [0.85, 1.15]"
+    low, high = EQUILIBRIUM_TOLERANCE
+    rule = f"every seed: measured / predicted RMS angle per step (last quarter of the run) in [{low}, {high}]"
     for claim_id, optimizers in (("E1", ("sgd", "adamw")), ("E2", ("sgdp", "adamp"))):
         chosen = runs[runs["optimizer"].isin(optimizers) & runs["angle_ratio"].notna()]
         if chosen.empty:
@@ -247,7 +249,7 @@ def equilibrium_claims(tables: Path, base: Path) -> list[Claim]:
                 parts.append(
                     f"{name} measured / predicted {ratios} (predicted {mine['predicted_angle'].iloc[0]:.4f})"
                 )
-        holds = chosen["angle_ratio"].between(0.85, 1.15)
+        holds = chosen["angle_ratio"].between(low, high)
         verdict = "supported" if bool(holds.all()) else "not supported"
         seeds = ", ".join(f"{(chosen['optimizer'] == o).sum()} {o}" for o in optimizers)
         rows.append(

@@ -34,7 +34,7 @@ import pandas as pd
 import yaml
 
 from adamp_repro.optim import equilibrium as eq
-from adamp_repro.results.stats import ALPHA, WelchResult, detectable_gain
+from adamp_repro.results.stats import detectable_gain, paired_test
 from adamp_repro.results.text import markdown_table
 from adamp_repro.tracking.records import CONFIG_FILE, atomic_write_text, read_csv_rows, rows_to_csv
 from adamp_repro.tracking.schema import (
@@ -83,6 +83,12 @@ def run_row(run: dict[str, Any], root: Path) -> dict[str, Any]:
     epochs = [r for r in _rows(run_dir / "metrics.csv") if r.get(RMS_FILTER_ANGLE) not in (None, "")]
     last = epochs[-max(1, math.ceil(LAST_SHARE * len(epochs))) :] if epochs else []
     last_epochs = {int(r["epoch"]) for r in last}
+    # diagnostics.csv rows of the scale-invariant layers over the measured epochs, read once
+    layers = [
+        r
+        for r in _rows(run_dir / "diagnostics.csv")
+        if int(r["epoch"]) in last_epochs and r.get("followed_by_norm") == "1"
+    ]
     angles = [float(r[RMS_FILTER_ANGLE]) for r in last]
     norms = [float(r[MEAN_FILTER_NORM]) for r in epochs]
     measured_angle = math.sqrt(sum(a * a for a in angles) / len(angles)) if angles else math.nan
@@ -106,14 +112,14 @@ def run_row(run: dict[str, Any], root: Path) -> dict[str, Any]:
         "surge": peak / init if init > 0 else math.nan,
         "peak_epoch": int(epochs[norms.index(peak)]["epoch"]) + 1 if norms else None,
         "final_top1": float(run.get(FINAL_TOP1, math.nan)),
-        **_live_layers(run_dir, last_epochs),
+        **_live_layers(layers),
         "run_dir": str(run["run_dir"]),
     }
     found = prediction_of(config["optimizer"]) if isinstance(config.get("optimizer"), dict) else None
     if found is None:
         return row
     row["predicted_angle"] = eq.angular_update(found.update, found.settings)
-    row["predicted_norm"] = _predicted_norm(run_dir, found, last_epochs)
+    row["predicted_norm"] = _predicted_norm(layers, found)
     for what in ("angle", "norm"):
         ratio = row[f"measured_{what}"] / row[f"predicted_{what}"]
         row[f"{what}_ratio"] = ratio
@@ -121,17 +127,14 @@ def run_row(run: dict[str, Any], root: Path) -> dict[str, Any]:
     return row
 
 
-def _live_layers(run_dir: Path, epochs: set[int]) -> dict[str, float]:
+def _live_layers(layers: list[dict[str, str]]) -> dict[str, float]:
     """Beside the protocol's measure (read, not judged): the share of the scale-invariant layers that are dead
-    over ``epochs`` (no gradient reaches them: a residual block switched off, its filters decayed towards 0, which
-    the random-walk model does not describe), and the RMS angle per step over the live layers alone."""
+    over the measured epochs (no gradient reaches them: a residual block switched off, its filters decayed towards
+    0, which the random-walk model does not describe), and the RMS angle per step over the live layers alone.
+    ``layers``: the diagnostics rows of the scale-invariant layers over the measured epochs."""
     dead, live, angles = 0, 0, []
-    for r in _rows(run_dir / "diagnostics.csv"):
-        if (
-            int(r["epoch"]) not in epochs
-            or r.get("followed_by_norm") != "1"
-            or not r.get("filter_grad_norm_rms")
-        ):
+    for r in layers:
+        if not r.get("filter_grad_norm_rms"):
             continue
         if float(r["filter_grad_norm_rms"]) > 0:
             live += 1
@@ -153,15 +156,13 @@ def _rows(path: Path) -> list[dict[str, str]]:
     return read_csv_rows(path) if path.is_file() else []
 
 
-def _predicted_norm(run_dir: Path, found: Prediction, epochs: set[int]) -> float:
-    """Mean over the scale-invariant layers of each layer's predicted filter norm, averaged over ``epochs`` (the
-    SGD family's prediction needs each layer's measured gradient scale, which moves with the norm)."""
-    path = run_dir / "diagnostics.csv"
-    if not path.is_file():
-        return math.nan
+def _predicted_norm(layers: list[dict[str, str]], found: Prediction) -> float:
+    """Mean over the scale-invariant layers of each layer's predicted filter norm, averaged over the measured epochs
+    (``layers``: their diagnostics rows; the SGD family's prediction needs each layer's measured gradient scale,
+    which moves with the norm)."""
     per_epoch: dict[int, list[float]] = {}
-    for r in read_csv_rows(path):
-        if int(r["epoch"]) not in epochs or r.get("followed_by_norm") != "1" or not r.get("row_length"):
+    for r in layers:
+        if not r.get("row_length"):
             continue
         scale = float(r["filter_grad_norm_rms"]) * float(r["filter_norm"])
         if not scale > 0:
@@ -174,8 +175,6 @@ def _predicted_norm(run_dir: Path, found: Prediction, epochs: set[int]) -> float
 
 def paired_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per scale and pair of ``PAIRS`` with runs: proposed minus baseline final top-1, paired by seed."""
-    from scipy import stats
-
     out = []
     for scale in sorted({r["scale"] for r in rows}):
         by = {(r["optimizer"], r["seed"]): r for r in rows if r["scale"] == scale}
@@ -183,19 +182,10 @@ def paired_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             seeds = sorted(s for (o, s) in by if o == base and (proposed, s) in by)
             if not seeds:
                 continue
-            diffs = [by[proposed, s]["final_top1"] - by[base, s]["final_top1"] for s in seeds]
-            n = len(diffs)
-            mean = sum(diffs) / n
-            row = {"scale": scale, "baseline": base, "proposed": proposed, "seeds": n, "diff": mean}
-            row.update(low=math.nan, high=math.nan, p=math.nan, detectable=math.nan)
-            if n >= 2:
-                sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-                se = sd / math.sqrt(n)
-                half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * se
-                t = mean / se if se > 0 else math.copysign(math.inf, mean) if mean else 0.0
-                p = float(2 * stats.t.sf(abs(t), n - 1)) if se > 0 else (0.0 if mean else 1.0)
-                paired = WelchResult(mean, t, n - 1, p, "paired t", n_a=n, n_b=n, se=se)
-                row.update(low=mean - half, high=mean + half, p=p, detectable=detectable_gain(paired))
+            test = paired_test([by[proposed, s]["final_top1"] - by[base, s]["final_top1"] for s in seeds])
+            n = len(seeds)
+            row = {"scale": scale, "baseline": base, "proposed": proposed, "seeds": n, "diff": test.gain}
+            row.update(low=test.ci_low, high=test.ci_high, p=test.p, detectable=detectable_gain(test))
             for side, name in (("baseline", base), ("proposed", proposed)):
                 picked = [by[name, s] for s in seeds]
                 row[f"{side}_angle"] = sum(r["measured_angle"] for r in picked) / n

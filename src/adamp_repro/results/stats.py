@@ -115,6 +115,39 @@ def welch_test(a: Sequence[float], b: Sequence[float]) -> WelchResult:
     )
 
 
+def paired_test(diffs: Sequence[float]) -> WelchResult:
+    """Test whether the mean of per-seed differences (proposed minus baseline, the same seeds on both sides) is
+    beyond seed noise: a one-sample t test on the differences, ``gain`` their mean, ``dof`` n - 1, the interval
+    at ``CONFIDENCE``. The rest is NaN with fewer than 2 differences (``gain`` too with none)."""
+    diffs = [float(d) for d in diffs]
+    n = len(diffs)
+    if not diffs:
+        return WelchResult(math.nan, math.nan, math.nan, math.nan, NOT_APPLICABLE_NO_RUNS)
+    gain = _mean(diffs)
+    if n < 2:
+        return WelchResult(gain, math.nan, math.nan, math.nan, NOT_APPLICABLE_ONE_SEED, n, n)
+    se = math.sqrt(_variance(diffs) / n)
+    if se == 0.0:
+        t = math.copysign(math.inf, gain) if gain else 0.0
+        return WelchResult(
+            gain, t, n - 1, 0.0 if gain else 1.0, "paired_t", n, n, se=0.0, ci_low=gain, ci_high=gain
+        )
+    half = float(scipy_stats.t.ppf(1.0 - ALPHA / 2.0, n - 1)) * se
+    t = gain / se
+    return WelchResult(
+        gain,
+        t,
+        n - 1,
+        t_two_sided_p(t, n - 1),
+        "paired_t",
+        n,
+        n,
+        se=se,
+        ci_low=gain - half,
+        ci_high=gain + half,
+    )
+
+
 def power_of(gain: float, se: float, dof: float, alpha: float = ALPHA) -> float:
     """Probability that a two-sided t-test at ``alpha`` rejects when the true gain is ``gain``.
 

@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from adamp_repro.results.render import save_figure
+from adamp_repro.results.stats import CONFIDENCE, paired_test
 from adamp_repro.results.text import MISSING, markdown_table
 from adamp_repro.tracking.records import CONFIG_FILE, atomic_write_text, read_summary
 from adamp_repro.tracking.schema import (
@@ -48,7 +49,6 @@ SCORE = final_key(eval_key(TOP1))
 BOOTSTRAP = 2000
 BOOTSTRAP_SEED = 0
 EDGE = 0.05  # a chosen value within 5% of its range's width of an end is flagged
-CONFIDENCE = 0.95
 
 
 @dataclass
@@ -172,25 +172,11 @@ def expected_best(scores: Sequence[float], n_max: int, *, seed: int = BOOTSTRAP_
 
 def paired_difference(base: Mapping[int, float], proposed: Mapping[int, float]) -> dict[str, Any]:
     """Proposed minus baseline top-1 (points) on the seeds both have: per-seed differences, mean and the
-    two-sided ``CONFIDENCE`` t interval (NaN bounds with fewer than 2 seeds)."""
-    from scipy import stats
-
+    two-sided ``CONFIDENCE`` t interval (``stats.paired_test``; NaN bounds with fewer than 2 seeds)."""
     seeds = sorted(set(base) & set(proposed))
     diffs = [proposed[s] - base[s] for s in seeds if not (math.isnan(base[s]) or math.isnan(proposed[s]))]
-    out: dict[str, Any] = {
-        "seeds": seeds,
-        "diffs": diffs,
-        "mean": math.nan,
-        "low": math.nan,
-        "high": math.nan,
-    }
-    if diffs:
-        out["mean"] = float(np.mean(diffs))
-    if len(diffs) >= 2:
-        se = float(np.std(diffs, ddof=1)) / math.sqrt(len(diffs))
-        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(diffs) - 1)) * se
-        out["low"], out["high"] = out["mean"] - half, out["mean"] + half
-    return out
+    test = paired_test(diffs)
+    return {"seeds": seeds, "diffs": diffs, "mean": test.gain, "low": test.ci_low, "high": test.ci_high}
 
 
 def _pct(value: float) -> str:
