@@ -82,15 +82,20 @@ LOWER_IS_BETTER = frozenset({LOSS, ROBUST_LOSS, PERPLEXITY, BITS_PER_CHAR})
 METRIC_PREFIXES = ("final_", "best_", "epoch1_", "at_init_", "eval_", "train_", "ema_")
 
 
-def metric_name(key: str) -> str:
-    """The metric a record key or a paper metric id names: its prefixes (``METRIC_PREFIXES``) taken off."""
+def strip_prefixes(text: str, prefixes: tuple[str, ...]) -> str:
+    """``text`` with any of ``prefixes`` taken off its front, again and again, in any order."""
     stripped = True
     while stripped:
         stripped = False
-        for prefix in METRIC_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix) :], True
-    return key
+        for prefix in prefixes:
+            if text.startswith(prefix):
+                text, stripped = text[len(prefix) :], True
+    return text
+
+
+def metric_name(key: str) -> str:
+    """The metric a record key or a paper metric id names: its prefixes (``METRIC_PREFIXES``) taken off."""
+    return strip_prefixes(key, METRIC_PREFIXES)
 
 
 def metric_direction(key: str) -> int:

@@ -59,7 +59,7 @@ import torch
 from torch import nn
 
 from adamp_repro.optim.projection import scale_invariance_test
-from adamp_repro.tracking.schema import SUMMARY_KEYS, summarise_rows
+from adamp_repro.tracking.schema import SUMMARY_KEYS, strip_prefixes, summarise_rows
 
 # The angle and gradient-norm accumulators of the resume state (``WeightDiagnostics._<name>``).
 ANGLE_STATE = ("angle_sum", "angle_sq_sum", "angle_count", "grad_sq_sum", "grad_count")
@@ -88,13 +88,7 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.")  # DDP, torch.compile and t
 
 def display_name(name: str) -> str:
     """Parameter name without the wrapper prefixes (``module.net.layer1.0.conv1.weight`` -> ``layer1...``)."""
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in WRAPPER_PREFIXES:
-            if name.startswith(prefix):
-                name, stripped = name[len(prefix) :], True
-    return name
+    return strip_prefixes(name, WRAPPER_PREFIXES)
 
 
 def _passes_through(module: nn.Module) -> bool:
