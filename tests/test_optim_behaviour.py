@@ -25,6 +25,7 @@ from torch import nn
 
 from adamp_repro.optim import SGDP, AdamP
 from adamp_repro.optim import adamp as adamp_module
+from adamp_repro.optim import fused_cpu
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -311,9 +312,15 @@ def test_sparse_gradients_and_complex_parameters_are_rejected(info, foreach) -> 
     ("info", "kwargs"), OPTION_SETS[:1] + OPTION_SETS[3:5], ids=OPTION_IDS[:1] + OPTION_IDS[3:5]
 )
 @pytest.mark.parametrize("foreach", [False, None])
-def test_compiled_step_is_one_graph_and_equals_eager(info, kwargs, foreach) -> None:
+def test_compiled_step_is_one_graph_and_equals_eager(info, kwargs, foreach, monkeypatch) -> None:
     """fullgraph=True fails on any graph break, so a step that reads a tensor on the host (.item(),
-    `if t < x`) cannot pass: this is the CPU-only check that the step makes no host-device sync."""
+    `if t < x`) cannot pass: this is the CPU-only check that the step makes no host-device sync.
+
+    A traced step runs the torch-ops form (the C++ kernels of ``fused_cpu`` cannot be traced), so the
+    eager reference runs that form too: like with like, to float32 rounding. That the fused kernels
+    agree with the torch-ops form is tests/test_optim_fused.py's check, at its own tolerance (the
+    two forms round differently, by CPU type)."""
+    monkeypatch.setenv(fused_cpu.ENV_DISABLE, "0")
     torch._dynamo.reset()
     eager_params = [nn.Parameter(torch.randn(6, 2, 3, 3)), nn.Parameter(torch.randn(6))]
     compiled_params = [nn.Parameter(p.detach().clone()) for p in eager_params]
@@ -327,6 +334,7 @@ def test_compiled_step_is_one_graph_and_equals_eager(info, kwargs, foreach) -> N
             q.grad = p.grad.clone()
         eager.step()
         step()
+    assert "fused_cpu" not in eager.forms_used()
     for p, q in zip(eager_params, compiled_params):
         torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
     torch._dynamo.reset()
