@@ -112,5 +112,5 @@ sync-wandb: $(STAMP) ## upload the offline W&B runs under results/runs, ./wandb 
 	$(VENV)/bin/wandb sync $$files
 
 .PHONY: tune
-tune: $(STAMP) ## tuning study of TABLE (configs/studies/<TABLE>.yaml) at SCALE into results/local (STUDIES=, TRIALS=, SEEDS= replace the file's budget; OUT=, ARGS= Hydra overrides)
-	$(PY) -m adamp_repro.cli.tune --table $(TABLE) --scale $(SCALE) $(if $(OUT),--out $(OUT),) $(if $(STUDIES),--studies $(STUDIES),) $(if $(TRIALS),--trials $(TRIALS),) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(ARGS),-- $(ARGS),)
+tune: $(STAMP) ## tuning study of TABLE (configs/studies/<TABLE>.yaml) at SCALE into results/local (STUDIES=, TRIALS=, SEEDS= replace the file's budget; PILOT=1: the default recipes only, and the gain their seeds detect; OUT=, ARGS= Hydra overrides)
+	$(PY) -m adamp_repro.cli.tune --table $(TABLE) --scale $(SCALE) $(if $(OUT),--out $(OUT),) $(if $(STUDIES),--studies $(STUDIES),) $(if $(TRIALS),--trials $(TRIALS),) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(filter 1,$(PILOT)),--pilot,) $(if $(ARGS),-- $(ARGS),)

@@ -217,3 +217,11 @@ def test_study_end_to_end_killed_and_rerun(tmp_path):
         _tune(file, out, "--dry-run"), cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
     )
     assert "trial: 4 run(s), 4 finished, 0 to run" in plan.stdout, plan.stdout + plan.stderr
+    # the pilot: the default recipes only (finished here), then the spread and the detectable gain
+    pilot = subprocess.run(
+        _tune(file, out, "--pilot"), cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
+    )
+    assert pilot.returncode == 0, pilot.stdout[-3000:] + pilot.stderr[-3000:]
+    assert "default: 4 run(s), 4 finished, 0 to run" in pilot.stdout and "trial:" not in pilot.stdout
+    assert "pilot adamp - adamw, default recipes, 2 paired seed(s)" in pilot.stdout, pilot.stdout
+    assert "smallest gain detected 80% of the time" in pilot.stdout and "| detectable |" in page

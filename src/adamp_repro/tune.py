@@ -467,6 +467,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--report-only", action="store_true", help="build the page from the records, run nothing"
     )
+    parser.add_argument(
+        "--pilot",
+        action="store_true",
+        help="run only the default recipes on the confirmation seeds (they do not depend on the trials) and "
+        "print each pair's spread and the smallest paired gain the seeds detect: the study's sizing, to "
+        "write into its protocol before the trials run; the runs count as the confirmation's default arm",
+    )
     parser.add_argument("extra", nargs="*", help="Hydra overrides passed to every run (after --)")
     args = parser.parse_args(list(argv))
     if args.scale not in SCALES:
@@ -505,7 +512,7 @@ def main(argv: Sequence[str]) -> int:
     if changed and not args.dry_run:
         write_points(study, points)
         print(f"[tune] wrote {study.points_file} (commit it: the study's points)")
-    from adamp_repro.results.study import StudyPlan, read_study, write_study_page
+    from adamp_repro.results.study import StudyPlan, pilot_lines, read_study, write_study_page
 
     plan = StudyPlan(
         name=study.name,
@@ -518,6 +525,13 @@ def main(argv: Sequence[str]) -> int:
         validation=study.validation,
     )
     ok = True
+    if args.pilot:
+        default_dirs, ok = run_role(study, "default", args)
+        if not args.dry_run:
+            records = read_study(plan, default_dirs.values())
+            for line in pilot_lines(records):
+                print(f"[tune] {line}", flush=True)
+        return 0 if ok else 1
     if not args.report_only:
         trial_dirs, ok = run_role(study, "trial", args)
         if args.dry_run:

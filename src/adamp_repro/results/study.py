@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from adamp_repro.results.render import save_figure
-from adamp_repro.results.stats import CONFIDENCE, paired_test
+from adamp_repro.results.stats import CONFIDENCE, POWER, detectable_gain, paired_test
 from adamp_repro.results.text import MISSING, markdown_table
 from adamp_repro.tracking.records import CONFIG_FILE, atomic_write_text, read_summary
 from adamp_repro.tracking.schema import (
@@ -93,6 +93,10 @@ class StudyRecords:
             for r in self.of("trial", optimizer)
             if r.trial is not None and r.status in ("completed", "diverged")
         }
+
+    def by_seed(self, role: str, optimizer: str) -> dict[int, float]:
+        """Seed -> top-1 (%) of the finished runs of a confirmation role (``default`` or ``tuned``)."""
+        return {r.seed: r.score for r in self.of(role, optimizer) if r.status in ("completed", "diverged")}
 
     def study_bests(self, optimizer: str) -> list[tuple[int, float] | None]:
         """Per study (a block of ``trials`` consecutive trials), its best (trial, score); None where a trial of
@@ -172,11 +176,22 @@ def expected_best(scores: Sequence[float], n_max: int, *, seed: int = BOOTSTRAP_
 
 def paired_difference(base: Mapping[int, float], proposed: Mapping[int, float]) -> dict[str, Any]:
     """Proposed minus baseline top-1 (points) on the seeds both have: per-seed differences, mean and the
-    two-sided ``CONFIDENCE`` t interval (``stats.paired_test``; NaN bounds with fewer than 2 seeds)."""
+    two-sided ``CONFIDENCE`` t interval (``stats.paired_test``; NaN bounds with fewer than 2 seeds), the
+    spread of the differences and the smallest gain these seeds detect (``stats.detectable_gain``: the pilot's
+    sizing, and what a null result rules out)."""
     seeds = sorted(set(base) & set(proposed))
     diffs = [proposed[s] - base[s] for s in seeds if not (math.isnan(base[s]) or math.isnan(proposed[s]))]
     test = paired_test(diffs)
-    return {"seeds": seeds, "diffs": diffs, "mean": test.gain, "low": test.ci_low, "high": test.ci_high}
+    sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan
+    return {
+        "seeds": seeds,
+        "diffs": diffs,
+        "mean": test.gain,
+        "low": test.ci_low,
+        "high": test.ci_high,
+        "sd": sd,
+        "detectable": detectable_gain(test),
+    }
 
 
 def _pct(value: float) -> str:
@@ -263,11 +278,7 @@ def study_page(records: StudyRecords) -> str:
         "lllrrrl",
     )
     lines += ["", "## Confirmation (test split)", ""]
-    by_seed = {
-        (role, o): {r.seed: r.score for r in records.of(role, o) if r.status in ("completed", "diverged")}
-        for role in ("default", "tuned")
-        for o in plan.optimizers
-    }
+    by_seed = {(role, o): records.by_seed(role, o) for role in ("default", "tuned") for o in plan.optimizers}
     conf_rows = []
     for o in plan.optimizers:
         cells = [o]
@@ -291,14 +302,47 @@ def study_page(records: StudyRecords) -> str:
                 cells += [
                     f"{_signed(d['mean'])} [{_signed(d['low'])}, {_signed(d['high'])}]",
                     ", ".join(f"{x:+.2f}" for x in d["diffs"]) or MISSING,
+                    _pct(d["detectable"]),
                 ]
             pair_rows.append(cells)
         lines += markdown_table(
-            ["pair", "default recipes", "per seed", "tuned settings", "per seed"], pair_rows, "lllll"
+            [
+                "pair",
+                "default recipes",
+                "per seed",
+                "detectable",
+                "tuned settings",
+                "per seed",
+                "detectable",
+            ],
+            pair_rows,
+            "lllrllr",
         )
+        lines += [
+            "",
+            f"detectable: the smallest paired gain these seeds detect with probability {POWER:.0%} in a "
+            f"two-sided test at {1 - CONFIDENCE:.0%} (results.stats.detectable_gain, from the spread of the "
+            f"differences): a true gain that large is found {POWER:.0%} of the time; an interval across 0 "
+            "leaves smaller gains open.",
+        ]
     splits = sorted({f"{r.role}: {r.split}" for r in records.records})
     lines += ["", f"Evaluation splits in the records: {', '.join(splits) or MISSING}.", ""]
     return "\n".join(lines)
+
+
+def pilot_lines(records: StudyRecords) -> list[str]:
+    """The pilot's sizing (``make tune TABLE=<name> PILOT=1``): per pair, the default recipes' paired differences on
+    the confirmation seeds, their spread and the smallest paired gain those seeds detect."""
+    lines = []
+    for base, proposed in records.plan.pairs:
+        d = paired_difference(records.by_seed("default", base), records.by_seed("default", proposed))
+        lines.append(
+            f"pilot {proposed} - {base}, default recipes, {len(d['diffs'])} paired seed(s): per seed "
+            f"{', '.join(f'{x:+.2f}' for x in d['diffs']) or MISSING}; mean {_signed(d['mean'])}, sd "
+            f"{_pct(d['sd'])} points; smallest gain detected {POWER:.0%} of the time: {_pct(d['detectable'])} "
+            "points"
+        )
+    return lines
 
 
 def _chosen_or_none(records: StudyRecords) -> dict[str, int] | None:
