@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adamp_repro.optim import SGDP, AdamP
+from adamp_repro.optim import SGDP, AdamP, fused_cpu
 from adamp_repro.optim import adamp as adamp_module
-from adamp_repro.optim import fused_cpu
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
