@@ -429,4 +429,7 @@ def test_the_p7_proxy_table_renders_with_lower_is_better_gains(tmp_path):
     assert "6.20" in md and "6.62" in md and "Transformer 4x128 + WN" in md
     assert "5.1" in md and "3.2" in md  # the norm growth of the normalised directions per arm
     assert "reached the table's 8 perplexity bar" in md
+    # a perplexity gap is counted in perplexity, never in accuracy points
+    assert "-0.42 in perplexity" in md and "apart on test perplexity" in md
+    assert " points" not in md, md
     assert "Transformer 4x128 / char level: no run recorded a norm of scale-invariant weights" in md

@@ -40,8 +40,16 @@ BAR_LABELS = {
     "top1_acc": "top-1",
     "perplexity": "perplexity",
 }
+# A gap's unit: accuracies are percentages, so their differences are points; a perplexity or a bits-per-character
+# difference is in the metric's own units.
+METRIC_UNITS = {"perplexity": " in perplexity", "bits_per_char": " bits per character"}
 CODE_CHANGED_MARK = "†"
 FORMS_MIXED_MARK = "‡"
+
+
+def gap_unit(metric: str) -> str:
+    """What a gap of ``metric`` is counted in, as text to follow the number: " points" for accuracies."""
+    return METRIC_UNITS.get(metric, " points")
 
 
 def gap_sentences(gains: pd.DataFrame, is_paper: bool, paper: pd.DataFrame, table_id: str = "") -> list[str]:
@@ -56,7 +64,7 @@ def gap_sentences(gains: pd.DataFrame, is_paper: bool, paper: pd.DataFrame, tabl
         where = " / ".join(str(r[c]) for c in ("model", "block") if r[c] not in ("-", ""))
         lead = (
             f"{r['proposed']} vs {r['baseline']} ({where}, {METRIC_LABELS.get(r['metric'], r['metric'])}): "
-            f"{r['ours_gain']:+.2f} points"
+            f"{r['ours_gain']:+.2f}{gap_unit(r['metric'])}"
         )
         if proxy is not None:
             lead += f" ({_beside_paper(r, entry)})"
@@ -71,7 +79,8 @@ def gap_sentences(gains: pd.DataFrame, is_paper: bool, paper: pd.DataFrame, tabl
             sentences.append(
                 f"{lead} is not beyond seed noise (Welch p = {r['p_value']:.3f} ≥ {ALPHA}, "
                 f"{r['n_proposed']} vs {r['n_baseline']} seeds): this run cannot tell "
-                f"{r['proposed']} and {r['baseline']} apart on accuracy."
+                f"{r['proposed']} and {r['baseline']} apart on "
+                f"{METRIC_LABELS.get(r['metric'], r['metric']).split(' (')[0]}."
             )
         if r["test"] != NOT_APPLICABLE_ONE_SEED:
             sentences.append(power_sentence(r))
@@ -79,8 +88,10 @@ def gap_sentences(gains: pd.DataFrame, is_paper: bool, paper: pd.DataFrame, tabl
         scale_table = proxy.table if proxy is not None else "P1"
         low, high = paper_gain_range(paper, scale_table)
         what = "ImageNet gains (P1)" if scale_table == "P1" else f"gains in {scale_table}"
+        metrics = set(gains["metric"])
+        unit = " points" if all(metric_direction(m) > 0 for m in metrics) else " (in the paper's own metric)"
         sentences.append(
-            f"For scale: the paper's {what} are {low:+.2f} to {high:+.2f} points. A gap is called "
+            f"For scale: the paper's {what} are {low:+.2f} to {high:+.2f}{unit}. A gap is called "
             "here only when the test finds it beyond seed noise; otherwise no winner is read from it."
         )
     return sentences
@@ -125,7 +136,7 @@ def metric_sentences(table_id: str, part: pd.DataFrame, gains: pd.DataFrame) -> 
         ]
         if len(gain) and not math.isnan(gain.iloc[0]["ours_gain"]):
             g = gain.iloc[0].to_dict()
-            text += f"{proposed} − {baseline} {g['ours_gain']:+.2f} points"
+            text += f"{proposed} − {baseline} {g['ours_gain']:+.2f}{gap_unit(metric)}"
             text += f" ({_beside_paper(g, entry)})" if proxy is not None else ""
             if g["test"] == NOT_APPLICABLE_ONE_SEED:
                 text += ", one seed on a side: no call on seed noise"
@@ -166,7 +177,7 @@ def power_sentence(r: dict) -> str:
         f"{r['proposed']} − {r['baseline']}: 95% CI [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] "
         + ("includes 0, so the gap is inside seed noise" if inside else "excludes 0")
         + f"; {r['n_proposed']} vs {r['n_baseline']} seeds with this spread detect (power {POWER}) a gain of "
-        f"{r['detectable_gain']:.2f} points or more"
+        f"{r['detectable_gain']:.2f}{gap_unit(r['metric'])} or more"
     )
     target, needed = r["target_gain"], r["seeds_needed"]
     if isinstance(target, float) and not math.isnan(target):
