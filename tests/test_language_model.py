@@ -432,4 +432,11 @@ def test_the_p7_proxy_table_renders_with_lower_is_better_gains(tmp_path):
     # a perplexity gap is counted in perplexity, never in accuracy points
     assert "-0.42 in perplexity" in md and "apart on test perplexity" in md
     assert " points" not in md, md
+    # the ledger's P7 rows: the paper's scale not run, each CPU-proxy row judged on its own
+    from adamp_repro.results.claims import build_claims
+
+    claims = {c.id: c for c in build_claims(root, out, tmp_path / "figures", tmp_path)}
+    assert claims["G6"].verdict == "not run"
+    assert claims["G7"].verdict == "inside noise" and claims["G8"].verdict == "supported"
+    assert "perplexity 8" in claims["G8"].how_judged and "8%" not in claims["G8"].how_judged
     assert "Transformer 4x128 / char level: no run recorded a norm of scale-invariant weights" in md

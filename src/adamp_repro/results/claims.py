@@ -35,6 +35,7 @@ from adamp_repro.results.collect import collect_runs
 from adamp_repro.results.equilibrium import TOLERANCE as EQUILIBRIUM_TOLERANCE
 from adamp_repro.results.stats import welch_test
 from adamp_repro.tracking.records import atomic_write_text
+from adamp_repro.tracking.schema import metric_direction
 
 CLAIM_COLUMNS = ("id", "claim", "paper", "tested_at", "seeds", "ours", "verdict", "how_judged", "evidence")
 VERDICTS = ("supported", "not supported", "inside noise", "inconclusive", "not run")
@@ -336,8 +337,11 @@ def _gain_text(r: pd.Series) -> str:
     if not pd.isna(r.get("seeds_needed")):
         text += f"; {int(r['seeds_needed'])} seeds/arm would detect {r['target_gain']:+.2f}"
     paper = r.get("paper_gain")
-    if not pd.isna(r.get("ci_high")) and not pd.isna(paper) and paper > 0 and r["ci_high"] < paper:
-        text += f"; the interval excludes the paper's {paper:+.2f}"
+    if not pd.isna(r.get("ci_high")) and not pd.isna(paper) and paper != 0:
+        # an interval wholly on the near side of the paper's gain (below a positive one, above a negative one)
+        short = r["ci_high"] < paper if paper > 0 else r["ci_low"] > paper
+        if short:
+            text += f"; the interval excludes the paper's {paper:+.2f}"
     return text
 
 
@@ -363,6 +367,7 @@ def gain_claim(
     pairs: Iterable[tuple[str, str]] | None = None,
     metrics: Iterable[str] | None = None,
     trained_bar: dict[str, float] | None = None,
+    row_ids: Iterable[str] | None = None,
 ) -> Claim:
     """One gains claim of the table ``<table>_gains.csv`` names; with ``trained_bar`` ({metric: accuracy %},
     the table's own bar fixed before its runs) the verdict is ``inconclusive`` where the better arm of the pair
@@ -375,6 +380,8 @@ def gain_claim(
         frame = frame[[(b, p) in keep for b, p in zip(frame["baseline"], frame["proposed"])]]
     if frame is not None and metrics is not None:
         frame = frame[frame["metric"].isin(list(metrics))]
+    if frame is not None and row_ids is not None:
+        frame = frame[frame["row_id"].isin(list(row_ids))]
     if frame is not None and "ours_gain" in frame.columns:
         frame = frame.dropna(subset=["ours_gain"])
     elif frame is not None:
@@ -398,7 +405,7 @@ def gain_claim(
         )
         rule += (
             "; the better arm must reach the table's bar ("
-            + ", ".join(f"{m} {v:g}%" for m, v in trained_bar.items())
+            + ", ".join(f"{m} {v:g}{'%' if metric_direction(m) > 0 else ''}" for m, v in trained_bar.items())
             + ", fixed before the runs), else inconclusive"
         )
         if short:
@@ -408,16 +415,19 @@ def gain_claim(
 
 
 def _below_bar(cells_csv: Path, gains: pd.DataFrame, bar: dict[str, float]) -> list[str]:
-    """The metrics whose better arm (of the pairs in ``gains``) is below ``bar``, as text."""
+    """The metrics whose better arm (of the pairs in ``gains``) is short of ``bar`` (below an accuracy bar,
+    above a perplexity bar: ``schema.metric_direction``), as text."""
     cells = _read(cells_csv)
     if cells is None:
         return [f"{m} (no cells)" for m in bar]
     arms = set(gains["baseline"]) | set(gains["proposed"])
     short = []
     for metric, level in bar.items():
-        best = cells[(cells["metric"] == metric) & cells["optimizer"].isin(arms)]["ours_mean"].max()
-        if pd.isna(best) or best < level:
-            short.append(f"{metric} best {best:.2f} < {level:g}")
+        sign = metric_direction(metric)
+        means = cells[(cells["metric"] == metric) & cells["optimizer"].isin(arms)]["ours_mean"]
+        best = (means * sign).max() * sign
+        if pd.isna(best) or sign * best < sign * level:
+            short.append(f"{metric} best {best:.2f} {'<' if sign > 0 else '>'} {level:g}")
     return short
 
 
@@ -558,6 +568,36 @@ def build_claims(
             trained_bar=_trained_bar("P4a_mini"),
         )
     )
+    rows.append(
+        gain_claim(
+            "G6",
+            "P7: AdamP beats AdamW in language modelling (WikiText-103 perplexity: -0.12 plain, -1.19 with "
+            "weight normalisation)",
+            "project page P7",
+            tables / "P7_gains.csv",
+            "Transformer-XL, WikiText-103, paper scale (needs the data set and a GPU)",
+            base,
+        )
+    )
+    for id_, row_id, what, printed in (
+        ("G7", "transformer", "without weight normalisation", "-0.12, Transformer-XL"),
+        ("G8", "transformer_wn", "with weight normalisation", "-1.19, Transformer-XL + WN"),
+    ):
+        rows.append(
+            gain_claim(
+                id_,
+                f"P7 at CPU scale: AdamP beats AdamW in language modelling {what} (lower test perplexity)",
+                f"project page P7 (perplexity {printed})",
+                tables / "P7_mini_gains.csv",
+                "causal transformer 4x128, character-level Tiny Shakespeare (embedded), 640 steps "
+                "(table P7_mini)",
+                base,
+                pairs=[("AdamW", "AdamP")],
+                metrics=["perplexity"],
+                trained_bar=_trained_bar("P7_mini"),
+                row_ids=[row_id],
+            )
+        )
     rows.append(overhead_claim(runs, tables, base))
     if table_ids is not None:
         keep = set(table_ids)
@@ -607,7 +647,7 @@ def claims_markdown(rows: list[Claim], table_ids: Iterable[str] | None = None) -
         "",
         "Summary: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".",
         "",
-        "Gains are the proposed optimizer's mean minus its baseline's, in points; brackets: Welch's 95% interval; "
+        "Gains are the proposed optimizer's mean minus its baseline's, in points for accuracies and in the metric's own units otherwise (perplexity); brackets: Welch's 95% interval; "
         "p: Welch's two-sided t-test; seeds/arm: the seeds each arm would need to detect the paper's printed "
         "gain (power 0.8, alpha 0.05, from the observed spread). The paper's numbers: `results/paper/`.",
     ]
