@@ -138,3 +138,31 @@ def test_each_claim_names_its_table_and_a_reproduced_tables_ledger_holds_its_own
     ids = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
     assert ids == ["#", "M1", "M2", "M3", "C1"]  # no other table's claim, so no `not run` row
     assert list(pd.read_csv(tmp_path / "tables" / "claims.csv")["id"]) == ["M1", "M2", "M3", "C1"]
+
+
+def _study_csv(path, rows):
+    from adamp_repro.results.study import PAIR_COLUMNS
+
+    base = {"study": "mini", "baseline": "adamw", "proposed": "adamp", "seeds": 5, "baseline_mean": 47.0,
+            "proposed_mean": 48.0, "p": 0.04, "sd": 0.8, "detectable": 1.4, "trials_finished": 30,
+            "trials_planned": 30, "seeds_planned": 5}  # fmt: skip
+    frame = pd.DataFrame([{**base, **r} for r in rows], columns=PAIR_COLUMNS)
+    frame.to_csv(path / "study_mini.csv", index=False)
+
+
+def test_study_rows_judge_each_role_by_its_paired_interval(tmp_path):
+    from adamp_repro.results.claims import study_claims
+
+    _study_csv(tmp_path, [{"role": "tuned", "mean": 1.0, "low": 0.1, "high": 1.9},
+                          {"role": "default", "mean": 0.2, "low": -0.9, "high": 1.3}])  # fmt: skip
+    rows = {c.id: c for c in study_claims(tmp_path, tmp_path)}
+    assert rows["S1"].verdict == "supported" and rows["S2"].verdict == "inside noise"
+    assert "adamp − adamw +1.00 [+0.10, +1.90]" in rows["S1"].ours and "detect 1.40 points" in rows["S1"].ours
+    assert rows["S3"].verdict == "not run" and "sgd/sgdp not in study mini" in rows["S3"].ours
+    assert {rows[i].table for i in rows} == {"mini"}
+    # a study still running is never judged, whatever its interval says so far
+    _study_csv(tmp_path, [{"role": "tuned", "mean": -1.0, "low": -1.9, "high": -0.1, "trials_finished": 20},
+                          {"role": "default", "mean": -1.0, "low": -1.9, "high": -0.1, "trials_finished": 20}])  # fmt: skip
+    rows = {c.id: c for c in study_claims(tmp_path, tmp_path)}
+    assert rows["S1"].verdict == "inconclusive" and "study incomplete (20/30 trials" in rows["S1"].ours
+    assert rows["S2"].verdict == "not supported"

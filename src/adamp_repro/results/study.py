@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from adamp_repro.results.render import save_figure
@@ -189,6 +190,7 @@ def paired_difference(base: Mapping[int, float], proposed: Mapping[int, float]) 
         "mean": test.gain,
         "low": test.ci_low,
         "high": test.ci_high,
+        "p": test.p,
         "sd": sd,
         "detectable": detectable_gain(test),
     }
@@ -320,10 +322,9 @@ def study_page(records: StudyRecords) -> str:
         )
         lines += [
             "",
-            f"detectable: the smallest paired gain these seeds detect with probability {POWER:.0%} in a "
-            f"two-sided test at {1 - CONFIDENCE:.0%} (results.stats.detectable_gain, from the spread of the "
-            f"differences): a true gain that large is found {POWER:.0%} of the time; an interval across 0 "
-            "leaves smaller gains open.",
+            f"detectable: the smallest paired gain these seeds detect {POWER:.0%} of the time in a two-sided "
+            f"test at {1 - CONFIDENCE:.0%} (results.stats.detectable_gain, from the spread of the "
+            "differences); an interval across 0 leaves smaller gains open.",
         ]
     splits = sorted({f"{r.role}: {r.split}" for r in records.records})
     lines += ["", f"Evaluation splits in the records: {', '.join(splits) or MISSING}.", ""]
@@ -370,6 +371,10 @@ def study_figure(records: StudyRecords, stem: str | os.PathLike) -> list[Path]:
         ys = [r.values.get(ky) if ky else r.score for r in trials]
         ok = [i for i, r in enumerate(trials) if not math.isnan(r.score)]
         bad = [i for i, r in enumerate(trials) if math.isnan(r.score)]
+        if not trials:  # nothing finished yet (e.g. after the pilot): an empty panel, no log axis to fit
+            ax.text(0.5, 0.5, "no finished trial", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(f"{o}: 0 trials")
+            continue
         if ky:
             points = ax.scatter([xs[i] for i in ok], [ys[i] for i in ok], c=[trials[i].score for i in ok],
                                 vmin=vmin, vmax=vmax, cmap="viridis", s=40)  # fmt: skip
@@ -389,8 +394,50 @@ def study_figure(records: StudyRecords, stem: str | os.PathLike) -> list[Path]:
     return save_figure(fig, stem)
 
 
+PAIR_COLUMNS = [
+    "study", "baseline", "proposed", "role", "seeds", "baseline_mean", "proposed_mean", "mean", "low", "high",
+    "p", "sd", "detectable", "trials_finished", "trials_planned", "seeds_planned",
+]  # fmt: skip
+
+
+def pair_rows(records: StudyRecords) -> list[dict[str, Any]]:
+    """Per pair and confirmation role (``default``, ``tuned``): the paired proposed-minus-baseline difference on
+    the test split, its interval, p and detectable gain, with how complete the study is (the ledger reads these
+    from ``study_<name>.csv``)."""
+    plan, rows = records.plan, []
+    for base, proposed in plan.pairs:
+        finished = sum(len(records.trial_scores(o)) for o in (base, proposed))
+        for role in ("default", "tuned"):
+            a, b = records.by_seed(role, base), records.by_seed(role, proposed)
+            d = paired_difference(a, b)
+            rows.append(
+                {
+                    "study": plan.name,
+                    "baseline": base,
+                    "proposed": proposed,
+                    "role": role,
+                    "seeds": len(d["diffs"]),
+                    "baseline_mean": float(np.nanmean(list(a.values()))) if a else math.nan,
+                    "proposed_mean": float(np.nanmean(list(b.values()))) if b else math.nan,
+                    "mean": d["mean"],
+                    "low": d["low"],
+                    "high": d["high"],
+                    "p": d["p"],
+                    "sd": d["sd"],
+                    "detectable": d["detectable"],
+                    "trials_finished": finished,
+                    "trials_planned": 2 * plan.studies * plan.trials,
+                    "seeds_planned": plan.seeds,
+                }
+            )
+    return rows
+
+
 def write_study_page(records: StudyRecords, tables_out: str | os.PathLike, figures_out: str | os.PathLike) -> list[Path]:  # fmt: skip
-    """Write ``<tables_out>/study_<name>.md`` and ``<figures_out>/study_<name>.{png,pdf}``; returns the paths."""
+    """Write ``<tables_out>/study_<name>.md``, the pairs' numbers ``<tables_out>/study_<name>.csv`` and
+    ``<figures_out>/study_<name>.{png,pdf}``; returns the paths."""
     page = Path(tables_out) / f"study_{records.plan.name}.md"
     atomic_write_text(page, study_page(records))
-    return [page, *study_figure(records, Path(figures_out) / f"study_{records.plan.name}")]
+    csv = page.with_suffix(".csv")
+    atomic_write_text(csv, pd.DataFrame(pair_rows(records), columns=PAIR_COLUMNS).to_csv(index=False))
+    return [page, csv, *study_figure(records, Path(figures_out) / f"study_{records.plan.name}")]
