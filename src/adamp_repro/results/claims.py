@@ -23,7 +23,6 @@ table_ids=...)`` keeps the rows of those tables only: the ledger of one reproduc
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -260,6 +259,16 @@ def equilibrium_claims(tables: Path, base: Path) -> list[Claim]:
     return rows
 
 
+def _interval_verdict(low: float, high: float) -> str:
+    """A paired difference judged by its interval: wholly above 0 supported, wholly below not supported,
+    across 0 inside noise, no interval (fewer than 2 seeds) inconclusive."""
+    if pd.isna(low):
+        return "inconclusive"
+    if low > 0:
+        return "supported"
+    return "not supported" if high < 0 else "inside noise"
+
+
 def _matched_claim(pairs: pd.DataFrame | None, tested: str, ev: str, table: str) -> Claim:
     found = (
         None
@@ -280,14 +289,7 @@ def _matched_claim(pairs: pd.DataFrame | None, tested: str, ev: str, table: str)
     if not plain.empty:
         q = plain.iloc[-1]
         ours += f"; AdamP - AdamW at the same decay {q['diff']:+.2f} [{q['low']:+.2f}, {q['high']:+.2f}]"
-    if math.isnan(r["low"]):
-        verdict = "inconclusive"
-    elif r["low"] > 0:
-        verdict = "supported"
-    elif r["high"] < 0:
-        verdict = "not supported"
-    else:
-        verdict = "inside noise"
+    verdict = _interval_verdict(r["low"], r["high"])
     rule = "final top-1 paired by seed: 95% interval wholly above 0 supported, wholly below not supported"
     return Claim(*EQUILIBRIUM_CLAIMS["E3"], tested, str(int(r["seeds"])), ours, verdict, rule, ev, table)
 
@@ -345,14 +347,7 @@ def study_claims(tables: Path, base: Path) -> list[Claim]:
                 f"({proposed} {r['proposed_mean']:.2f}, {baseline} {r['baseline_mean']:.2f}); these seeds detect "
                 f"{r['detectable']:.2f} points"
             )
-            if pd.isna(r["low"]):
-                verdict = "inconclusive"
-            elif r["low"] > 0:
-                verdict = "supported"
-            elif r["high"] < 0:
-                verdict = "not supported"
-            else:
-                verdict = "inside noise"
+            verdict = _interval_verdict(r["low"], r["high"])
             if not complete:
                 verdict = "inconclusive"
                 ours += (
