@@ -34,6 +34,7 @@ COMMANDS = {
     "adamp-tables": "adamp_repro.cli.entry:tables",
     "adamp-figures": "adamp_repro.cli.entry:figures",
     "adamp-dashboard": "adamp_repro.cli.entry:dashboard",
+    "adamp-tune": "adamp_repro.cli.entry:tune",
 }
 
 

@@ -17,6 +17,7 @@ COMMANDS = {
     "tables": "adamp_repro.cli.tables",
     "figures": "adamp_repro.cli.figures",
     "dashboard": "adamp_repro.cli.dashboard",
+    "tune": "adamp_repro.cli.tune",
 }
 SUITE_EXTRA = "pip install 'adamp-repro[suite]'"
 
@@ -56,3 +57,7 @@ def figures() -> Any:
 
 def dashboard() -> Any:
     return run_command("dashboard")
+
+
+def tune() -> Any:
+    return run_command("tune")
