@@ -662,3 +662,28 @@ def test_a_version_2_summary_reads_with_the_epoch1_names(tmp_path):
     assert upgrade_summary(current) == current  # a version-3 summary has no old names to read
     unreadable = {"schema_version": "x", "initial_mean_weight_norm": 1.0}
     assert upgrade_summary(unreadable) == unreadable  # left as it is, for the collector to report
+
+
+def test_a_tuning_studys_records_fill_no_cell_and_are_named_once(tmp_path: Path) -> None:
+    """A study's trials and confirmation runs share the table's experiment, cells and seeds: the table counts
+    its own two records per arm, names the study's in one note, and the index says it once per study."""
+    root = tmp_path / "runs"
+    for optimizer, values in (("adamw", (47.0, 48.0)), ("adamp", (47.5, 48.5))):
+        for seed, top1 in enumerate(values):
+            mini_run(root, optimizer, seed, {"final_eval_top1": top1})
+            for role in ("default", "tuned"):
+                write_run(root, table_id="mini", block="embedded", model="CIFAR ResNet-20", optimizer=optimizer,
+                          seed=seed, scale="mini", name=f"{optimizer}-{role}-s{seed}",
+                          dataset_label="CIFAR-10 mini subset (JPEG copy)",
+                          metrics={"final_eval_top1": 10.0, "study": "s1", "study_role": role})  # fmt: skip
+    out = tmp_path / "tables"
+    result = build_tables(root, out, PAPER_DIR)
+    cells = pd.read_csv(out / "mini.csv")
+    adamw = cells[cells["our_optimizer"] == "adamw"].iloc[0]
+    assert adamw["n_seeds"] == 2 and adamw["ours_mean"] == pytest.approx(47.5)  # no study run averaged in
+    md = (out / "mini.md").read_text()
+    assert "8 record(s) of tuning study `s1`" in md and "no record (no duplicate seed" in md
+    assert [str(p) for p in result.problems if p.kind == "study"] == [
+        "study s1: 8 run(s) of the tuning study, on its own page"
+    ]
+    assert "Not table cells, study s1: 8 run(s)" in (out / "README.md").read_text()

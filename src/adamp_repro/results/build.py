@@ -102,8 +102,12 @@ def render_summary_page(docs: Sequence[TableDoc], runs: pd.DataFrame, problems: 
         files = f"[md]({t}.md) · [tex]({t}.tex) · [csv]({t}.csv) · [gains]({t}_gains.csv)"
         out.append(f"| [{t}]({t}.md) | {doc.title} | {doc.one_line} | {files} |")
     out += ["", "## Runs read", "", f"- Completed runs counted: {len(runs)}"]
+    studies = [p for p in problems if p.kind == "study"]  # one problem per study, not per run
+    problems = [p for p in problems if p.kind != "study"]
     for reason, count in count_statuses(problems).items():
         out.append(f"- Not counted, {reason}: {count}")
+    for p in studies:
+        out.append(f"- Not table cells, {p.path}: {p.detail}")
     broken = [p for p in problems if p.kind in ("broken", "wandb")]
     if broken:
         out += ["", "Records skipped (fix or delete them):", ""]

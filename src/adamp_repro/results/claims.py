@@ -23,6 +23,7 @@ table_ids=...)`` keeps the rows of those tables only: the ledger of one reproduc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -347,6 +348,12 @@ def study_claims(tables: Path, base: Path) -> list[Claim]:
                 f"({proposed} {r['proposed_mean']:.2f}, {baseline} {r['baseline_mean']:.2f}); these seeds detect "
                 f"{r['detectable']:.2f} points"
             )
+            if "seeds_needed" in r and not pd.isna(r["seeds_needed"]):
+                needed = r["seeds_needed"]
+                ours += (
+                    "; " + ("no finite" if math.isinf(needed) else f"{int(needed)}") + " paired seeds would "
+                )
+                ours += f"detect a difference of {r['mean']:+.2f}"
             verdict = _interval_verdict(r["low"], r["high"])
             if not complete:
                 verdict = "inconclusive"

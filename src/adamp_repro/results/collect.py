@@ -205,9 +205,17 @@ def read_records(root: str | os.PathLike, *, wandb_project: str | None = None) -
                 continue  # the record on disk is the source of truth; the mirror only fills gaps
             _keep(row, problem, rows, problems)
     kept, left_out = _leave_out_doubtful(rows)
+    studies: dict[str, int] = {}
     for row in left_out:
+        if row["left_out_kind"] == "study":  # expected, not doubtful: one line per study, not one per run
+            studies[str(row[STUDY])] = studies.get(str(row[STUDY]), 0) + 1
+            continue
         problem = RunProblem(row["run_dir"], row["left_out_kind"], row["left_out_detail"])
         log.warning("Leaving out of the means %s", problem)
+        problems.append(problem)
+    for name, count in sorted(studies.items()):
+        problem = RunProblem(f"study {name}", "study", f"{count} run(s) of the tuning study, on its own page")
+        log.debug("Leaving out of the means %s", problem)
         problems.append(problem)
     return RunSet(_frame(kept, RUN_COLUMNS), _frame(left_out, LEFT_OUT_COLUMNS), sorted(problems))
 

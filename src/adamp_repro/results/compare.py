@@ -41,6 +41,7 @@ from adamp_repro.catalogue import DEFAULT_METRICS
 from adamp_repro.config import SCALES
 from adamp_repro.results.collect import LEFT_OUT_COLUMNS, RUN_COLUMNS
 from adamp_repro.results.gains import GAIN_COLUMNS, paired_gains, paper_gain_range
+from adamp_repro.tracking.schema import STUDY
 
 # Gains live in ``gains``; their names stay importable from here, where a table's numbers are assembled.
 __all__ = ["GAIN_COLUMNS", "Comparison", "compare_table", "paper_gain_range"]
@@ -136,7 +137,10 @@ def compare_table(
         left_out = pd.DataFrame(columns=list(LEFT_OUT_COLUMNS))
     tagged = pd.concat([runs[["table_id", "row_id"]], left_out[["table_id", "row_id"]]])
     table_runs = _runs_of_table(table_id, runs, notes, tagged)
-    table_left_out = _runs_of_table(table_id, left_out, [], tagged)
+    every_left_out = _runs_of_table(table_id, left_out, [], tagged)
+    # A tuning study's records are not doubtful records of a cell: one note names them, no cell counts them.
+    study_runs = every_left_out[every_left_out["left_out_kind"] == "study"]
+    table_left_out = every_left_out[every_left_out["left_out_kind"] != "study"]
     template = _row_template(table_id, pd.concat([table_runs, table_left_out[list(RUN_COLUMNS)]]), paper)
     present = [*table_runs["scale"].unique(), *table_left_out["scale"].unique()]
     scales = ordered_scales(sorted(set(present))) or [None]
@@ -162,6 +166,12 @@ def compare_table(
             f"{len(table_left_out)} completed record(s) of this table left out of the means (a table does not "
             "guess which of two records of a seed is right, nor count a short or misfiled run): "
             + "; ".join(f"`{r.run_dir}`: {r.left_out_detail}" for r in table_left_out.itertuples())
+        )
+    for name, group in study_runs.groupby(STUDY, sort=True):
+        notes.append(
+            f"{len(group)} record(s) of tuning study `{name}` trained this table's experiment; they are its "
+            f"trials and confirmation runs, reported on the study's own page (`study_{name}.md`), never in "
+            "these cells."
         )
     changed = sorted(set(table_runs.loc[table_runs["code_changed_on_resume"], "run_dir"]) & used)
     if changed:

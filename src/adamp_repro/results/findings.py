@@ -43,6 +43,7 @@ BAR_LABELS = {
 # A gap's unit: accuracies are percentages, so their differences are points; a perplexity or a bits-per-character
 # difference is in the metric's own units.
 METRIC_UNITS = {"perplexity": " in perplexity", "bits_per_char": " bits per character"}
+METRIC_NOUNS = {"perplexity": "test perplexity", "bits_per_char": "bits per character"}
 CODE_CHANGED_MARK = "†"
 FORMS_MIXED_MARK = "‡"
 
@@ -79,8 +80,7 @@ def gap_sentences(gains: pd.DataFrame, is_paper: bool, paper: pd.DataFrame, tabl
             sentences.append(
                 f"{lead} is not beyond seed noise (Welch p = {r['p_value']:.3f} ≥ {ALPHA}, "
                 f"{r['n_proposed']} vs {r['n_baseline']} seeds): this run cannot tell "
-                f"{r['proposed']} and {r['baseline']} apart on "
-                f"{METRIC_LABELS.get(r['metric'], r['metric']).split(' (')[0]}."
+                f"{r['proposed']} and {r['baseline']} apart on {METRIC_NOUNS.get(r['metric'], 'accuracy')}."
             )
         if r["test"] != NOT_APPLICABLE_ONE_SEED:
             sentences.append(power_sentence(r))

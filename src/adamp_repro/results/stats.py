@@ -210,6 +210,33 @@ def seeds_needed(
     return float(high)
 
 
+def paired_seeds_needed(
+    result: WelchResult, target_gain: float, power: float = POWER, alpha: float = ALPHA
+) -> float:
+    """Paired seeds (``paired_test``'s result: the spread of the per-seed differences) to detect ``target_gain``
+    with ``power``; NaN without a spread or a target, ``inf`` for a zero target or beyond ``MAX_SEEDS``."""
+    if math.isnan(result.se) or math.isnan(target_gain):
+        return math.nan
+    if target_gain == 0.0:
+        return math.inf
+    if result.se == 0.0:
+        return 2.0
+    sd = result.se * math.sqrt(result.n_a)
+
+    def power_at(n: int) -> float:
+        return power_of(abs(target_gain), sd / math.sqrt(n), n - 1, alpha)
+
+    if power_at(MAX_SEEDS) < power:
+        return math.inf
+    low, high = 2, MAX_SEEDS  # the smallest n with power_at(n) >= power, by bisection (power grows with n)
+    if power_at(low) >= power:
+        return float(low)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if power_at(mid) >= power else (mid, high)
+    return float(high)
+
+
 def _mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values)
 

@@ -33,7 +33,7 @@ import pandas as pd
 import yaml
 
 from adamp_repro.results.render import save_figure
-from adamp_repro.results.stats import CONFIDENCE, POWER, detectable_gain, paired_test
+from adamp_repro.results.stats import CONFIDENCE, POWER, detectable_gain, paired_seeds_needed, paired_test
 from adamp_repro.results.text import MISSING, markdown_table
 from adamp_repro.tracking.records import CONFIG_FILE, atomic_write_text, read_summary
 from adamp_repro.tracking.schema import (
@@ -193,6 +193,7 @@ def paired_difference(base: Mapping[int, float], proposed: Mapping[int, float]) 
         "p": test.p,
         "sd": sd,
         "detectable": detectable_gain(test),
+        "seeds_needed": paired_seeds_needed(test, test.gain),
     }
 
 
@@ -416,7 +417,7 @@ def study_figure(records: StudyRecords, stem: str | os.PathLike) -> list[Path]:
 
 PAIR_COLUMNS = [
     "study", "baseline", "proposed", "role", "seeds", "baseline_mean", "proposed_mean", "mean", "low", "high",
-    "p", "sd", "detectable", "trials_finished", "trials_planned", "seeds_planned",
+    "p", "sd", "detectable", "seeds_needed", "trials_finished", "trials_planned", "seeds_planned",
 ]  # fmt: skip
 
 
@@ -445,6 +446,7 @@ def pair_rows(records: StudyRecords) -> list[dict[str, Any]]:
                     "p": d["p"],
                     "sd": d["sd"],
                     "detectable": d["detectable"],
+                    "seeds_needed": d["seeds_needed"],
                     "trials_finished": finished,
                     "trials_planned": 2 * plan.studies * plan.trials,
                     "seeds_planned": plan.seeds,
