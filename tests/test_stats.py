@@ -99,3 +99,15 @@ def test_one_seed_zero_spread_and_impossible_targets() -> None:
     assert stats.seeds_needed(noisy, 1e-3) == math.inf  # beyond MAX_SEEDS: not a number to plan with
     with pytest.raises(ValueError, match="-1"):
         stats.t_two_sided_p(1.0, -1)
+
+
+def test_paired_seeds_needed_agrees_with_the_detectable_gain():
+    """The seeds a paired gain needs and the gain some seeds detect are one computation read two ways: at the
+    detectable gain of n paired seeds, n seeds are needed (and fewer do not suffice)."""
+    from adamp_repro.results.stats import detectable_gain, paired_seeds_needed, paired_test
+
+    result = paired_test([0.7, -0.1, 1.5, -0.4, -0.8])
+    gain = detectable_gain(result)
+    assert paired_seeds_needed(result, gain * 1.001) == 5
+    assert paired_seeds_needed(result, gain * 0.95) > 5
+    assert paired_seeds_needed(result, 0.0) == math.inf and math.isnan(paired_seeds_needed(result, math.nan))

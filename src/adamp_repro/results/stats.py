@@ -187,27 +187,13 @@ def seeds_needed(
     NaN without a spread estimate or without a target; ``inf`` for a zero target or beyond ``MAX_SEEDS``;
     2 (the fewest a Welch test takes) when both spreads are exactly zero and the target is not.
     """
-    if math.isnan(result.se) or math.isnan(target_gain):
-        return math.nan
-    if target_gain == 0.0:
-        return math.inf
-    if result.se == 0.0:
-        return 2.0
     total_var = result.var_a + result.var_b
 
     def power_at(n: int) -> float:
         dof = welch_dof(result.var_a, n, result.var_b, n)
         return power_of(abs(target_gain), math.sqrt(total_var / n), dof, alpha)
 
-    if power_at(MAX_SEEDS) < power:
-        return math.inf
-    low, high = 2, MAX_SEEDS  # power grows with n: the smallest n with power_at(n) >= power, by bisection
-    if power_at(low) >= power:
-        return float(low)
-    while high - low > 1:
-        mid = (low + high) // 2
-        low, high = (low, mid) if power_at(mid) >= power else (mid, high)
-    return float(high)
+    return _fewest_seeds(result, target_gain, power_at, power)
 
 
 def paired_seeds_needed(
@@ -215,20 +201,26 @@ def paired_seeds_needed(
 ) -> float:
     """Paired seeds (``paired_test``'s result: the spread of the per-seed differences) to detect ``target_gain``
     with ``power``; NaN without a spread or a target, ``inf`` for a zero target or beyond ``MAX_SEEDS``."""
+    sd = result.se * math.sqrt(result.n_a) if result.n_a else math.nan
+
+    def power_at(n: int) -> float:
+        return power_of(abs(target_gain), sd / math.sqrt(n), n - 1, alpha)
+
+    return _fewest_seeds(result, target_gain, power_at, power)
+
+
+def _fewest_seeds(result: WelchResult, target_gain: float, power_at, power: float) -> float:
+    """The smallest n in [2, MAX_SEEDS] with ``power_at(n) >= power``, by bisection (power grows with n); NaN
+    without a spread or a target, ``inf`` for a zero target or beyond ``MAX_SEEDS``, 2 for a zero spread."""
     if math.isnan(result.se) or math.isnan(target_gain):
         return math.nan
     if target_gain == 0.0:
         return math.inf
     if result.se == 0.0:
         return 2.0
-    sd = result.se * math.sqrt(result.n_a)
-
-    def power_at(n: int) -> float:
-        return power_of(abs(target_gain), sd / math.sqrt(n), n - 1, alpha)
-
     if power_at(MAX_SEEDS) < power:
         return math.inf
-    low, high = 2, MAX_SEEDS  # the smallest n with power_at(n) >= power, by bisection (power grows with n)
+    low, high = 2, MAX_SEEDS
     if power_at(low) >= power:
         return float(low)
     while high - low > 1:
