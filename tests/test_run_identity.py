@@ -23,12 +23,23 @@ RECORDS = sorted(p.parent for p in RUNS.glob("*/*/*/config.yaml"))
 
 def _overrides(record: Path) -> list[str]:
     cfg = yaml.safe_load((record / "config.yaml").read_text())
-    return [
+    out = [
         f"experiment={cfg['experiment_name']}",
         f"optimizer={cfg['optimizer']['name']}",
         f"seed={cfg['seed']}",
         f"scale={cfg['scale']['name']}",
     ]
+    study = cfg.get("study")
+    if study:  # a tuning study's run: its identity keys, and the values its trial looked up (never hashed)
+        out += [f"+study.name={study['name']}", f"+study.role={study['role']}"]
+        if study.get("trial") is not None:
+            out.append(f"+study.trial={study['trial']}")
+            points = study["points"][cfg["optimizer"]["name"]][study["trial"]]
+            out += [f"optimizer.{key}={cfg['optimizer'][key]}" for key in points]
+        validation = cfg["dataset"].get("validation")
+        if validation:
+            out.append(f"+dataset.validation={{size:{validation['size']},seed:{validation['seed']}}}")
+    return out
 
 
 def test_there_are_committed_records():

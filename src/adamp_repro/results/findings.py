@@ -157,7 +157,7 @@ def metric_sentences(table_id: str, part: pd.DataFrame, gains: pd.DataFrame) -> 
     )
     if short:
         sentences.append(
-            f"Not clearly trained: the better of {baseline} and {proposed} is below the table's bar ({bars}, "
+            f"Not clearly trained: the better of {baseline} and {proposed} falls short of the table's bar ({bars}, "
             f"fixed in the protocol before any run) on {' and '.join(BAR_LABELS.get(m, m) for m in short)}, so these records do not test the "
             "paper's gain; the bar states a fact of the records and is not tuned to them."
         )

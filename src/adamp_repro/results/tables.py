@@ -31,6 +31,7 @@ from adamp_repro.results.findings import (
 )
 from adamp_repro.results.stats import MAX_SEEDS, NOT_APPLICABLE_ONE_SEED, POWER
 from adamp_repro.results.text import markdown_table
+from adamp_repro.tracking.schema import metric_direction
 
 
 @dataclass
@@ -84,7 +85,9 @@ def layout_table(comparison: Comparison, paper: pd.DataFrame) -> TableDoc:
             proxy = entry.proxy
             block, model = catalogue.row_labels(proxy.table, proxy.row)
             row = f"{proxy.table}'s {model} row (block {block})"
-            values = "accuracies"
+            # accuracies, or the table's own lower-is-better numbers (a perplexity)
+            metrics = entry.metrics or {}
+            values = "accuracies" if all(metric_direction(m) > 0 for m in metrics) else "numbers"
             if proxy.rows:  # several paper rows: each of ours beside its own
                 block = proxy.label
                 row = (
