@@ -490,7 +490,7 @@ def gain_claim(
         )
         if short:
             verdict = "inconclusive"
-            ours += "; below the bar: " + ", ".join(short)
+            ours += "; short of the bar: " + ", ".join(short)
     return Claim(id_, claim, paper, tested_at, seeds, ours, verdict, rule, evidence, table)
 
 
