@@ -175,5 +175,5 @@ def test_findings_say_when_the_better_arm_is_below_the_bar(tmp_path: Path, paper
     md = render_markdown(_doc(tmp_path / "runs", paper))
     assert "the better arm, AdamP at 44.45%, did not reach the table's 45% clean bar." in md
     assert "the better arm, AdamP at 25.50%, reached the table's 25% PGD-10 bar." in md
-    assert "Not clearly trained: the better of Adam and AdamP is below the table's bar" in md
+    assert "Not clearly trained: the better of Adam and AdamP falls short of the table's bar" in md
     assert "on clean, so these records do not test the paper's gain" in md and "Clearly trained" not in md

@@ -144,7 +144,7 @@ def test_second_process_is_refused_then_sigterm_records_the_stop_and_the_rerun_r
 
 def test_sighup_is_recorded_with_its_exit_status(tmp_path):
     root = tmp_path / "runs"
-    proc = _start(root, "scale.epochs=20")
+    proc = _start(root, "scale.epochs=2000")  # long enough that a loaded machine cannot finish it first
     run_dir = _wait_for(root)
     os.kill(proc.pid, signal.SIGHUP)
     proc.wait(timeout=120)
