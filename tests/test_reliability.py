@@ -65,6 +65,13 @@ def _train(root: Path, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
+def _default_stop_signals() -> None:
+    """In the child: SIGTERM and SIGHUP at their defaults, as in a terminal's session. A test run started under
+    ``nohup`` inherits SIGHUP ignored, and a run rightly leaves an ignored signal ignored (``train.stopping``)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def _start(root: Path, *extra: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, TRAIN, *prefix, *ARGS, *extra, f"output_root={root}"],
@@ -73,6 +80,7 @@ def _start(root: Path, *extra: str, prefix: tuple[str, ...] = ()) -> subprocess.
         stderr=subprocess.PIPE,
         text=True,
         cwd=PROJECT_ROOT,
+        preexec_fn=_default_stop_signals,
     )
 
 
@@ -144,7 +152,7 @@ def test_second_process_is_refused_then_sigterm_records_the_stop_and_the_rerun_r
 
 def test_sighup_is_recorded_with_its_exit_status(tmp_path):
     root = tmp_path / "runs"
-    proc = _start(root, "scale.epochs=2000")  # long enough that a loaded machine cannot finish it first
+    proc = _start(root, "scale.epochs=20")
     run_dir = _wait_for(root)
     os.kill(proc.pid, signal.SIGHUP)
     proc.wait(timeout=120)
